@@ -1,0 +1,481 @@
+"""The public losses: argument checks, label handling, masking and reductions.
+
+Each function checks its arguments once, at trace time, brings everything to one shape and
+one compute dtype (at least float32), and calls the single elementwise kernel
+:func:`jaxbce._kernels.nll`. Values that can only be seen at run time (labels outside
+[0, 1], a traced ``label_smoothing``) are checked with :func:`jax.experimental.checkify`
+``debug_check``, which costs nothing unless the caller wraps the function in
+``checkify.checkify`` (see :func:`checked`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import checkify
+from jaxtyping import Array, ArrayLike, Bool, Float, Real
+
+from jaxbce._kernels import Kind, LogitTerms, nll, safe_mul
+
+Reduction = Literal["none", "sum", "mean"]
+REDUCTIONS: tuple[str, ...] = ("none", "sum", "mean")
+
+#: The errors that :func:`checked` turns on: the library's own value checks, NaN, division.
+CHECKED_ERRORS = checkify.user_checks
+
+
+class _Prepared(NamedTuple):
+    x: jax.Array  # predictions in the compute dtype, excluded elements replaced
+    y: jax.Array  # labels in the compute dtype, excluded elements replaced
+    w: jax.Array | None  # element weights, broadcast, or None
+    pw: jax.Array | None  # positive-class weights, broadcast, or None
+    mask: jax.Array | None  # boolean mask of included elements, or None
+    out_dtype: Any  # the dtype of the result: that of the predictions
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _is_concrete(value: Any) -> bool:
+    return not isinstance(value, jax.core.Tracer)
+
+
+def _as_array(name: str, value: ArrayLike) -> jax.Array:
+    try:
+        return jnp.asarray(value)
+    except TypeError as err:
+        raise TypeError(f"{name} must be an array, got {type(value).__name__}") from err
+
+
+def _check_predictions(name: str, value: ArrayLike) -> jax.Array:
+    x = _as_array(name, value)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        kind = "complex" if jnp.issubdtype(x.dtype, jnp.complexfloating) else "non-floating"
+        raise TypeError(
+            f"{name} must have a real floating dtype (float16, bfloat16, float32, float64), "
+            f"got {kind} dtype {x.dtype}"
+        )
+    return x
+
+
+def _check_labels(labels: ArrayLike, shape: tuple[int, ...], pred_name: str) -> jax.Array:
+    y = _as_array("labels", labels)
+    if not (
+        jnp.issubdtype(y.dtype, jnp.floating)
+        or jnp.issubdtype(y.dtype, jnp.integer)
+        or y.dtype == jnp.bool_
+    ):
+        raise TypeError(f"labels must be float, integer or bool, got dtype {y.dtype}")
+    if y.shape != shape:
+        hint = ""
+        if len(y.shape) != len(shape):
+            hint = (
+                " (reshape or squeeze explicitly: a (B, 1) array against a (B,) one"
+                " would broadcast to (B, B))"
+            )
+        raise ValueError(
+            f"labels shape {y.shape} must equal {pred_name} shape {shape}; "
+            f"labels are never broadcast{hint}"
+        )
+    return y
+
+
+def _check_broadcast(
+    name: str, value: ArrayLike | None, shape: tuple[int, ...], *, boolean: bool = False
+) -> jax.Array | None:
+    if value is None:
+        return None
+    arr = _as_array(name, value)
+    if boolean:
+        if arr.dtype != jnp.bool_:
+            raise TypeError(f"{name} must be a boolean mask, got dtype {arr.dtype}")
+    elif not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
+        raise TypeError(f"{name} must be a real float or integer array, got dtype {arr.dtype}")
+    try:
+        fits = np.broadcast_shapes(arr.shape, shape) == shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name} of shape {arr.shape} does not broadcast to the loss shape {shape}"
+        )
+    return arr
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _check_scalar_range(name: str, value: Any, low: float, high: float) -> None:
+    """Checks a scalar option against [low, high] now if it is concrete, else under checkify."""
+    if jnp.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
+    if _is_concrete(value):
+        v = float(value)
+        if not low <= v <= high:
+            raise ValueError(f"{name} must be in [{low}, {high}], got {v}")
+    else:
+        checkify.debug_check(
+            (value >= low) & (value <= high), f"{name} must be in [{low}, {high}], got {{}}", value
+        )
+
+
+def _check_unit_interval_values(name: str, arr: jax.Array, mask: jax.Array | None) -> None:
+    """Run-time check (active under ``checkify``) that every included value is in [0, 1]."""
+    if arr.dtype == jnp.bool_:
+        return
+    ok = (arr >= 0) & (arr <= 1)
+    if mask is not None:
+        ok = ok | ~mask
+    flat_ok, flat = ok.ravel(), arr.ravel()
+    first_bad = jnp.argmin(flat_ok)
+    checkify.debug_check(
+        jnp.all(flat_ok),
+        f"{name} must lie in [0, 1]; the first value outside, at flat index {{}}, is {{}}",
+        first_bad,
+        flat[first_bad],
+    )
+
+
+# ------------------------------------------------------------------ shared pipeline
+
+
+def _compute_dtype(dtype: Any) -> Any:
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _prepare(
+    kind: Kind,
+    pred_name: str,
+    predictions: ArrayLike,
+    labels: ArrayLike,
+    *,
+    weights: ArrayLike | None,
+    pos_weight: ArrayLike | None,
+    where: ArrayLike | None,
+    reduction: str,
+) -> _Prepared:
+    """Checks every argument and returns them in one shape and the compute dtype."""
+    x = _check_predictions(pred_name, predictions)
+    shape = x.shape
+    y = _check_labels(labels, shape, pred_name)
+    w = _check_broadcast("weights", weights, shape)
+    pw = _check_broadcast("pos_weight", pos_weight, shape)
+    mask = _check_broadcast("where", where, shape, boolean=True)
+    _check_reduction(reduction)
+    dt = _compute_dtype(x.dtype)
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, shape)
+    _check_unit_interval_values("labels", y, mask)
+    if kind == "probs":
+        _check_unit_interval_values(pred_name, x, mask)
+
+    def fill(a: jax.Array | None, neutral: float) -> jax.Array | None:
+        # Labels stay in their own (possibly bool/int8) dtype until this convert, which XLA
+        # fuses into the loss: no widened copy is ever written to memory.
+        if a is None:
+            return None
+        a = jnp.broadcast_to(a.astype(dt), shape)
+        return a if mask is None else jnp.where(mask, a, jnp.asarray(neutral, dt))
+
+    # Excluded elements get harmless stand-ins, so NaN or inf there can reach neither the
+    # value nor, through 0 * NaN, any gradient.
+    x_neutral = 0.5 if kind == "probs" else 0.0
+    return _Prepared(
+        x=fill(x, x_neutral),
+        y=fill(y, 0.0),
+        w=fill(w, 0.0),
+        pw=fill(pw, 1.0),
+        mask=mask,
+        out_dtype=x.dtype,
+    )
+
+
+def _smoothed(y: jax.Array, label_smoothing: Any) -> tuple[jax.Array, jax.Array]:
+    """Returns ``(q, qc)``: the smoothed label and its complement, each without cancellation.
+
+    :math:`q = y(1-\\epsilon) + \\epsilon/2` and :math:`\\bar q = (1-y)(1-\\epsilon) + \\epsilon/2`
+    (Keras' convention). Computing :math:`\\bar q` directly rather than as :math:`1 - q` keeps
+    it exact for hard labels (:math:`\\bar q = \\epsilon/2` at :math:`y = 1`).
+    """
+    _check_scalar_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    qc = 1.0 - y
+    if _is_concrete(label_smoothing) and float(label_smoothing) == 0.0:
+        return y, qc
+    eps = jnp.asarray(label_smoothing, y.dtype)
+    keep, half = 1.0 - eps, 0.5 * eps
+    return y * keep + half, qc * keep + half
+
+
+def _reduce(
+    loss: jax.Array,
+    mask: jax.Array | None,
+    reduction: str,
+    axis_name: Any,
+    out_dtype: Any,
+) -> jax.Array:
+    """Masks, reduces (in the compute dtype) and casts back to the predictions' dtype."""
+    if mask is not None:
+        loss = jnp.where(mask, loss, 0.0)
+    if reduction == "none":
+        return loss.astype(out_dtype)
+    total, count = _sum_and_count(loss, mask)
+    if axis_name is not None:
+        total, count = lax.psum((total, count), axis_name)
+    if reduction == "sum":
+        # "+ 0 * count" keeps the count alive, and with it the fused reduction (see below).
+        return (total + 0.0 * count.astype(total.dtype)).astype(out_dtype)
+    # An all-excluded batch has total 0 and count 0: its mean is 0, not NaN.
+    return (total / jnp.maximum(count.astype(total.dtype), 1.0)).astype(out_dtype)
+
+
+def _sum_and_count(loss: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    counted = jnp.ones(loss.shape, jnp.int32) if mask is None else mask.astype(jnp.int32)
+    return _variadic_sum(loss, counted)
+
+
+@jax.custom_jvp
+def _variadic_sum(loss: jax.Array, counted: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The sum of the loss and the number of included elements, in one pass.
+
+    One variadic reduction rather than ``jnp.sum``: XLA:CPU hands a plain float sum to an
+    XNNPACK fusion that cannot take the selects of the loss, so the elementwise loss would
+    first be written to memory (an N-sized temporary); a (sum, count) reduction stays an
+    ordinary XLA fusion that reads the inputs once and writes nothing.
+    """
+    zero = jnp.zeros((), loss.dtype)
+    return lax.reduce(
+        (loss, counted),
+        (zero, jnp.int32(0)),
+        lambda a, b: (a[0] + b[0], a[1] + b[1]),
+        tuple(range(loss.ndim)),
+    )
+
+
+@_variadic_sum.defjvp
+def _variadic_sum_jvp(primals, tangents):
+    # JAX's own JVP of a variadic reduce with an integer operand fails; the sum is linear.
+    total, count = _variadic_sum(*primals)
+    return (total, count), (jnp.sum(tangents[0]), np.zeros((), jax.dtypes.float0))
+
+
+# ------------------------------------------------------------------- public losses
+
+
+def sigmoid_binary_cross_entropy(
+    logits: Float[ArrayLike, "*shape"],
+    labels: Real[ArrayLike, "*shape"] | Bool[ArrayLike, "*shape"],
+    *,
+    weights: Real[ArrayLike, "*#shape"] | None = None,
+    pos_weight: Real[ArrayLike, "*#shape"] | None = None,
+    label_smoothing: float | Float[ArrayLike, ""] = 0.0,
+    where: Bool[ArrayLike, "*#shape"] | None = None,
+    reduction: Reduction = "none",
+    axis_name: Any = None,
+) -> Float[Array, "*shape"] | Float[Array, ""]:
+    """Sigmoid binary cross-entropy on logits, exact to the last bit and stable everywhere.
+
+    .. math::
+
+        \\ell = -w \\bigl[\\, \\pi\\, q \\log \\sigma(z) + (1 - q) \\log(1 - \\sigma(z)) \\bigr]
+              = w \\bigl[\\, \\pi\\, q \\operatorname{softplus}(-z)
+                         + (1 - q) \\operatorname{softplus}(z) \\bigr],
+
+    with :math:`q = y(1-\\epsilon) + \\epsilon/2` the smoothed label, :math:`\\pi` the
+    ``pos_weight`` and :math:`w` the ``weights``. With the defaults this is a drop-in for
+    ``optax.sigmoid_binary_cross_entropy(logits, labels)``; with ``pos_weight`` and
+    ``weights`` it matches PyTorch's ``BCEWithLogitsLoss``. Its gradient in the logits is
+    :math:`w[(\\pi q + 1 - q)\\sigma(z) - \\pi q]` (:math:`\\sigma(z) - y` by default),
+    computed so that confident right answers keep their tiny gradients.
+
+    Multi-label data: every element is its own binary problem; use ``where`` to exclude
+    missing labels rather than guessing them. Unlike optax, ``labels`` must have exactly
+    the shape of ``logits``: a (B, 1) against (B,) mismatch is an error, not a (B, B) loss.
+
+    Args:
+      logits: real floating array of any shape. float16/bfloat16 are computed in float32
+        and the result returned in the input dtype.
+      labels: same shape as ``logits``; float (soft labels in [0, 1]), integer or bool.
+      weights: element weights that broadcast to ``logits.shape``.
+      pos_weight: weight of the positive term, broadcasting to ``logits.shape`` (a (C,)
+        array weights each class on the last axis, as in PyTorch).
+      label_smoothing: :math:`\\epsilon \\in [0, 1]`; labels become
+        :math:`y(1-\\epsilon)+\\epsilon/2`.
+      where: boolean mask broadcasting to ``logits.shape``; excluded elements contribute
+        exactly 0 to the value and every gradient, even where their inputs are NaN.
+      reduction: ``"none"`` (elementwise), ``"sum"`` or ``"mean"`` (over included elements;
+        0 when none are).
+      axis_name: inside ``shard_map``/``pmap``, the mapped axis to sum and count over, so a
+        data-parallel "sum"/"mean" equals the single-device one.
+
+    Returns:
+      The loss in ``logits.dtype``: shaped like ``logits`` for ``"none"``, else a scalar.
+
+    References:
+      PyTorch ``torch.nn.BCEWithLogitsLoss``; ``optax.sigmoid_binary_cross_entropy``;
+      Szegedy et al., *Rethinking the Inception Architecture*, 2016 (label smoothing).
+    """
+    p = _prepare(
+        "logits", "logits", logits, labels,
+        weights=weights, pos_weight=pos_weight, where=where, reduction=reduction,
+    )  # fmt: skip
+    q, qc = _smoothed(p.y, label_smoothing)
+    loss = nll("logits", p.x, q, qc, p.pw, p.w)
+    return _reduce(loss, p.mask, reduction, axis_name, p.out_dtype)
+
+
+def binary_cross_entropy(
+    probs: Float[ArrayLike, "*shape"],
+    labels: Real[ArrayLike, "*shape"] | Bool[ArrayLike, "*shape"],
+    *,
+    weights: Real[ArrayLike, "*#shape"] | None = None,
+    label_smoothing: float | Float[ArrayLike, ""] = 0.0,
+    where: Bool[ArrayLike, "*#shape"] | None = None,
+    reduction: Reduction = "none",
+    axis_name: Any = None,
+) -> Float[Array, "*shape"] | Float[Array, ""]:
+    """Binary cross-entropy on probabilities, with PyTorch ``BCELoss`` semantics.
+
+    .. math::
+
+        \\ell = -w \\bigl[\\, q \\max(\\log p, -100) + (1 - q) \\max(\\log(1 - p), -100) \\bigr].
+
+    Each log is clamped at -100 as in PyTorch, so :math:`p = 0` or :math:`1` gives a finite
+    loss (at most 100 per element) and a finite gradient. The gradient is the exact derivative
+    of this clamped function: :math:`-q/p + (1-q)/(1-p)` where no clamp is active, 0 through a
+    clamped log (PyTorch instead divides by :math:`\\max(p(1-p), 10^{-12})`, so the two agree
+    wherever :math:`p(1-p) > 10^{-12}`). Prefer :func:`sigmoid_binary_cross_entropy` on
+    logits when you have them: it is exact where probabilities have already rounded to 0 or 1.
+
+    Args:
+      probs: probabilities in [0, 1], real floating dtype.
+      labels: same shape as ``probs``; float in [0, 1], integer or bool.
+      weights: element weights broadcasting to ``probs.shape``.
+      label_smoothing: :math:`\\epsilon \\in [0, 1]`.
+      where: boolean mask of included elements.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"``.
+      axis_name: mapped axis for a global "sum"/"mean" inside ``shard_map``/``pmap``.
+
+    Returns:
+      The loss in ``probs.dtype``, elementwise or reduced.
+
+    References:
+      PyTorch ``torch.nn.BCELoss``.
+    """
+    p = _prepare(
+        "probs", "probs", probs, labels,
+        weights=weights, pos_weight=None, where=where, reduction=reduction,
+    )  # fmt: skip
+    q, qc = _smoothed(p.y, label_smoothing)
+    loss = nll("probs", p.x, q, qc, None, p.w)
+    return _reduce(loss, p.mask, reduction, axis_name, p.out_dtype)
+
+
+def sigmoid_focal_loss(
+    logits: Float[ArrayLike, "*shape"],
+    labels: Real[ArrayLike, "*shape"] | Bool[ArrayLike, "*shape"],
+    *,
+    alpha: float | Float[ArrayLike, ""] | None = 0.25,
+    gamma: float | Float[ArrayLike, ""] = 2.0,
+    weights: Real[ArrayLike, "*#shape"] | None = None,
+    where: Bool[ArrayLike, "*#shape"] | None = None,
+    reduction: Reduction = "none",
+    axis_name: Any = None,
+) -> Float[Array, "*shape"] | Float[Array, ""]:
+    """Sigmoid focal loss (Lin et al.), stable for every ``gamma >= 0`` and every logit.
+
+    .. math::
+
+        \\ell = w\\, \\alpha_t\\, (1 - p_t)^{\\gamma}\\, \\operatorname{BCE}(z, y),\\qquad
+        1 - p_t = y\\,\\sigma(-z) + (1 - y)\\,\\sigma(z),\\qquad
+        \\alpha_t = \\alpha y + (1 - \\alpha)(1 - y).
+
+    The cross-entropy factor is :func:`sigmoid_binary_cross_entropy`'s kernel. The
+    modulating factor is computed from :math:`\\sigma(\\mp z)` directly rather than as
+    ``1 - p_t``, so it does not round to 0 at :math:`|z| \\approx 17` and its power has a
+    finite derivative for every ``gamma`` (torchvision's and Keras' formulas give NaN
+    gradients there for ``gamma < 1``). Where even :math:`\\sigma(-|z|)` underflows, it
+    switches to :math:`\\exp(\\gamma \\log(1 - p_t))` with the log taken from softplus. At
+    :math:`z = \\pm\\infty` the loss is 0 for a right answer and :math:`+\\infty` otherwise,
+    with a finite gradient.
+
+    Args:
+      logits: real floating array.
+      labels: same shape; float in [0, 1], integer or bool.
+      alpha: weight of the positive class in [0, 1]; ``None`` or a negative value turns the
+        alpha weighting off (torchvision's convention).
+      gamma: focusing exponent, ``gamma >= 0``; 0 gives the (alpha-weighted) cross-entropy.
+      weights: element weights broadcasting to ``logits.shape``.
+      where: boolean mask of included elements.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"``.
+      axis_name: mapped axis for a global "sum"/"mean" inside ``shard_map``/``pmap``.
+
+    Returns:
+      The loss in ``logits.dtype``, elementwise or reduced.
+
+    References:
+      Lin et al., *Focal Loss for Dense Object Detection*, 2017;
+      ``torchvision.ops.sigmoid_focal_loss``.
+    """
+    p = _prepare(
+        "logits", "logits", logits, labels,
+        weights=weights, pos_weight=None, where=where, reduction=reduction,
+    )  # fmt: skip
+    _check_scalar_range("gamma", gamma, 0.0, float("inf"))
+    x, y = p.x, p.y
+    ce = nll("logits", x, y, 1.0 - y, None, None)
+
+    # Modulating factor, on a finite stand-in for infinite logits: the infinite elements
+    # take the limit below, and no 0 * inf can reach a gradient.
+    is_inf = jnp.isinf(x)
+    t = LogitTerms(jnp.where(is_inf, 0.0, x))
+    one_minus_pt = y * t.sigmoid_neg + (1.0 - y) * t.sigmoid_pos
+    normal = one_minus_pt >= jnp.finfo(x.dtype).tiny
+    base = jnp.where(normal, one_minus_pt, 1.0)
+    if _is_concrete(gamma) and float(gamma).is_integer() and float(gamma) <= 8:
+        power = lax.integer_pow(base, int(gamma))
+    else:
+        power = base ** jnp.asarray(gamma, x.dtype)
+    log_tail = -(y * t.softplus_pos + (1.0 - y) * t.softplus_neg)
+    modulating = jnp.where(normal, power, jnp.exp(jnp.asarray(gamma, x.dtype) * log_tail))
+
+    loss = jnp.where(
+        is_inf,
+        safe_mul(lax.stop_gradient(modulating), ce),
+        modulating * jnp.where(is_inf, 0.0, ce),
+    )
+    if alpha is not None:
+        alpha_t = alpha * y + (1.0 - alpha) * (1.0 - y)
+        if _is_concrete(alpha):
+            loss = loss if float(alpha) < 0 else safe_mul(alpha_t, loss)
+        else:
+            loss = jnp.where(alpha >= 0, safe_mul(alpha_t, loss), loss)
+    if p.w is not None:
+        loss = p.w * loss
+    return _reduce(loss, p.mask, reduction, axis_name, p.out_dtype)
+
+
+def checked(fn: Callable[..., jax.Array]) -> Callable[..., tuple[checkify.Error, jax.Array]]:
+    """Wraps a jaxbce loss so that its run-time value checks raise under ``jit``.
+
+    Labels outside [0, 1], probabilities outside [0, 1] and a traced ``label_smoothing`` or
+    ``gamma`` out of range cannot be seen at trace time. The losses carry
+    ``checkify.debug_check`` s for them, which are free unless functionalised::
+
+        loss_fn = jax.jit(jaxbce.checked(jaxbce.sigmoid_binary_cross_entropy))
+        err, loss = loss_fn(logits, labels)
+        err.throw()  # ValueError naming the first bad label
+
+    Args:
+      fn: any jaxbce loss, or a function that calls one.
+
+    Returns:
+      ``checkify.checkify(fn)``: a function returning ``(error, result)``.
+    """
+    return checkify.checkify(fn, errors=CHECKED_ERRORS)

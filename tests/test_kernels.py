@@ -1,0 +1,214 @@
+"""Numerics of the elementwise kernel against mpmath, and the custom-derivative machinery.
+
+Errors are in ulps of the exact value (see ``reference.ulp`` for the floor at the smallest
+normal number). Every bound is the issue's: loss within 2 ulp (3 with ``pos_weight`` and
+``weights``); d/dz within 2 ulp for hard labels, and for soft or smoothed labels within 2 ulp of
+``max(|exact|, |pw*q|, |1-q|)`` because ``sigmoid(z) - y`` cancels there; float64 the same plus 2.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import reference as ref
+from jax.test_util import check_grads
+
+import jaxbce
+from jaxbce import _kernels
+
+_POSITIVE = [1e-7, 1e-3, 0.5, 1, 3, 10, 17, 20, 30, 50, 87, 88, 88.5, 100, 1e3, 1e4]
+EXTREMES = [-v for v in reversed(_POSITIVE)] + [0.0] + _POSITIVE
+
+
+def logit_grid(dtype) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    spread = rng.uniform(-40, 40, 48)
+    wide = rng.choice([-1, 1], 16) * 10 ** rng.uniform(-8, 4, 16)
+    return np.concatenate([EXTREMES, spread, wide]).astype(dtype)
+
+
+# (label, pos_weight, weight, label_smoothing)
+CASES = [
+    (0.0, None, None, 0.0),
+    (1.0, None, None, 0.0),
+    (0.3, None, None, 0.0),
+    (1e-6, None, None, 0.0),
+    (1 - 1e-6, None, None, 0.0),
+    (1.0, None, None, 0.1),
+    (0.0, None, None, 0.1),
+    (0.3, None, None, 0.2),
+    (1.0, 3.5, 0.7, 0.0),
+    (0.0, 3.5, 0.7, 0.0),
+    (1.0, 0.25, 1.5, 0.0),
+    (0.3, 0.37, 2.5, 0.1),
+]
+
+
+def _errors(dtype, y, pw, w, eps):
+    z = logit_grid(dtype)
+    n = z.size
+
+    def loss(z, y, pw, w):
+        return jaxbce.sigmoid_binary_cross_entropy(
+            z, y, pos_weight=pw, weights=w, label_smoothing=eps
+        )
+
+    full = lambda v: None if v is None else jnp.full(n, v, dtype)
+    f = jax.jit(jax.vmap(jax.value_and_grad(loss)))
+    got_l, got_g = map(np.asarray, f(jnp.asarray(z), full(y), full(pw), full(w)))
+    hard = y in (0.0, 1.0) and eps == 0.0
+    cast = lambda v: np.asarray(1.0 if v is None else v, dtype)
+    el, eg = [], []
+    for zi, li, gi in zip(z, got_l, got_g, strict=False):
+        exact_l, exact_g = ref.bce(zi, cast(y), pw=cast(pw), w=cast(w), eps=cast(eps))
+        q, qc = ref.smoothed(cast(y), cast(eps))
+        floor = (
+            0 if hard else max(abs(q * float(cast(pw)) * float(cast(w))), abs(qc * float(cast(w))))
+        )
+        el.append(ref.ulp_error(li, exact_l, dtype))
+        eg.append(ref.ulp_error(gi, exact_g, dtype, floor=floor))
+    return z, np.array(el), np.array(eg)
+
+
+@pytest.mark.parametrize("y, pw, w, eps", CASES)
+def test_float32_loss_and_grad_within_ulp_bounds(y, pw, w, eps):
+    z, el, eg = _errors(np.float32, y, pw, w, eps)
+    weighted = pw is not None or w is not None
+    loss_bound = 3.0 if weighted else 2.0
+    grad_bound = 3.0 if weighted else 2.0
+    assert el.max() <= loss_bound, f"loss {el.max():.2f} ulp at z={z[el.argmax()]}"
+    assert eg.max() <= grad_bound, f"grad {eg.max():.2f} ulp at z={z[eg.argmax()]}"
+
+
+@pytest.mark.parametrize("y, pw, w, eps", CASES[::2])
+def test_float64_loss_and_grad_within_ulp_bounds(x64, y, pw, w, eps):
+    z, el, eg = _errors(np.float64, y, pw, w, eps)
+    bound = (3.0 if (pw is not None or w is not None) else 2.0) + 2.0
+    assert el.max() <= bound, f"loss {el.max():.2f} ulp at z={z[el.argmax()]}"
+    assert eg.max() <= bound, f"grad {eg.max():.2f} ulp at z={z[eg.argmax()]}"
+
+
+def test_confident_right_answers_keep_their_tiny_gradients():
+    # sigmoid(30) - 1 rounds to 0 in float32; the exact gradient is -sigmoid(-30) = -9.36e-14,
+    # and with pos_weight the naive (pw*y + 1 - y) * sigmoid(z) - pw*y even flips sign.
+    z = jnp.float32(30.0)
+    g = jax.grad(jaxbce.sigmoid_binary_cross_entropy)(z, jnp.float32(1.0))
+    assert g == pytest.approx(-9.357622968839299e-14, rel=2**-22)
+    gp = jax.grad(lambda z: jaxbce.sigmoid_binary_cross_entropy(z, 1.0, pos_weight=3.0))(z)
+    assert gp == pytest.approx(-3 * 9.357622968839299e-14, rel=2**-22)
+    assert jax.nn.sigmoid(z) - 1.0 == 0.0  # the hand-written gradient this avoids
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_is_computed_in_float32_and_rounded_once(dtype):
+    z = jnp.asarray(np.linspace(-9, 9, 181), dtype)
+    y = jnp.asarray(np.tile([0.0, 1.0, 0.25], 61)[:181], dtype)
+    loss, grad = jax.vmap(jax.value_and_grad(jaxbce.sigmoid_binary_cross_entropy))(z, y)
+    assert loss.dtype == dtype and grad.dtype == dtype
+    ol, og = jax.vmap(jax.value_and_grad(optax.sigmoid_binary_cross_entropy))(z, y)
+    worst = dict.fromkeys(["jaxbce_loss", "jaxbce_grad", "optax_loss", "optax_grad"], 0.0)
+    arrays = (z, y, loss, grad, ol, og)
+    for zi, yi, li, gi, oli, ogi in zip(*(np.asarray(a, np.float64) for a in arrays), strict=False):
+        exact_l, exact_g = ref.bce(zi, yi)
+        floor = 0 if yi in (0.0, 1.0) else yi
+        worst["jaxbce_loss"] = max(worst["jaxbce_loss"], ref.ulp_error(li, exact_l, dtype))
+        worst["jaxbce_grad"] = max(
+            worst["jaxbce_grad"], ref.ulp_error(gi, exact_g, dtype, floor=floor)
+        )
+        worst["optax_loss"] = max(worst["optax_loss"], ref.ulp_error(oli, exact_l, dtype))
+        worst["optax_grad"] = max(
+            worst["optax_grad"], ref.ulp_error(ogi, exact_g, dtype, floor=floor)
+        )
+    assert worst["jaxbce_loss"] <= 1.0, worst
+    assert worst["jaxbce_grad"] <= 1.0, worst
+    # optax rounds every intermediate to the low-precision dtype and loses several ulps.
+    assert max(worst["optax_loss"], worst["optax_grad"]) > 2.0, worst
+
+
+def test_float16_optax_overflows_where_jaxbce_does_not():
+    # The mean of a few thousand float16 losses of ~30 overflows float16 (max 65504) when
+    # summed in float16; jaxbce accumulates in float32 and rounds once.
+    z = jnp.full((4096,), -30.0, jnp.float16)
+    y = jnp.ones((4096,), jnp.float16)
+    ours = jaxbce.sigmoid_binary_cross_entropy(z, y, reduction="sum")
+    theirs = jnp.sum(optax.sigmoid_binary_cross_entropy(z, y))
+    assert ours.dtype == jnp.float16
+    assert not np.isfinite(float(ours))  # 122880 does not fit float16: inf is the right answer
+    mean = jaxbce.sigmoid_binary_cross_entropy(z, y, reduction="mean")
+    assert float(mean) == 30.0
+    assert not np.isfinite(float(theirs)) or float(theirs) != 122880.0
+
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    "z, y, loss, grad",
+    [
+        (INF, 1.0, 0.0, 0.0),
+        (-INF, 0.0, 0.0, 0.0),  # optax: NaN
+        (INF, 0.0, INF, 1.0),
+        (-INF, 1.0, INF, -1.0),
+        (INF, 0.3, INF, 0.7),
+        (-INF, 0.3, INF, -0.3),
+    ],
+)
+def test_infinite_logits_follow_ieee_sense(z, y, loss, grad):
+    v, g = jax.value_and_grad(jaxbce.sigmoid_binary_cross_entropy)(jnp.float32(z), jnp.float32(y))
+    assert float(v) == loss
+    assert float(g) == pytest.approx(grad)
+    assert np.isfinite(float(g))
+
+
+def test_nan_in_an_included_element_propagates():
+    z = jnp.array([jnp.nan, 1.0], jnp.float32)
+    for y in (0.0, 1.0, 0.5):
+        out = jaxbce.sigmoid_binary_cross_entropy(z, jnp.full(2, y))
+        assert np.isnan(out[0]) and np.isfinite(out[1])
+        assert np.isnan(jaxbce.sigmoid_binary_cross_entropy(z, jnp.full(2, y), reduction="mean"))
+    assert np.isnan(jaxbce.sigmoid_binary_cross_entropy(1.0, jnp.nan))
+    assert np.isnan(jaxbce.binary_cross_entropy(jnp.nan, 1.0))
+
+
+def test_reverse_only_kernel_registers_the_same_rules():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=64) * 20, jnp.float32)
+    q = jnp.asarray(rng.uniform(size=64), jnp.float32)
+    pw = jnp.asarray(rng.uniform(0.5, 3, size=64), jnp.float32)
+    w = jnp.asarray(rng.uniform(0.5, 3, size=64), jnp.float32)
+    for kind, xx in (("logits", x), ("probs", jax.nn.sigmoid(x / 10))):
+        args = (xx, q, 1 - q, pw if kind == "logits" else None, w)
+
+        def total(f, *a, kind=kind):
+            return jnp.sum(f(kind, *a))
+
+        g_jvp = jax.grad(lambda *a: total(_kernels.nll, *a), argnums=(0, 1, 2, 4))(*args)
+        g_vjp = jax.grad(lambda *a: total(_kernels.nll_vjp, *a), argnums=(0, 1, 2, 4))(*args)
+        for a, b in zip(g_jvp, g_vjp, strict=False):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_custom_vjp_cannot_do_forward_mode_but_the_public_kernel_can():
+    x, q = jnp.float32(0.3), jnp.float32(1.0)
+    with pytest.raises(TypeError, match=r"forward-mode|jvp|custom_vjp"):
+        jax.jvp(lambda x: _kernels.nll_vjp("logits", x, q, 1 - q, None, None), (x,), (1.0,))
+    _, t = jax.jvp(lambda x: _kernels.nll("logits", x, q, 1 - q, None, None), (x,), (1.0,))
+    assert float(t) == pytest.approx(float(jax.nn.sigmoid(x) - 1.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["logits", "probs"])
+def test_kernel_check_grads_order_2_every_input(x64, kind):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=7) * 3
+    x = rng.uniform(0.2, 0.8, size=7) if kind == "probs" else x
+    q = rng.uniform(0.05, 0.95, size=7)
+    pw = rng.uniform(0.5, 2, size=7) if kind == "logits" else None
+    w = rng.uniform(0.5, 2, size=7)
+    f = lambda x, q, qc, w: _kernels.nll(kind, x, q, qc, pw, w)
+    check_grads(f, (x, q, 1 - q, w), order=2, modes=["fwd", "rev"], eps=1e-4)
+    if pw is not None:
+        g = lambda pw: _kernels.nll(kind, x, q, 1 - q, pw, w)
+        check_grads(g, (pw,), order=2, modes=["fwd", "rev"], eps=1e-4)
