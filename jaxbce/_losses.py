@@ -230,39 +230,41 @@ def _reduce(
         total, count = lax.psum((total, count), axis_name)
     if reduction == "sum":
         # "+ 0 * count" keeps the count alive, and with it the fused reduction (see below).
-        return (total + 0.0 * count.astype(total.dtype)).astype(out_dtype)
+        return (total + 0.0 * count).astype(out_dtype)
     # An all-excluded batch has total 0 and count 0: its mean is 0, not NaN.
-    return (total / jnp.maximum(count.astype(total.dtype), 1.0)).astype(out_dtype)
+    return (total / jnp.maximum(count, 1.0)).astype(out_dtype)
 
 
 def _sum_and_count(loss: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """The sum of the loss and the number of included elements, in one pass.
+
+    One variadic reduction rather than ``jnp.sum``: XLA:CPU hands a plain float sum to an
+    XNNPACK fusion that cannot take the selects of the loss, so the elementwise loss would
+    first be written to memory (an N-sized temporary); a (sum, count) reduction stays an
+    ordinary XLA fusion that reads the inputs once and writes nothing. The count is summed
+    in int32 and returned in the loss dtype.
+    """
     counted = jnp.ones(loss.shape, jnp.int32) if mask is None else mask.astype(jnp.int32)
     return _variadic_sum(loss, counted)
 
 
 @jax.custom_jvp
 def _variadic_sum(loss: jax.Array, counted: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The sum of the loss and the number of included elements, in one pass.
-
-    One variadic reduction rather than ``jnp.sum``: XLA:CPU hands a plain float sum to an
-    XNNPACK fusion that cannot take the selects of the loss, so the elementwise loss would
-    first be written to memory (an N-sized temporary); a (sum, count) reduction stays an
-    ordinary XLA fusion that reads the inputs once and writes nothing.
-    """
-    zero = jnp.zeros((), loss.dtype)
-    return lax.reduce(
+    total, count = lax.reduce(
         (loss, counted),
-        (zero, jnp.int32(0)),
+        (jnp.zeros((), loss.dtype), jnp.int32(0)),
         lambda a, b: (a[0] + b[0], a[1] + b[1]),
         tuple(range(loss.ndim)),
     )
+    return total, count.astype(loss.dtype)
 
 
 @_variadic_sum.defjvp
 def _variadic_sum_jvp(primals, tangents):
-    # JAX's own JVP of a variadic reduce with an integer operand fails; the sum is linear.
+    # JAX's own JVP of a variadic reduce with an integer operand fails; the sum is linear
+    # and the count constant.
     total, count = _variadic_sum(*primals)
-    return (total, count), (jnp.sum(tangents[0]), np.zeros((), jax.dtypes.float0))
+    return (total, count), (jnp.sum(tangents[0]), 0.0 * count)
 
 
 # ------------------------------------------------------------------- public losses

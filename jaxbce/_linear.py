@@ -1,0 +1,530 @@
+"""Fused linear layer and sigmoid binary cross-entropy for very many labels.
+
+Extreme multi-label models end in ``logits = features @ kernel + bias`` of shape (B, L) with
+L in the hundreds of thousands or millions. At B = 4096, L = 2**20 the float32 logits alone
+are 16 GiB, and plain autodiff keeps them and their gradient alive. This module computes
+
+.. math::
+
+    \\sum_{b, j} m_{bj}\\, w_{bj}\\bigl[\\pi_{bj}\\, q_{bj} \\operatorname{softplus}(-z_{bj})
+        + \\bar q_{bj} \\operatorname{softplus}(z_{bj})\\bigr],\\qquad
+    z = h W + b,
+
+over chunks of C labels: a loop slices C columns of the kernel, forms the (B, C) logits of
+that chunk, evaluates the loss on them with :func:`jaxbce.sigmoid_binary_cross_entropy`
+(the library's one formula, :mod:`jaxbce._kernels`), and adds the chunk's sum. Only a (B, C)
+slice of logits ever exists.
+
+Gradients. The loss is a scalar, so its cotangent ``g`` is a scalar and every gradient is
+``g`` times the gradient at ``g = 1``. The :func:`jax.custom_vjp` forward rule therefore
+computes the gradients in the same pass as the value (as Liger-Kernel's fused linear
+cross-entropy does): per chunk, ``d_logits`` comes from the kernel's own derivative rule,
+then ``d_features += d_logits @ W_c.T``, ``d_kernel[:, chunk] = features.T @ d_logits`` and
+``d_bias[chunk] = d_logits.sum(0)``. That is three matrix products per chunk, as many as
+unfused autodiff, where recomputing the chunk in the backward pass would cost four. The
+residuals are the gradients themselves (input-sized, never B x L) and the backward rule only
+scales them by ``g``. Only the inputs that are being differentiated (``symbolic_zeros``) get
+gradients, so a plain ``grad`` in the features and kernel computes nothing else.
+
+The last, partial chunk is not padded (that would copy the whole kernel): its slice is
+shifted back to end at column L, and the columns that the previous chunk already covered
+are masked out, so they contribute exactly 0 to the value and every gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+from jax.experimental import checkify
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
+
+from jaxbce._losses import (
+    _as_array,
+    _check_broadcast,
+    _check_labels,
+    _check_predictions,
+    _check_reduction,
+    _check_scalar_range,
+    _compute_dtype,
+    _is_concrete,
+    sigmoid_binary_cross_entropy,
+)
+
+#: Target number of elements of one (B, C) chunk of logits when ``chunk_size=None``.
+DEFAULT_CHUNK_ELEMENTS = 2**20
+#: Automatic chunk sizes are multiples of 128 columns in [512, 4096] (best on CPU, measured
+#: at B = 128 to 4096: a chunk of logits that stays in cache beats one that does not).
+_CHUNK_ALIGN, _CHUNK_MIN, _CHUNK_MAX = 128, 512, 4096
+
+
+class _Static(NamedTuple):
+    """Hashable configuration of the chunked loop (the custom_vjp's non-differentiable part)."""
+
+    n_labels: int  # L: the label columns on this device
+    chunk: int  # C: columns per chunk, 1 <= C <= L
+    n_chunks: int  # ceil(L / C)
+    sparse: bool  # labels are (B, K) positive indices rather than a dense (B, L) array
+    label_smoothing: float | None  # the concrete value, or None when passed as an array
+    dtype: Any  # compute dtype: float32 or float64
+
+
+class _Args(NamedTuple):
+    """The array arguments of the fused loss, in the shapes the loop expects."""
+
+    features: jax.Array  # (B, d)
+    kernel: jax.Array  # (d, L)
+    bias: jax.Array | None  # (L,)
+    labels: jax.Array  # dense (B, L) float/bool, or sparse (B, K) integer indices
+    pos_weight: jax.Array | None  # (1 or B, 1 or L)
+    weights: jax.Array | None  # (1 or B, 1 or L)
+    where: jax.Array | None  # (1 or B, 1 or L) bool
+    label_smoothing: jax.Array | None  # scalar, when not concrete
+    offset: jax.Array | None  # int32 scalar: global index of column 0 (sparse, sharded)
+
+
+# ------------------------------------------------------------------------ chunking
+
+
+def default_chunk_size(batch: int, n_labels: int) -> int:
+    """The chunk size used when ``chunk_size=None``.
+
+    About :data:`DEFAULT_CHUNK_ELEMENTS` logits per chunk (4 MiB in float32, a few of which
+    are live at a time), rounded down to a multiple of 128, kept in [512, 4096] and at most L.
+
+    Args:
+      batch: B, the number of rows.
+      n_labels: L, the number of label columns.
+
+    Returns:
+      The number of label columns per chunk.
+    """
+    c = DEFAULT_CHUNK_ELEMENTS // max(batch, 1)
+    c = min(max(_CHUNK_MIN, c // _CHUNK_ALIGN * _CHUNK_ALIGN), _CHUNK_MAX)
+    return int(min(c, n_labels))
+
+
+def _chunk_start(s: _Static, i: jax.Array) -> jax.Array:
+    # The last chunk is shifted back to end at column L (what dynamic_slice would clamp to).
+    return jnp.minimum(i * s.chunk, s.n_labels - s.chunk)
+
+
+def _columns(s: _Static, a: jax.Array | None, start: jax.Array) -> jax.Array | None:
+    """The chunk's columns of a (1 or B, 1 or L) array; a width-1 column broadcasts as is."""
+    if a is None or a.shape[-1] == 1:
+        return a
+    return lax.dynamic_slice_in_dim(a, start, s.chunk, axis=a.ndim - 1)
+
+
+def _chunk_labels(s: _Static, a: _Args, start: jax.Array) -> jax.Array:
+    """The chunk's (B, C) labels: a slice of dense labels, or built from the indices."""
+    if not s.sparse:
+        return _columns(s, a.labels, start)
+    idx = a.labels
+    first = start if a.offset is None else start + a.offset
+    local = idx - first.astype(idx.dtype)
+    inside = (idx >= 0) & (local >= 0) & (local < s.chunk)
+    rows = jnp.arange(idx.shape[0], dtype=idx.dtype)[:, None]
+    # Out-of-chunk indices point one past the end and are dropped; duplicates set True twice.
+    cols = jnp.where(inside, local, s.chunk)
+    return jnp.zeros((idx.shape[0], s.chunk), jnp.bool_).at[rows, cols].set(True, mode="drop")
+
+
+def _chunk_mask(s: _Static, a: _Args, i: jax.Array, start: jax.Array) -> jax.Array | None:
+    """Included elements of the chunk: the user's ``where`` and, in the shifted last chunk,
+    only the columns that no earlier chunk covered."""
+    mask = _columns(s, a.where, start)
+    if s.n_labels % s.chunk:
+        fresh = (start + jnp.arange(s.chunk)) >= i * s.chunk
+        mask = fresh[None, :] if mask is None else mask & fresh[None, :]
+    return mask
+
+
+def _chunk_logits(s: _Static, a: _Args, w_c: jax.Array, b_c: jax.Array | None) -> jax.Array:
+    # The product runs in the inputs' (possibly low-precision) dtype and accumulates in the
+    # compute dtype, as XLA's own dot would with preferred_element_type.
+    z = jnp.matmul(a.features, w_c, preferred_element_type=s.dtype)
+    return z if b_c is None else z + b_c.astype(s.dtype)
+
+
+def _chunk_loss(
+    s: _Static,
+    mask: jax.Array | None,
+    logits: jax.Array,
+    labels: jax.Array,
+    pos_weight: jax.Array | None,
+    weights: jax.Array | None,
+    label_smoothing: jax.Array | None,
+) -> jax.Array:
+    """The masked sum of the loss over one chunk: the public loss, so the formula lives once."""
+    eps = s.label_smoothing if label_smoothing is None else label_smoothing
+    return sigmoid_binary_cross_entropy(
+        logits, labels,
+        weights=weights, pos_weight=pos_weight, label_smoothing=eps, where=mask,
+        reduction="sum",
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------ the custom_vjp
+
+#: Chunk inputs other than the logits that can carry a gradient.
+_CHUNK_DIFF = ("labels", "pos_weight", "weights", "label_smoothing")
+
+
+def _loop_value(s: _Static, a: _Args) -> jax.Array:
+    """The loss summed over all chunks (the primal: no gradient work at all)."""
+
+    def body(i, total):
+        start = _chunk_start(s, i)
+        w_c = lax.dynamic_slice_in_dim(a.kernel, start, s.chunk, axis=1)
+        logits = _chunk_logits(s, a, w_c, _columns(s, a.bias, start))
+        loss = _chunk_loss(
+            s, _chunk_mask(s, a, i, start), logits, _chunk_labels(s, a, start),
+            _columns(s, a.pos_weight, start), _columns(s, a.weights, start), a.label_smoothing,
+        )  # fmt: skip
+        return total + loss
+
+    return lax.fori_loop(0, s.n_chunks, body, _zeros((), s.dtype, a.features))
+
+
+def _fused_sum_impl(s: _Static, a: _Args) -> jax.Array:
+    return _loop_value(s, a)
+
+
+_fused_sum = jax.custom_vjp(_fused_sum_impl, nondiff_argnums=(0,))
+
+
+def _zeros(shape: tuple[int, ...], dtype: Any, like: jax.Array) -> jax.Array:
+    """Zeros that vary over the same ``shard_map`` axes as ``like`` (loop carries must)."""
+    z = jnp.zeros(shape, dtype)
+    axes = tuple(_varying_axes(like) - _varying_axes(z))
+    return lax.pcast(z, axes, to="varying") if axes else z
+
+
+def _zeros_like(x: jax.Array | None, dtype: Any) -> jax.Array | None:
+    return None if x is None else _zeros(x.shape, dtype, x)
+
+
+def _add_columns(s: _Static, buf: jax.Array, part: jax.Array, start: jax.Array) -> jax.Array:
+    """``buf[..., chunk] += part`` for a (.., L) buffer, or ``buf += part`` for a width-1 one."""
+    part = part.astype(buf.dtype)
+    if buf.shape[-1] == 1:
+        return buf + part.sum(axis=-1, keepdims=True)
+    axis = buf.ndim - 1
+    if s.n_labels % s.chunk:  # the shifted last chunk overlaps columns already written
+        part = lax.dynamic_slice_in_dim(buf, start, s.chunk, axis=axis) + part
+    return lax.dynamic_update_slice_in_dim(buf, part, start, axis=axis)
+
+
+def _fused_sum_fwd(s: _Static, p: _Args) -> tuple[jax.Array, _Args]:
+    """Value and, for every perturbed input, its gradient at cotangent 1, in one pass."""
+    a = _Args(*(None if v is None else v.value for v in p))
+    want = _Args(*(v is not None and v.perturbed for v in p))
+    dt = s.dtype
+    need_dz = want.features or want.kernel or want.bias
+
+    def zero_grad(name: str, x: jax.Array | None) -> jax.Array | None:
+        if x is None or not getattr(want, name):
+            return None
+        # The kernel's gradient, the one large buffer, is written once per column in the
+        # kernel's own dtype; the others accumulate in (at least) the compute dtype.
+        dtype = x.dtype if name == "kernel" else jnp.promote_types(x.dtype, dt)
+        return _zeros(x.shape, dtype, x)
+
+    init = _Args(*(zero_grad(n, v) for n, v in zip(_Args._fields, a, strict=True)))
+    low = jnp.result_type(a.features, a.kernel)  # the dtype of the matrix products
+
+    def body(i, carry):
+        total, grads = carry
+        start = _chunk_start(s, i)
+        w_c = lax.dynamic_slice_in_dim(a.kernel, start, s.chunk, axis=1)
+        logits = _chunk_logits(s, a, w_c, _columns(s, a.bias, start))
+        mask = _chunk_mask(s, a, i, start)
+        # The chunk's loss as a function of the perturbed chunk inputs only; its derivative
+        # comes from the kernel's own rule (jaxbce._kernels.nll_bwd).
+        chunk_in = {
+            "logits": logits,
+            "labels": _chunk_labels(s, a, start),
+            "pos_weight": _columns(s, a.pos_weight, start),
+            "weights": _columns(s, a.weights, start),
+            "label_smoothing": a.label_smoothing,
+        }
+        diff = {"logits": logits} if need_dz else {}
+        diff.update({k: chunk_in[k] for k in _CHUNK_DIFF if getattr(want, k)})
+
+        def f(d: dict[str, jax.Array]) -> jax.Array:
+            return _chunk_loss(s, mask, **{**chunk_in, **d})
+
+        if not diff:  # nothing perturbed (only possible when nothing asked for a gradient)
+            return total + f({}), grads
+        loss, pullback = jax.vjp(f, diff)
+        (ct,) = pullback(jnp.ones_like(loss))
+        g = grads._asdict()
+        if need_dz:
+            dz = ct["logits"]
+            dz_low = dz.astype(low)
+            if want.features:
+                g["features"] = g["features"] + jnp.matmul(
+                    dz_low, w_c.astype(low).T, preferred_element_type=dt
+                )
+            if want.kernel:
+                dw_c = jnp.matmul(a.features.astype(low).T, dz_low, preferred_element_type=dt)
+                g["kernel"] = _add_columns(s, g["kernel"], dw_c, start)
+            if want.bias:
+                g["bias"] = _add_columns(s, g["bias"], dz.sum(axis=0), start)
+        for name in ("labels", "pos_weight", "weights"):
+            if getattr(want, name):
+                g[name] = _add_columns(s, g[name], ct[name], start)
+        if want.label_smoothing:
+            g["label_smoothing"] = g["label_smoothing"] + ct["label_smoothing"].astype(dt)
+        return total + loss, _Args(**g)
+
+    total, grads = lax.fori_loop(0, s.n_chunks, body, (_zeros((), dt, a.features), init))
+    # Cotangents take their primal's dtype (a bfloat16 kernel gets a bfloat16 gradient).
+    cast = [None if d is None else d.astype(v.dtype) for d, v in zip(grads, a, strict=True)]
+    return total, _Args(*cast)
+
+
+def _fused_sum_bwd(s: _Static, grads: _Args, g: Any) -> tuple[Any, ...]:
+    """Scales the gradients computed in the forward pass by the output cotangent."""
+    del s
+    if isinstance(g, SymbolicZero):
+        return (_Args(*(None for _ in grads)),)
+    return (_Args(*(None if v is None else (g * v).astype(v.dtype) for v in grads)),)
+
+
+_fused_sum.defvjp(_fused_sum_fwd, _fused_sum_bwd, symbolic_zeros=True)
+
+
+# --------------------------------------------------------------------- public API
+
+
+def _varying_axes(x: jax.Array) -> frozenset[Any]:
+    """The manual (shard_map) mesh axes along which ``x`` differs between devices."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", ()))
+
+
+def _as_2d(x: jax.Array | None) -> jax.Array | None:
+    return None if x is None else x.reshape((1,) * (2 - x.ndim) + x.shape)
+
+
+def linear_sigmoid_binary_cross_entropy(
+    features: Float[ArrayLike, "batch in_features"],
+    kernel: Float[ArrayLike, "in_features labels"],
+    labels: Real[ArrayLike, "batch labels"]
+    | Bool[ArrayLike, "batch labels"]
+    | Int[ArrayLike, "batch positives"],
+    *,
+    bias: Float[ArrayLike, " labels"] | None = None,
+    pos_weight: Real[ArrayLike, "*#batch_labels"] | None = None,
+    weights: Real[ArrayLike, "*#batch_labels"] | None = None,
+    where: Bool[ArrayLike, "*#batch_labels"] | None = None,
+    label_smoothing: float | Float[ArrayLike, ""] = 0.0,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    axis_name: Any = None,
+) -> Float[Array, ""]:
+    """Sigmoid BCE of a linear layer's output, without ever forming the (B, L) logits.
+
+    The value of ::
+
+        sigmoid_binary_cross_entropy(features @ kernel + bias, dense_labels, ...)
+
+    with the same options, for output layers too large to materialise (extreme multi-label
+    classification, one output per item in recommendation):
+
+    .. math::
+
+        \\ell = \\sum_{b,j} m_{bj}\\, w_{bj}\\bigl[\\pi_{bj}\\, q_{bj}
+            \\operatorname{softplus}(-z_{bj}) + (1 - q_{bj}) \\operatorname{softplus}(z_{bj})
+            \\bigr], \\qquad z = h W + \\beta,
+
+    divided by :math:`\\sum m` for ``"mean"``, with :math:`q = y(1-\\epsilon) + \\epsilon/2`.
+    The labels are processed ``chunk_size`` columns at a time, so only a (B, chunk_size)
+    block of logits exists at once; the gradients of the features, kernel and bias (and of
+    ``pos_weight``, ``weights``, soft labels and a traced ``label_smoothing``) are
+    accumulated in the same pass by a ``custom_vjp`` (reverse mode only). Temporary memory
+    grows with ``B * chunk_size``, not with ``L``.
+
+    Labels come in either of two formats:
+
+    * dense: bool or float (soft labels in [0, 1]), shape (B, L);
+    * sparse: **integer** indices of the positive labels, shape (B, K), padded with -1 (any
+      negative index is padding; duplicates count once). Every other label is negative.
+      Nothing of size B x L is ever built from them. Integer labels are always read as
+      indices: pass a 0/1 matrix as bool or float.
+
+    Sharded output layer: inside ``jax.shard_map`` with the label axis of ``kernel`` (and of
+    ``bias``, dense labels, and of column-shaped ``pos_weight``/``weights``/``where``) split
+    over mesh axis ``axis_name``, each device runs the loop on its own columns and the sum and
+    count are ``psum``-ed; the features' gradient is summed over devices by ``shard_map``'s
+    autodiff. Sparse labels then hold global indices, replicated on every device: a kernel
+    that varies over ``axis_name`` has its columns offset by ``axis_index * L_local``. (This
+    uses ``shard_map``'s varying-axis types, so keep its default ``check_vma=True``.) With
+    a replicated kernel and the batch sharded instead, ``axis_name`` gives the global
+    data-parallel sum or mean, as in the elementwise losses.
+
+    Args:
+      features: (B, d) real floating array, the input of the linear layer (use
+        ``jax.vmap`` for more batch dimensions).
+      kernel: (d, L) real floating array, the layer's weight.
+      labels: dense (B, L) bool/float labels, or sparse (B, K) integer positive indices
+        padded with -1 (see above).
+      bias: (L,) bias of the layer, or None.
+      pos_weight: weight of the positive term, broadcasting to (B, L); an (L,) array weights
+        each label, as in PyTorch.
+      weights: element weights broadcasting to (B, L).
+      where: boolean mask broadcasting to (B, L); excluded elements contribute exactly 0 to
+        the value and to every gradient.
+      label_smoothing: :math:`\\epsilon \\in [0, 1]`.
+      reduction: ``"sum"`` or ``"mean"`` (over included elements; 0 when none are).
+        ``"none"`` is refused: the point of this function is never to build the (B, L) loss.
+      chunk_size: label columns per chunk; ``None`` picks :func:`default_chunk_size`
+        (about a million logits per chunk). Values above L are clamped to L. It changes
+        memory and speed, never the result beyond float rounding.
+      axis_name: ``shard_map`` mesh axis (or tuple of axes) to sum and count over.
+
+    Returns:
+      The scalar loss, in the dtype of ``features @ kernel + bias``.
+
+    Raises:
+      ValueError: for ``reduction="none"``, or arguments whose shapes do not fit.
+      TypeError: for arguments of the wrong dtype.
+
+    References:
+      Wijmans et al., *Cut Your Losses in Large-Vocabulary Language Models* (Cut
+      Cross-Entropy), 2024; Hsu et al., *Liger Kernel: Efficient Triton Kernels for LLM
+      Training*, 2024 (fused linear cross-entropy); Bhatia et al., *The Extreme
+      Classification Repository*, 2016.
+    """
+    h = _check_predictions("features", features)
+    w_mat = _check_predictions("kernel", kernel)
+    if h.ndim != 2:
+        raise ValueError(
+            f"features must have shape (batch, in_features), got shape {h.shape}; "
+            "use jax.vmap for more batch dimensions"
+        )
+    if w_mat.ndim != 2 or w_mat.shape[0] != h.shape[1]:
+        raise ValueError(
+            f"kernel must have shape (in_features, labels) = ({h.shape[1]}, L) to match "
+            f"features of shape {h.shape}, got shape {w_mat.shape}"
+        )
+    n_batch, n_labels = h.shape[0], w_mat.shape[1]
+    if n_labels == 0:
+        raise ValueError(f"kernel must have at least one label column, got shape {w_mat.shape}")
+    shape = (n_batch, n_labels)
+    b_vec = None
+    if bias is not None:
+        b_vec = _check_predictions("bias", bias)
+        if b_vec.ndim > 1 or not (b_vec.ndim == 0 or b_vec.shape[0] in (1, n_labels)):
+            raise ValueError(
+                f"bias must have shape ({n_labels},) (one per kernel column) or be a scalar, "
+                f"got shape {b_vec.shape}"
+            )
+        b_vec = jnp.broadcast_to(b_vec, (n_labels,))
+
+    y = _as_array("labels", labels)
+    sparse = jnp.issubdtype(y.dtype, jnp.integer)
+    if sparse:
+        if y.ndim != 2 or y.shape[0] != n_batch:
+            raise ValueError(
+                f"sparse labels (integer indices) must have shape (batch, K) = ({n_batch}, K) "
+                f"to match features of shape {h.shape}, got shape {y.shape}"
+            )
+        if y.shape == shape and n_labels > 1:
+            raise ValueError(
+                f"integer labels of shape {y.shape} = (batch, labels) are ambiguous: integer "
+                "labels are sparse positive indices, so pass a dense 0/1 matrix as bool or "
+                "float (or pad sparse indices with a column of -1)"
+            )
+    else:
+        y = _check_labels(y, shape, "features @ kernel")
+    pw = _check_broadcast("pos_weight", pos_weight, shape)
+    wt = _check_broadcast("weights", weights, shape)
+    mask = _check_broadcast("where", where, shape, boolean=True)
+    if reduction == "none":
+        raise ValueError(
+            'reduction="none" is not supported by the fused linear loss: it would build the '
+            f'(batch, labels) = {shape} loss matrix this function exists to avoid; use "sum" '
+            'or "mean", or sigmoid_binary_cross_entropy on the logits'
+        )
+    _check_reduction(reduction)
+    _check_scalar_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    if chunk_size is None:
+        chunk = default_chunk_size(n_batch, n_labels)
+    else:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+            raise TypeError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
+        chunk = int(min(chunk_size, n_labels))
+
+    out_dtype = jnp.result_type(h, w_mat) if b_vec is None else jnp.result_type(h, w_mat, b_vec)
+    dt = _compute_dtype(out_dtype)
+    eps_static = float(label_smoothing) if _is_concrete(label_smoothing) else None
+    eps_arr = None if eps_static is not None else jnp.asarray(label_smoothing, dt)
+
+    offset = None
+    if axis_name is not None:
+        axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+        if sparse and set(axes) <= _varying_axes(w_mat):
+            offset = (lax.axis_index(axis_name) * n_labels).astype(jnp.int32)
+    if sparse:
+        total_labels = n_labels if offset is None else n_labels * lax.psum(1, axis_name)
+        checkify.debug_check(
+            jnp.all(y < total_labels),
+            f"sparse label indices must be below the number of labels ({total_labels}); "
+            "the largest is {}",
+            jnp.max(y, initial=-1),
+        )
+
+    args = _Args(
+        features=h, kernel=w_mat, bias=b_vec, labels=y,
+        pos_weight=_as_2d(pw), weights=_as_2d(wt), where=_as_2d(mask),
+        label_smoothing=eps_arr, offset=offset,
+    )  # fmt: skip
+    if axis_name is not None:
+        # Every input becomes device-varying before the custom_vjp, so the loop is purely
+        # local; the transposes of these casts psum the gradients of replicated inputs.
+        args = _Args(*(_vary(v, axis_name) for v in args))
+    static = _Static(
+        n_labels=n_labels,
+        chunk=chunk,
+        n_chunks=-(-n_labels // chunk),
+        sparse=bool(sparse),
+        label_smoothing=eps_static,
+        dtype=dt,
+    )
+    total = _fused_sum(static, args)
+    count = _count(mask, shape, dt)
+    if axis_name is not None:
+        total, count = lax.psum((total, count), axis_name)
+    if reduction == "sum":
+        return total.astype(out_dtype)
+    return (total / jnp.maximum(count, 1.0)).astype(out_dtype)
+
+
+def _vary(x: jax.Array | None, axis_name: Any) -> jax.Array | None:
+    if x is None:
+        return None
+    axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    missing = tuple(a for a in axes if a not in _varying_axes(x))
+    return lax.pcast(x, missing, to="varying") if missing else x
+
+
+def _count(mask: jax.Array | None, shape: tuple[int, int], dtype: Any) -> jax.Array:
+    """The number of included elements, as a float (B * L can exceed int32)."""
+    if mask is None:
+        return jnp.asarray(float(shape[0]) * float(shape[1]), dtype)
+    m = _as_2d(mask)
+    # Per-row integer counts (at most L each) summed in floating point.
+    rows = jnp.sum(m, axis=1, dtype=jnp.int32) * (shape[1] // m.shape[1])
+    return jnp.sum(rows.astype(dtype)) * (shape[0] // m.shape[0])
