@@ -186,10 +186,7 @@ def nll_bwd(kind: Kind, res: Residuals, g: jax.Array) -> Residuals:
         \\partial_q \\ell = w \\pi A,\\quad \\partial_{\\bar q} \\ell = w B,\\quad
         \\partial_\\pi \\ell = w q A,\\quad \\partial_w \\ell = \\pi q A + \\bar q B.
     """
-    # The barrier keeps XLA from merging this recomputation with the forward pass's: merged,
-    # the shared exp would be written to memory as an N-sized temporary; recomputed, the
-    # value and the gradient each stay one fused pass with no temporary at all.
-    x, q, qc, pw, w = jax.lax.optimization_barrier(res)
+    x, q, qc, pw, w = res
     a, b = _nll_pair(kind, x)
     pq = _pos_label(q, pw)
     gw = g if w is None else g * w

@@ -160,13 +160,20 @@ def _chunk_loss(
     weights: jax.Array | None,
     label_smoothing: jax.Array | None,
 ) -> jax.Array:
-    """The masked sum of the loss over one chunk: the public loss, so the formula lives once."""
+    """The masked sum of the loss over one chunk: the public loss, so the formula lives once.
+
+    The chunk's elementwise loss (excluded elements already 0) is summed with ``jnp.sum``,
+    not with the loss's own ``reduction="sum"``: on XLA:CPU the latter's one-pass (sum,
+    count) reduction accumulates sequentially, about 1e-6 relative error over a 1M-element
+    chunk (3e-3 over 16M elements), where ``jnp.sum``'s tree is at 2e-8. Writing one
+    chunk's loss to memory is cheap, and it measured faster too.
+    """
     eps = s.label_smoothing if label_smoothing is None else label_smoothing
-    return sigmoid_binary_cross_entropy(
+    loss = sigmoid_binary_cross_entropy(
         logits, labels,
         weights=weights, pos_weight=pos_weight, label_smoothing=eps, where=mask,
-        reduction="sum",
     )  # fmt: skip
+    return jnp.sum(loss)
 
 
 # ------------------------------------------------------------------ the custom_vjp

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference as ref
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -567,3 +568,25 @@ def test_axis_name_makes_sum_and_mean_global_under_shard_map_and_pmap():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "PARALLEL OK" in out.stdout
+
+
+# ------------------------------------------------------------ focal numerics
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 1.0, 2.0, 3.3])
+@pytest.mark.parametrize("y", [0.0, 1.0, 0.3])
+def test_focal_float32_within_a_few_ulp_of_mpmath(gamma, y):
+    z = np.array([-100, -50, -30, -20, -17, -5, -1, -1e-3, 0, 1e-3, 1, 5, 17, 20, 30, 50, 100],
+                 np.float32)  # fmt: skip
+    f = jax.jit(jax.vmap(jax.value_and_grad(lambda z, y: FOCAL(z, y, alpha=0.25, gamma=gamma))))
+    got_l, got_g = map(np.asarray, f(z, np.full_like(z, y)))
+    worst_l = worst_g = 0.0
+    for zi, li, gi in zip(z, got_l, got_g, strict=True):
+        exact_l, exact_g = ref.focal(zi, np.float32(y), alpha=0.25, gamma=gamma)
+        floor = 0 if y in (0.0, 1.0) else 0.25 * max(y, 1 - y)
+        worst_l = max(worst_l, ref.ulp_error(li, exact_l, np.float32))
+        worst_g = max(worst_g, ref.ulp_error(gi, exact_g, np.float32, floor=floor))
+    # "A few ulp": the power (1 - p_t)**gamma multiplies the ~1 ulp error of the sigmoid by
+    # gamma, so the bound is 2 + gamma ulps, at least 4.
+    bound = max(4.0, 2.0 + gamma)
+    assert worst_l <= bound and worst_g <= bound, (worst_l, worst_g)
