@@ -41,6 +41,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Kind = Literal["logits", "probs"]
 
@@ -71,6 +72,7 @@ class LogitTerms:
         self.softplus_pos = jnp.where(nonneg, log1p_e + z, log1p_e)  # -log sigmoid(-z)
         self.sigmoid_pos = jnp.where(nonneg, s_big, s_small)  # sigmoid(z)
         self.sigmoid_neg = jnp.where(nonneg, s_small, s_big)  # sigmoid(-z)
+        self.exp_neg_abs, self.sigmoid_big, self.sigmoid_small = e, s_big, s_small
 
 
 def _neg_abs(z: jax.Array) -> jax.Array:
@@ -227,7 +229,76 @@ def _nll_jvp(kind: Kind, primals, tangents):
     coefficients = nll_bwd(kind, res, jnp.ones((), out.dtype))
     terms = [
         c * t
-        for c, t in zip(coefficients, tangents, strict=False)
+        for c, t in zip(coefficients, tangents, strict=True)
         if c is not None and not isinstance(t, jax.custom_derivatives.SymbolicZero)
     ]
     return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
+def _focal_parts(x, y, gamma, int_gamma: int | None):
+    """Value and partial derivatives of :math:`(1-p_t)^\\gamma \\operatorname{BCE}(x, y)`.
+
+    The cross-entropy and its slope are the kernel's own (:func:`_value`, :func:`_slope`).
+    :math:`u = 1 - p_t = y\\sigma(-x) + (1-y)\\sigma(x)` is built from the two sigmoids,
+    never as ``1 - p_t``, so it does not round to 0 at :math:`|x| \\approx 17`; where even
+    they underflow (hard labels, :math:`|x| \\gtrsim 87`), :math:`\\log u` is taken from
+    softplus instead. At :math:`x = \\pm\\infty` the factor takes its limit and the derivative
+    is the limit :math:`u^\\gamma\\,\\partial_x \\operatorname{BCE}`.
+
+    Returns:
+      ``(value, d/dx, d/dy, d/dgamma)``.
+    """
+    qc = 1.0 - y
+    ce = _value("logits", x, y, qc)
+    d_ce = _slope("logits", x, y, qc)
+    is_inf = jnp.isinf(x)
+    t = LogitTerms(jnp.where(is_inf, 0.0, x))  # a finite stand-in: no 0 * inf below
+    # u = sigmoid(|x|) * den, and d(log u)/dx = (qc - y) sigmoid(-|x|) / den: few roundings.
+    den = jnp.where(x >= 0, y * t.exp_neg_abs + qc, y + qc * t.exp_neg_abs)
+    u = jnp.where(is_inf, jnp.where(x > 0, qc, y), t.sigmoid_big * den)
+    normal = u >= jnp.finfo(x.dtype).tiny
+    base = jnp.where(normal, u, 1.0)
+    power = lax.integer_pow(base, int_gamma) if int_gamma is not None else base**gamma
+    log_tail = -(y * t.softplus_pos + qc * t.softplus_neg)  # log u for hard labels
+    limit = jnp.where(is_inf, jnp.where(gamma == 0, 1.0, 0.0), jnp.exp(gamma * log_tail))
+    m = jnp.where(normal, power, limit)
+    value = safe_mul(m, ce)
+    safe_den = jnp.where(normal, den, 1.0)
+    dlogu_dx = jnp.where(
+        normal, (qc - y) * t.sigmoid_small / safe_den, qc * t.sigmoid_neg - y * t.sigmoid_pos
+    )
+    dlogu_dy = jnp.where(normal, (t.sigmoid_neg - t.sigmoid_pos) / base, -jnp.where(is_inf, 0.0, x))
+    ce_fin = jnp.where(is_inf, 0.0, ce)
+    d_x = m * (d_ce + gamma * dlogu_dx * ce_fin)
+    d_y = safe_mul(m, -x) + m * gamma * dlogu_dy * ce_fin  # d ce / dy = A - B = -x
+    log_u = jnp.where(normal, jnp.log(base), jnp.where(is_inf, -jnp.inf, log_tail))
+    d_gamma = safe_mul(value, log_u)
+    return value, d_x, d_y, d_gamma
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
+def focal_term(x, y, gamma, int_gamma: int | None = None) -> jax.Array:
+    """Elementwise :math:`(1 - p_t)^\\gamma\\,\\operatorname{BCE}(x, y)`, every mode.
+
+    Args:
+      x: logits in the compute dtype.
+      y: labels in [0, 1], same shape and dtype.
+      gamma: scalar focusing exponent, ``gamma >= 0`` (may be traced).
+      int_gamma: ``gamma`` as a Python int when it is a small concrete integer, so the
+        power is a few exact multiplications; else ``None``.
+
+    Returns:
+      The elementwise modulated cross-entropy (no alpha, no weights).
+    """
+    return _focal_parts(x, y, gamma, int_gamma)[0]
+
+
+@partial(focal_term.defjvp, symbolic_zeros=True)
+def _focal_term_jvp(int_gamma, primals, tangents):
+    value, *coefficients = _focal_parts(*primals, int_gamma)
+    terms = [
+        c * t
+        for c, t in zip(coefficients, tangents, strict=True)
+        if not isinstance(t, jax.custom_derivatives.SymbolicZero)
+    ]
+    return value, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(value)

@@ -26,6 +26,11 @@ residuals are the gradients themselves (input-sized, never B x L) and the backwa
 scales them by ``g``. Only the inputs that are being differentiated (``symbolic_zeros``) get
 gradients, so a plain ``grad`` in the features and kernel computes nothing else.
 
+Higher derivatives. The forward rule is ordinary differentiable JAX (a ``fori_loop`` with a
+static trip count, and the kernel's own ``custom_jvp``), so ``jax.hessian`` (forward over
+reverse) and grad-of-grad work and match the unfused loss; only forward mode applied to the
+loss itself (``jax.jvp``, ``jacfwd`` of the value) is refused, as for any ``custom_vjp``.
+
 The last, partial chunk is not padded (that would copy the whole kernel): its slice is
 shifted back to end at column L, and the columns that the previous chunk already covered
 are masked out, so they contribute exactly 0 to the value and every gradient.
@@ -33,7 +38,7 @@ are masked out, so they contribute exactly 0 to the value and every gradient.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -212,10 +217,6 @@ def _zeros(shape: tuple[int, ...], dtype: Any, like: jax.Array) -> jax.Array:
     return lax.pcast(z, axes, to="varying") if axes else z
 
 
-def _zeros_like(x: jax.Array | None, dtype: Any) -> jax.Array | None:
-    return None if x is None else _zeros(x.shape, dtype, x)
-
-
 def _add_columns(s: _Static, buf: jax.Array, part: jax.Array, start: jax.Array) -> jax.Array:
     """``buf[..., chunk] += part`` for a (.., L) buffer, or ``buf += part`` for a width-1 one."""
     part = part.astype(buf.dtype)
@@ -335,7 +336,7 @@ def linear_sigmoid_binary_cross_entropy(
     weights: Real[ArrayLike, "*#batch_labels"] | None = None,
     where: Bool[ArrayLike, "*#batch_labels"] | None = None,
     label_smoothing: float | Float[ArrayLike, ""] = 0.0,
-    reduction: str = "mean",
+    reduction: Literal["sum", "mean"] = "mean",
     chunk_size: int | None = None,
     axis_name: Any = None,
 ) -> Float[Array, ""]:
@@ -358,8 +359,9 @@ def linear_sigmoid_binary_cross_entropy(
     The labels are processed ``chunk_size`` columns at a time, so only a (B, chunk_size)
     block of logits exists at once; the gradients of the features, kernel and bias (and of
     ``pos_weight``, ``weights``, soft labels and a traced ``label_smoothing``) are
-    accumulated in the same pass by a ``custom_vjp`` (reverse mode only). Temporary memory
-    grows with ``B * chunk_size``, not with ``L``.
+    accumulated in the same pass by a ``custom_vjp`` (reverse mode: ``grad``,
+    ``value_and_grad``, ``hessian`` and grad-of-grad work; ``jax.jvp`` of the loss itself
+    does not). Temporary memory grows with ``B * chunk_size``, not with ``L``.
 
     Labels come in either of two formats:
 
@@ -367,7 +369,8 @@ def linear_sigmoid_binary_cross_entropy(
     * sparse: **integer** indices of the positive labels, shape (B, K), padded with -1 (any
       negative index is padding; duplicates count once). Every other label is negative.
       Nothing of size B x L is ever built from them. Integer labels are always read as
-      indices: pass a 0/1 matrix as bool or float.
+      indices (an integer array of shape (B, L) is refused as ambiguous): pass a 0/1
+      matrix as bool or float.
 
     Sharded output layer: inside ``jax.shard_map`` with the label axis of ``kernel`` (and of
     ``bias``, dense labels, and of column-shaped ``pos_weight``/``weights``/``where``) split

@@ -20,7 +20,7 @@ from jax import lax
 from jax.experimental import checkify
 from jaxtyping import Array, ArrayLike, Bool, Float, Real
 
-from jaxbce._kernels import Kind, LogitTerms, nll, safe_mul
+from jaxbce._kernels import Kind, focal_term, nll, safe_mul
 
 Reduction = Literal["none", "sum", "mean"]
 REDUCTIONS: tuple[str, ...] = ("none", "sum", "mean")
@@ -431,27 +431,10 @@ def sigmoid_focal_loss(
     )  # fmt: skip
     _check_scalar_range("gamma", gamma, 0.0, float("inf"))
     x, y = p.x, p.y
-    ce = nll("logits", x, y, 1.0 - y, None, None)
-
-    # Modulating factor, on a finite stand-in for infinite logits: the infinite elements
-    # take the limit below, and no 0 * inf can reach a gradient.
-    is_inf = jnp.isinf(x)
-    t = LogitTerms(jnp.where(is_inf, 0.0, x))
-    one_minus_pt = y * t.sigmoid_neg + (1.0 - y) * t.sigmoid_pos
-    normal = one_minus_pt >= jnp.finfo(x.dtype).tiny
-    base = jnp.where(normal, one_minus_pt, 1.0)
+    int_gamma = None
     if _is_concrete(gamma) and float(gamma).is_integer() and float(gamma) <= 8:
-        power = lax.integer_pow(base, int(gamma))
-    else:
-        power = base ** jnp.asarray(gamma, x.dtype)
-    log_tail = -(y * t.softplus_pos + (1.0 - y) * t.softplus_neg)
-    modulating = jnp.where(normal, power, jnp.exp(jnp.asarray(gamma, x.dtype) * log_tail))
-
-    loss = jnp.where(
-        is_inf,
-        safe_mul(lax.stop_gradient(modulating), ce),
-        modulating * jnp.where(is_inf, 0.0, ce),
-    )
+        int_gamma = int(gamma)
+    loss = focal_term(x, y, jnp.asarray(gamma, x.dtype), int_gamma)
     if alpha is not None:
         alpha_t = alpha * y + (1.0 - alpha) * (1.0 - y)
         if _is_concrete(alpha):

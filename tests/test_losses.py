@@ -590,3 +590,20 @@ def test_focal_float32_within_a_few_ulp_of_mpmath(gamma, y):
     # gamma, so the bound is 2 + gamma ulps, at least 4.
     bound = max(4.0, 2.0 + gamma)
     assert worst_l <= bound and worst_g <= bound, (worst_l, worst_g)
+
+
+@settings(max_examples=20)
+@given(
+    st.sampled_from(FUNCTIONS),
+    st.sampled_from([jnp.bfloat16, jnp.float16, jnp.float32]),
+    st.lists(st.integers(1, 5), min_size=1, max_size=3),
+    st.integers(0, 2**31 - 1),
+)
+def test_property_low_precision_rounds_the_float32_result_once(fn, dtype, shape, seed):
+    x, y = _inputs(fn, tuple(shape), seed=seed)
+    x_low = jnp.asarray(x, dtype)
+    got = jax.jit(fn)(x_low, y)
+    assert got.dtype == dtype and got.shape == x.shape
+    # The float32 computation on the same (rounded) inputs, rounded once to dtype.
+    expected = jax.jit(fn)(x_low.astype(jnp.float32), y).astype(dtype)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(expected, np.float32))
