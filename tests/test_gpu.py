@@ -1,0 +1,41 @@
+"""GPU-only checks, run on a CUDA machine with ``python -m pytest -m gpu tests/test_gpu.py``.
+
+They are deselected by default (``-m "not gpu"`` in pyproject's addopts), not skipped: on a
+machine without a GPU they would have nothing to measure.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import jaxbce
+from jaxbce import check
+
+pytestmark = pytest.mark.gpu
+
+
+def test_a_gpu_is_what_runs_these():
+    assert jax.default_backend() == "gpu", jax.devices()
+
+
+def test_self_check_passes_on_the_gpu(capsys):
+    status = check.main([])
+    out = capsys.readouterr().out
+    print(out)
+    assert status == 0, out
+
+
+@pytest.mark.parametrize("label_dtype", [jnp.float32, jnp.bool_])
+def test_value_and_grad_of_mean_needs_no_n_sized_temporary_on_gpu(label_dtype):
+    z = jnp.zeros((4096, 4096), jnp.float32)
+    y = jnp.zeros((4096, 4096), label_dtype)
+    f = jax.jit(jax.value_and_grad(lambda z, y: jaxbce.sigmoid_binary_cross_entropy(
+        z, y, reduction="mean")))  # fmt: skip
+    ours = f.lower(z, y).compile().memory_analysis().temp_size_in_bytes
+    g = jax.jit(jax.value_and_grad(lambda z, y: optax.sigmoid_binary_cross_entropy(z, y).mean()))
+    theirs = g.lower(z, y.astype(jnp.float32)).compile().memory_analysis().temp_size_in_bytes
+    print(f"temp bytes: jaxbce {ours}, optax {theirs}, N*4 = {z.size * 4}")
+    assert ours < z.size * 4 // 16
