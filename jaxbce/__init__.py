@@ -6,7 +6,8 @@ The public functions are pure and jit-able; options are keyword-only::
     loss = jaxbce.sigmoid_binary_cross_entropy(logits, labels, reduction="mean")
 """
 
-from jaxbce._kernels import LogitTerms, nll, nll_bwd, nll_fwd, nll_vjp
+from jaxbce._kernels import LogitTerms, focal_term, nll, nll_bwd, nll_fwd, nll_vjp
+from jaxbce._linear import default_chunk_size, linear_sigmoid_binary_cross_entropy
 from jaxbce._losses import (
     REDUCTIONS,
     binary_cross_entropy,
@@ -22,6 +23,9 @@ __all__ = [
     "LogitTerms",
     "binary_cross_entropy",
     "checked",
+    "default_chunk_size",
+    "focal_term",
+    "linear_sigmoid_binary_cross_entropy",
     "nll",
     "nll_bwd",
     "nll_fwd",

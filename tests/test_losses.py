@@ -491,8 +491,25 @@ def test_value_and_grad_of_mean_needs_no_n_sized_temporary(label_dtype, kwargs):
         z, y.astype(jnp.float32),
     )  # fmt: skip
     n_bytes = z.size * 4
-    assert ours < 1024, f"{ours} temporary bytes (N*4 = {n_bytes})"
+    # Nothing N-sized: only the N / 512 partial sums and counts of the two-level reduction.
+    assert ours <= 2 * 4 * z.size // 512 + 1024, f"{ours} temporary bytes (N*4 = {n_bytes})"
     assert optax_bytes >= 2 * n_bytes  # the baseline this improves on (3 N-sized today)
+
+
+@pytest.mark.parametrize("n", [2**22, 2**22 + 37])
+def test_sum_and_mean_of_millions_of_elements_are_accurate(n):
+    # XLA:CPU's own reduction adds sequentially (1e-3 relative error at 2^25 elements);
+    # the two-level reduction keeps a mean of millions of losses within a few float32 ulps.
+    rng = np.random.default_rng(7)
+    z = rng.normal(size=n).astype(np.float32) * 4
+    y = (rng.uniform(size=n) > 0.5).astype(np.float32)
+    z64, y64 = z.astype(np.float64), y.astype(np.float64)
+    exact = np.maximum(z64, 0) - z64 * y64 + np.log1p(np.exp(-np.abs(z64)))
+    f = jax.jit(jax.value_and_grad(lambda z, y: BCE(z, y, reduction="mean")))
+    assert float(f(z, y)[0]) == pytest.approx(exact.mean(), rel=4e-7)
+    assert float(jax.jit(BCE, static_argnames="reduction")(z, y, reduction="sum")) == (
+        pytest.approx(exact.sum(), rel=4e-7)
+    )
 
 
 def test_bool_labels_are_read_as_bool():
@@ -501,7 +518,7 @@ def test_bool_labels_are_read_as_bool():
     compiled = jax.jit(jax.value_and_grad(lambda z, y: BCE(z, y, reduction="mean"))).lower(z, y)
     stats = compiled.compile().memory_analysis()
     assert stats.argument_size_in_bytes == z.size * 4 + y.size * 1
-    assert stats.temp_size_in_bytes < 1024
+    assert stats.temp_size_in_bytes <= 2 * 4 * z.size // 512 + 1024
 
 
 # ------------------------------------------------------- lowering elsewhere
