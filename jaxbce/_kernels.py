@@ -49,6 +49,12 @@ Kind = Literal["logits", "probs"]
 LOG_CLAMP = 100.0
 
 
+def _neg_abs(z: jax.Array) -> jax.Array:
+    # -|z| written so that its derivative at z = 0 is -1 (jnp.abs has 0 there), which keeps
+    # every derivative of what is built on it exact at 0.
+    return jnp.where(z >= 0, -z, z)
+
+
 class LogitTerms:
     """The stable pieces of :math:`\\sigma` and :math:`\\log\\sigma` at a logit, computed once.
 
@@ -62,9 +68,7 @@ class LogitTerms:
 
     def __init__(self, z: jax.Array):
         nonneg = z >= 0
-        # -|z| written so that its derivative at z = 0 is -1 (jnp.abs has 0 there), which
-        # keeps every derivative of the pieces below exact at 0.
-        e = jnp.exp(jnp.where(nonneg, -z, z))
+        e = jnp.exp(_neg_abs(z))
         log1p_e = jnp.log1p(e)
         s_big = 1.0 / (1.0 + e)  # sigmoid(|z|)
         s_small = e * s_big  # sigmoid(-|z|)
@@ -73,12 +77,6 @@ class LogitTerms:
         self.sigmoid_pos = jnp.where(nonneg, s_big, s_small)  # sigmoid(z)
         self.sigmoid_neg = jnp.where(nonneg, s_small, s_big)  # sigmoid(-z)
         self.exp_neg_abs, self.sigmoid_big, self.sigmoid_small = e, s_big, s_small
-
-
-def _neg_abs(z: jax.Array) -> jax.Array:
-    # -|z| written so that its derivative at z = 0 is -1 (jnp.abs has 0 there), which keeps
-    # every derivative of what is built on it exact at 0.
-    return jnp.where(z >= 0, -z, z)
 
 
 def _nll_pair(kind: Kind, x: jax.Array) -> tuple[jax.Array, jax.Array]:
