@@ -207,13 +207,19 @@ nll_vjp = jax.custom_vjp(_nll_primal, nondiff_argnums=(0,))
 nll_vjp.defvjp(nll_fwd, nll_bwd)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(0,))
-def nll(kind: Kind, x, q, qc, pw, w) -> jax.Array:
+@partial(jax.custom_jvp, nondiff_argnums=(0, 6))
+def nll(kind: Kind, x, q, qc, pw, w, recompute: bool = False) -> jax.Array:
     """Elementwise ``w * (pw * q * A(x) + qc * B(x))``, differentiable in every mode.
 
     Args:
       kind: ``"logits"`` or ``"probs"``.
       x, q, qc, pw, w: arrays of one shape in one floating dtype (``pw``, ``w`` may be None).
+      recompute: keep XLA from sharing ``exp(-|x|)`` between the value and the derivative.
+        Shared (the default), it is computed once into the derivative's own output buffer:
+        fastest where compute dominates (CPU) and free of temporaries when the derivative has
+        the compute dtype. When the caller casts the derivative to a narrower dtype
+        (bfloat16 logits) the shared buffer cannot be reused and would be an N-sized float32
+        temporary, so there each pass recomputes it instead.
 
     Returns:
       The elementwise loss, shaped like ``x``.
@@ -222,8 +228,10 @@ def nll(kind: Kind, x, q, qc, pw, w) -> jax.Array:
 
 
 @partial(nll.defjvp, symbolic_zeros=True)
-def _nll_jvp(kind: Kind, primals, tangents):
+def _nll_jvp(kind: Kind, recompute: bool, primals, tangents):
     out, res = nll_fwd(kind, *primals)
+    if recompute:
+        res = lax.optimization_barrier(res)
     coefficients = nll_bwd(kind, res, jnp.ones((), out.dtype))
     terms = [
         c * t

@@ -197,6 +197,11 @@ def _prepare(
     )
 
 
+def _narrow(dtype: Any) -> bool:
+    """Whether results are cast down from the compute dtype (bfloat16, float16 inputs)."""
+    return jnp.dtype(dtype) != _compute_dtype(dtype)
+
+
 def _smoothed(y: jax.Array, label_smoothing: Any) -> tuple[jax.Array, jax.Array]:
     """Returns ``(q, qc)``: the smoothed label and its complement, each without cancellation.
 
@@ -228,9 +233,15 @@ def _reduce(
     total, count = _sum_and_count(loss, mask)
     if axis_name is not None:
         total, count = lax.psum((total, count), axis_name)
+    # "+ 0 * count" keeps the count alive, and with it the fused reduction (see below).
+    total = total + 0.0 * count
     if reduction == "sum":
-        # "+ 0 * count" keeps the count alive, and with it the fused reduction (see below).
-        return (total + 0.0 * count).astype(out_dtype)
+        return total.astype(out_dtype)
+    if mask is None:
+        # A static count: the gradient's scale 1/N then does not wait for the reduction,
+        # so XLA may compute the value and the gradient in any order, or together.
+        n = loss.size if axis_name is None else loss.size * lax.psum(1, axis_name)
+        return (total / n).astype(out_dtype)
     # An all-excluded batch has total 0 and count 0: its mean is 0, not NaN.
     return (total / jnp.maximum(count, 1.0)).astype(out_dtype)
 
@@ -348,7 +359,7 @@ def sigmoid_binary_cross_entropy(
         weights=weights, pos_weight=pos_weight, where=where, reduction=reduction,
     )  # fmt: skip
     q, qc = _smoothed(p.y, label_smoothing)
-    loss = nll("logits", p.x, q, qc, p.pw, p.w)
+    loss = nll("logits", p.x, q, qc, p.pw, p.w, _narrow(p.out_dtype))
     return _reduce(loss, p.mask, reduction, axis_name, p.out_dtype)
 
 
@@ -395,7 +406,7 @@ def binary_cross_entropy(
         weights=weights, pos_weight=None, where=where, reduction=reduction,
     )  # fmt: skip
     q, qc = _smoothed(p.y, label_smoothing)
-    loss = nll("probs", p.x, q, qc, None, p.w)
+    loss = nll("probs", p.x, q, qc, None, p.w, _narrow(p.out_dtype))
     return _reduce(loss, p.mask, reduction, axis_name, p.out_dtype)
 
 

@@ -624,3 +624,11 @@ def test_property_low_precision_rounds_the_float32_result_once(fn, dtype, shape,
     # The float32 computation on the same (rounded) inputs, rounded once to dtype.
     expected = jax.jit(fn)(x_low.astype(jnp.float32), y).astype(dtype)
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(expected, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_value_and_grad_needs_no_float32_temporary(dtype):
+    z = jnp.zeros((512, 1024), dtype)
+    y = jnp.zeros((512, 1024), jnp.bool_)
+    ours = _temp_bytes(jax.value_and_grad(lambda z, y: BCE(z, y, reduction="mean")), z, y)
+    assert ours <= 2 * 4 * z.size // 512 + 1024, ours
