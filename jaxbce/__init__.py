@@ -6,7 +6,7 @@ The public functions are pure and jit-able; options are keyword-only::
     loss = jaxbce.sigmoid_binary_cross_entropy(logits, labels, reduction="mean")
 """
 
-from jaxbce._kernels import LogitTerms, focal_term, nll, nll_bwd, nll_fwd, nll_vjp
+from jaxbce._kernels import nll, nll_bwd, nll_fwd, nll_vjp
 from jaxbce._linear import default_chunk_size, linear_sigmoid_binary_cross_entropy
 from jaxbce._losses import (
     REDUCTIONS,
@@ -20,11 +20,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "REDUCTIONS",
-    "LogitTerms",
     "binary_cross_entropy",
     "checked",
     "default_chunk_size",
-    "focal_term",
     "linear_sigmoid_binary_cross_entropy",
     "nll",
     "nll_bwd",
