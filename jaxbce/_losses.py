@@ -128,7 +128,7 @@ def _check_scalar_range(name: str, value: Any, low: float, high: float) -> None:
 
 def _check_unit_interval_values(name: str, arr: jax.Array, mask: jax.Array | None) -> None:
     """Run-time check (active under ``checkify``) that every included value is in [0, 1]."""
-    if arr.dtype == jnp.bool_:
+    if arr.dtype == jnp.bool_ or arr.size == 0:
         return
     ok = (arr >= 0) & (arr <= 1)
     if mask is not None:
@@ -241,7 +241,7 @@ def _reduce(
         # A static count: the gradient's scale 1/N then does not wait for the reduction,
         # so XLA may compute the value and the gradient in any order, or together.
         n = loss.size if axis_name is None else loss.size * lax.psum(1, axis_name)
-        return (total / n).astype(out_dtype)
+        return (total / jnp.maximum(n, 1)).astype(out_dtype)  # an empty batch's mean is 0
     # An all-excluded batch has total 0 and count 0: its mean is 0, not NaN.
     return (total / jnp.maximum(count, 1.0)).astype(out_dtype)
 

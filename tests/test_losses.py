@@ -208,6 +208,9 @@ def test_mean_divides_by_included_count_and_empty_mean_is_zero(fn):
     empty = np.zeros((5, 3), bool)
     val, g = jax.value_and_grad(lambda x: fn(x, y, where=empty, reduction="mean"))(x)
     assert float(val) == 0.0 and np.all(np.asarray(g) == 0.0)
+    no_elements = np.zeros((0, 3), np.float32)
+    assert float(fn(no_elements, no_elements, reduction="mean")) == 0.0
+    assert float(fn(no_elements, no_elements, reduction="sum")) == 0.0
 
 
 @pytest.mark.parametrize("fn", FUNCTIONS)
