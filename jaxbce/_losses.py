@@ -233,7 +233,7 @@ def _reduce(
     total, count = _sum_and_count(loss, mask)
     if axis_name is not None:
         total, count = lax.psum((total, count), axis_name)
-    # "+ 0 * count" keeps the count alive, and with it the fused reduction (see below).
+    # "+ 0 * count" keeps the count alive, and with it XLA:CPU's fused reduction (below).
     total = total + 0.0 * count
     if reduction == "sum":
         return total.astype(out_dtype)
@@ -251,7 +251,23 @@ SUM_BLOCK = 512
 
 
 def _sum_and_count(loss: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    """The sum of the loss and the number of included elements, reading the loss once.
+    """The sum of the loss and the number of included elements, in the loss dtype.
+
+    On CPU (:func:`_blocked_sum_and_count`) a fused two-level variadic reduction; on other
+    platforms a plain ``jnp.sum``, which their compilers fuse with the loss as it is (and a
+    GPU may fuse with the gradient pass beside it). ``lax.platform_dependent`` picks one
+    when the function is lowered, so an exported function carries both.
+    """
+    counted = jnp.ones(loss.shape, jnp.bool_) if mask is None else mask
+
+    def plain(loss, counted):
+        return jnp.sum(loss), jnp.sum(counted, dtype=jnp.int32).astype(loss.dtype)
+
+    return lax.platform_dependent(loss, counted, cpu=_blocked_sum_and_count, default=plain)
+
+
+def _blocked_sum_and_count(loss: jax.Array, counted: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """XLA:CPU's sum of the loss and of the boolean ``counted``, reading the loss once.
 
     Two choices keep this both exact and free of N-sized temporaries:
 
@@ -262,18 +278,15 @@ def _sum_and_count(loss: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, 
     * two levels: XLA's own reduction adds sequentially, which loses ~1e-3 relative
       accuracy over 2^25 elements, so it only sums blocks of ``SUM_BLOCK`` elements (error
       ~1e-5 at worst) and the N / SUM_BLOCK partial sums are added pairwise by ``jnp.sum``.
-
-    The count is summed in int32 and returned in the loss dtype.
     """
     flat = loss.reshape(-1)
-    counted = jnp.ones(flat.shape, jnp.int32) if mask is None else mask.reshape(-1)
     # Zero padding to whole blocks fuses into the reduction (two slices would not: the
     # loss would then have two consumers and be written to memory).
     pad = -flat.size % SUM_BLOCK
     blocks = (-1, SUM_BLOCK)
     sums, counts = _variadic_sum(
         jnp.pad(flat, (0, pad)).reshape(blocks),
-        jnp.pad(counted.astype(jnp.int32), (0, pad)).reshape(blocks),
+        jnp.pad(counted.reshape(-1).astype(jnp.int32), (0, pad)).reshape(blocks),
     )
     return jnp.sum(sums), jnp.sum(counts)
 
