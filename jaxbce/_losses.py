@@ -240,8 +240,11 @@ def _reduce(
     if mask is None:
         # A static count: the gradient's scale 1/N then does not wait for the reduction,
         # so XLA may compute the value and the gradient in any order, or together.
-        n = loss.size if axis_name is None else loss.size * lax.psum(1, axis_name)
-        return (total / jnp.maximum(n, 1)).astype(out_dtype)  # an empty batch's mean is 0
+        # In the loss dtype: 2^31 elements and more overflow int32.
+        n = jnp.asarray(loss.size, loss.dtype)
+        if axis_name is not None:
+            n = lax.psum(n, axis_name)
+        return (total / jnp.maximum(n, 1.0)).astype(out_dtype)  # an empty batch's mean is 0
     # An all-excluded batch has total 0 and count 0: its mean is 0, not NaN.
     return (total / jnp.maximum(count, 1.0)).astype(out_dtype)
 
@@ -261,7 +264,8 @@ def _sum_and_count(loss: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, 
     counted = jnp.ones(loss.shape, jnp.bool_) if mask is None else mask
 
     def plain(loss, counted):
-        return jnp.sum(loss), jnp.sum(counted, dtype=jnp.int32).astype(loss.dtype)
+        count_dtype = jnp.int32 if loss.size < 2**31 else loss.dtype
+        return jnp.sum(loss), jnp.sum(counted, dtype=count_dtype).astype(loss.dtype)
 
     return lax.platform_dependent(loss, counted, cpu=_blocked_sum_and_count, default=plain)
 

@@ -635,3 +635,17 @@ def test_low_precision_value_and_grad_needs_no_float32_temporary(dtype):
     y = jnp.zeros((512, 1024), jnp.bool_)
     ours = _temp_bytes(jax.value_and_grad(lambda z, y: BCE(z, y, reduction="mean")), z, y)
     assert ours <= 2 * 4 * z.size // 512 + 1024, ours
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_two_to_the_31_elements_trace_without_int32_overflow(masked):
+    # Lowered only (8 GiB of logits): the element count must not overflow int32.
+    shape = (2**16, 2**15)
+    z = jax.ShapeDtypeStruct(shape, jnp.float32)
+    b = jax.ShapeDtypeStruct(shape, jnp.bool_)
+
+    def f(z, y, m):
+        return BCE(z, y, where=m if masked else None, reduction="mean")
+
+    value, grad = jax.jit(jax.value_and_grad(f)).lower(z, b, b).out_info
+    assert value.shape == () and grad.shape == shape
