@@ -34,9 +34,21 @@ Usage::
     python benchmarks/run.py --quick     # under 2 minutes on 2 CPU cores
     python benchmarks/run.py --sizes 4096 2^26 --out /tmp/bench
     python benchmarks/run.py --summarize benchmarks/results/cpu-<date>.json  # Markdown
+    python benchmarks/run.py --linear-only   # fused linear loss only (minutes on CPU)
+    python benchmarks/run.py --quick --linear --linear-sizes 2^12  # both, small
 
 Writes ``<out>/<backend>-<YYYY-MM-DD>.json`` and ``.png`` (time per element against N)
 and prints a table per size, then the pass/fail lines of the targets.
+
+Fused linear layer (``--linear`` adds it to the run, ``--linear-only`` runs only it and
+writes ``<out>/<backend>-linear-<YYYY-MM-DD>.json``): ``jax.value_and_grad`` in the
+features, kernel and bias of ``jaxbce.linear_sigmoid_binary_cross_entropy`` (dense bool
+labels, and sparse (B, 8) positive indices) against the unfused
+``sigmoid_binary_cross_entropy(features @ kernel + bias, labels)``, for B = 1024, d = 256
+and L in 2^14, 2^16, 2^17 (``--linear-sizes``), timed round by round as above. The JSON
+key ``fused_linear`` holds times, ratios to the unfused loss and XLA temp bytes; the
+unfused loss is compiled at every L but not run where its temporaries exceed 40 % of RAM.
+It is not part of the default run: on 2 CPU cores it takes several minutes.
 """
 
 from __future__ import annotations
@@ -312,28 +324,7 @@ def jax_contenders(jaxbce: ModuleType) -> list[JaxContender]:
             as_is=True,
         ),
     ]
-    return contenders + register_fused_linear_contenders(jaxbce)
-
-
-def register_fused_linear_contenders(jaxbce: ModuleType) -> list[JaxContender]:
-    """PLACE FOR THE FUSED LINEAR LOSS: ``jaxbce.linear_sigmoid_binary_cross_entropy``.
-
-    Not benchmarked yet. To add it, return a :class:`JaxContender` whose ``make_args``
-    builds ``(features, kernel, labels)`` from the batch (for example features of shape
-    ``(B, D)`` and a kernel of shape ``(D, C)``), whose ``loss`` calls
-    ``jaxbce.linear_sigmoid_binary_cross_entropy(features, kernel, labels,
-    reduction="mean")``, and a second contender with the unfused ``features @ kernel``
-    followed by ``jaxbce.sigmoid_binary_cross_entropy`` as its ``ref``. The ideal bytes in
-    :func:`ideal_bytes` then need the matmul's traffic.
-
-    Args:
-      jaxbce: The imported library.
-
-    Returns:
-      An empty list until the fused linear loss is benchmarked.
-    """
-    del jaxbce
-    return []
+    return contenders
 
 
 def import_jaxbce() -> ModuleType:
@@ -864,6 +855,304 @@ def bench_size(
 
 
 # --------------------------------------------------------------------------------------
+# Fused linear layer + BCE
+# --------------------------------------------------------------------------------------
+
+#: Shape of the fused linear benchmark: features (B, d), kernel (d, L), sparse labels (B, K).
+LINEAR_BATCH = 1024
+LINEAR_IN_FEATURES = 256
+LINEAR_POSITIVES = 8
+LINEAR_SIZES = (2**14, 2**16, 2**17)
+#: The issue's speed target: fused value_and_grad time / unfused, where the unfused fits.
+LINEAR_TARGET_RATIO = 1.3
+#: The unfused loss is compiled at every size but run only if its XLA temporaries fit in
+#: this fraction of the machine's RAM.
+LINEAR_MAX_RAM_FRACTION = 0.4
+LINEAR_TARGET_NAME = "fused linear value_and_grad within 1.3x of unfused"
+
+
+def machine_ram_bytes() -> int | None:
+    """Physical memory of this machine in bytes, or ``None`` where unknown."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def linear_inputs(n_labels: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Host inputs of the fused linear benchmark for ``L = n_labels``.
+
+    The logits ``features @ kernel + bias`` have a standard deviation of about 3, like the
+    elementwise benchmark's. The sparse labels are ``LINEAR_POSITIVES`` random positive
+    indices per row (duplicates count once) and the dense bool labels are the same
+    positives scattered into a (B, L) matrix, so both formats give the same loss.
+
+    Args:
+      n_labels: L.
+      seed: NumPy seed.
+
+    Returns:
+      ``features``, ``kernel``, ``bias``, ``dense`` and ``sparse`` arrays.
+    """
+    rng = np.random.default_rng(seed)
+    b, d = LINEAR_BATCH, LINEAR_IN_FEATURES
+    features = rng.standard_normal((b, d), dtype=np.float32)
+    kernel = (3.0 / math.sqrt(d)) * rng.standard_normal((d, n_labels), dtype=np.float32)
+    bias = 0.1 * rng.standard_normal((n_labels,), dtype=np.float32)
+    sparse = rng.integers(0, n_labels, (b, LINEAR_POSITIVES), dtype=np.int32)
+    dense = np.zeros((b, n_labels), dtype=bool)
+    np.put_along_axis(dense, sparse, True, axis=1)
+    return {
+        "features": features,
+        "kernel": kernel.astype(np.float32),
+        "bias": bias,
+        "dense": dense,
+        "sparse": sparse,
+    }
+
+
+def linear_contenders(jaxbce: ModuleType) -> list[tuple[str, str, Callable[..., jax.Array], str]]:
+    """The fused linear contenders: ``(key, label, loss(h, W, b, y), labels format)``.
+
+    Args:
+      jaxbce: The imported library.
+
+    Returns:
+      Fused with dense bool labels, fused with sparse (B, K) labels, and the unfused
+      ``sigmoid_binary_cross_entropy(h @ W + b, dense)``, which divides the others' times.
+    """
+    fused = jaxbce.linear_sigmoid_binary_cross_entropy
+    bce = jaxbce.sigmoid_binary_cross_entropy
+    return [
+        ("fused", "fused, dense bool labels", lambda h, w, b, y: fused(h, w, y, bias=b), "dense"),
+        (
+            "fused_sparse",
+            f"fused, sparse (B, {LINEAR_POSITIVES}) labels",
+            lambda h, w, b, y: fused(h, w, y, bias=b),
+            "sparse",
+        ),
+        (
+            "unfused",
+            "unfused h @ W + b, BCE",
+            lambda h, w, b, y: bce(h @ w + b, y, reduction="mean"),
+            "dense",
+        ),
+    ]
+
+
+def bench_linear_size(
+    n_labels: int, jaxbce: ModuleType, schedule: Schedule, seed: int
+) -> list[dict[str, Any]]:
+    """Compiles and times ``value_and_grad`` of the fused and unfused losses at one L.
+
+    Gradients are taken in the features, the kernel and the bias. The contenders run
+    round by round with :func:`run_rounds` (warm-up, one untimed call before each
+    sample); the ratio to the unfused loss is the median of the per-round ratios.
+
+    Args:
+      n_labels: L.
+      jaxbce: The imported library.
+      schedule: Rounds.
+      seed: NumPy seed.
+
+    Returns:
+      One row per contender.
+    """
+    host = linear_inputs(n_labels, seed)
+    ram = machine_ram_bytes()
+    common = [jnp.asarray(host[k]) for k in ("features", "kernel", "bias")]
+    tasks: list[Task] = []
+    rows: dict[str, dict[str, Any]] = {}
+    values: dict[str, float] = {}
+    for key, label, loss, fmt in linear_contenders(jaxbce):
+        args = jax.block_until_ready((*common, jnp.asarray(host[fmt])))
+        row: dict[str, Any] = {
+            "labels": n_labels,
+            "contender": key,
+            "label": label,
+            "label_format": fmt,
+            "compile_s": None,
+            "memory": {},
+        }
+        rows[key] = row
+        start = time.perf_counter()
+        try:
+            vg = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+            compiled = vg.lower(*args).compile()
+        except Exception as err:  # E.g. too large to compile; reported, not fatal.
+            row["skipped"] = f"not run: does not compile ({type(err).__name__}: {err})"[:300]
+            continue
+        row["compile_s"] = time.perf_counter() - start
+        row["memory"] = _memory_analysis(compiled)
+        temp = row["memory"].get("temp_size_in_bytes")
+        if ram is not None and temp is not None and temp > LINEAR_MAX_RAM_FRACTION * ram:
+            row["skipped"] = (
+                f"not run: XLA temporaries {temp / 2**30:.1f} GiB > "
+                f"{LINEAR_MAX_RAM_FRACTION:.0%} of {ram / 2**30:.1f} GiB RAM"
+            )
+            continue
+        value, _ = jax.block_until_ready(compiled(*args))  # First call: lazy initialisation.
+        values[key] = float(value)
+        row["value"] = float(value)
+        tasks.append(
+            Task(
+                key=key,
+                label=label,
+                mode=VALUE_AND_GRAD,
+                run=lambda c=compiled, a=args: c(*a),
+                block=jax.block_until_ready,
+                ideal_bytes=0,
+                compile_s=row["compile_s"],
+                memory=row["memory"],
+            )
+        )
+    foreign = ForeignCpu()
+    n_rounds = run_rounds(tasks, schedule) if tasks else 0
+    busy = foreign.fraction()
+    by_key = {t.key: t for t in tasks}
+    ref = by_key.get("unfused")
+    for task in tasks:
+        row = rows[task.key]
+        row.update(
+            rounds=n_rounds,
+            inner=task.inner,
+            median_ms=float(statistics.median(task.samples)) * 1e3,
+            min_ms=float(min(task.samples)) * 1e3,
+            samples_s=[float(f"{s:.6g}") for s in task.samples],
+        )
+        if ref is not None:
+            row["ratio_to_unfused"] = paired_median_ratio(task.samples, ref.samples)
+        if "unfused" in values:
+            row["value_abs_diff_to_unfused"] = abs(values[task.key] - values["unfused"])
+    for row in rows.values():
+        row["foreign_cpu"] = busy
+    return list(rows.values())
+
+
+def linear_target(section: dict[str, Any] | None) -> dict[str, Any]:
+    """The issue's 1.3x target for the fused linear loss (dense labels, every L run).
+
+    Args:
+      section: The ``fused_linear`` JSON section, or ``None`` when it was not run.
+
+    Returns:
+      The target entry; its value is the worst (largest) fused / unfused ratio over the
+      sizes where the unfused loss ran.
+    """
+    entry: dict[str, Any] = {"target": LINEAR_TARGET_NAME, "status": "not yet measured"}
+    ratios = {
+        r["labels"]: r["ratio_to_unfused"]
+        for r in (section or {}).get("rows", [])
+        if r["contender"] == "fused" and "ratio_to_unfused" in r
+    }
+    if not ratios:
+        entry["detail"] = "needs a run with --linear (or --linear-only) where the unfused loss fits"
+        return entry
+    worst = max(ratios.values())
+    entry.update(status="pass" if worst <= LINEAR_TARGET_RATIO else "fail", value=worst)
+    entry["detail"] = "fused / unfused = " + ", ".join(
+        f"{r:.3g} at L=2^{math.log2(n):g}" for n, r in sorted(ratios.items())
+    )
+    return entry
+
+
+def format_linear_table(section: dict[str, Any]) -> str:
+    """Formats the ``fused_linear`` section as a text table."""
+    head = (
+        f"{'L':>8}  {'contender':<28}{'median ms':>11}{'x unfused':>11}{'temp':>10}"
+        f"{'compile s':>11}{'rounds':>8}{'other CPU':>11}"
+    )
+    lines = [
+        f"Fused linear + BCE, value_and_grad in (features, kernel, bias); "
+        f"B={section['batch']}, d={section['in_features']}",
+        head,
+        "-" * len(head),
+    ]
+    for row in section["rows"]:
+        ratio = row.get("ratio_to_unfused")
+        foreign = row.get("foreign_cpu")
+        compile_s = row["compile_s"]
+        if "median_ms" in row:
+            timing = f"{row['median_ms']:>11.1f}{'-' if ratio is None else f'{ratio:.2f}':>11}"
+        else:
+            timing = f"{'not run':>11}{'-':>11}"
+        lines.append(
+            f"{row['labels']:>8}  {row['label']:<28}{timing}"
+            f"{_fmt_bytes(row['memory'].get('temp_size_in_bytes')):>10}"
+            f"{'-' if compile_s is None else f'{compile_s:.2f}':>11}"
+            f"{row.get('rounds', 0):>8}"
+            f"{'?' if foreign is None else f'{foreign:.0%}':>11}"
+        )
+    for row in section["rows"]:
+        if "skipped" in row:
+            lines.append(f"L={row['labels']} {row['label']}: {row['skipped']}")
+    lines.append("x unfused: median of per-round ratios; temp: XLA memory_analysis() temp bytes.")
+    return "\n".join(lines)
+
+
+def linear_markdown(section: dict[str, Any]) -> str:
+    """The ``fused_linear`` section as a Markdown table (for the README)."""
+    lines = [
+        f"B = {section['batch']}, d = {section['in_features']}, value_and_grad in "
+        "(features, kernel, bias)",
+        "",
+        "| L | contender | ms / call | x unfused | temp bytes (XLA) | rounds | other CPU |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in section["rows"]:
+        ratio = row.get("ratio_to_unfused")
+        foreign = row.get("foreign_cpu")
+        cells = [
+            f"2^{math.log2(row['labels']):g}",
+            row["label"],
+            f"{row['median_ms']:.1f}" if "median_ms" in row else "not run",
+            "-" if ratio is None else f"{ratio:.2f}",
+            _fmt_bytes(row["memory"].get("temp_size_in_bytes")),
+            str(row.get("rounds", 0)),
+            "?" if foreign is None else f"{foreign:.0%}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_linear(args: argparse.Namespace, jaxbce: ModuleType, schedule: Schedule) -> dict:
+    """Runs the fused linear benchmark at every ``--linear-sizes`` and prints its table.
+
+    Args:
+      args: Parsed command line.
+      jaxbce: The imported library.
+      schedule: The run's schedule; the linear section warms each function up with one
+        call (they take up to seconds each).
+
+    Returns:
+      The ``fused_linear`` JSON section.
+    """
+    schedule = dataclasses.replace(schedule, warmup=1, warmup_s=0.0)
+    sizes = sorted(set(args.linear_sizes or LINEAR_SIZES))
+    started = time.perf_counter()
+    rows: list[dict] = []
+    for n_labels in sizes:
+        rows += bench_linear_size(n_labels, jaxbce, schedule, args.seed)
+    default_chunk = getattr(jaxbce, "default_chunk_size", None)
+    section = {
+        "batch": LINEAR_BATCH,
+        "in_features": LINEAR_IN_FEATURES,
+        "positives": LINEAR_POSITIVES,
+        "sizes": sizes,
+        "chunk_size": {
+            str(n): default_chunk(LINEAR_BATCH, n) for n in sizes if default_chunk is not None
+        },
+        "ram_bytes": machine_ram_bytes(),
+        "schedule": dataclasses.asdict(schedule),
+        "rows": rows,
+        "elapsed_s": time.perf_counter() - started,
+    }
+    print()
+    print(format_linear_table(section), flush=True)
+    return section
+
+
+# --------------------------------------------------------------------------------------
 # Targets
 # --------------------------------------------------------------------------------------
 
@@ -1024,7 +1313,9 @@ def memory_target(rows: list[dict], backend: str) -> dict[str, Any]:
     }
 
 
-def evaluate_targets(rows: list[dict], backend: str) -> list[dict[str, Any]]:
+def evaluate_targets(
+    rows: list[dict], backend: str, linear: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Checks the issue's targets against the measured rows.
 
     A target needs the backend and the size it names; where those were not measured its
@@ -1033,12 +1324,19 @@ def evaluate_targets(rows: list[dict], backend: str) -> list[dict[str, Any]]:
     Args:
       rows: All result rows.
       backend: JAX's default backend.
+      linear: The ``fused_linear`` section, or ``None`` when it was not run.
 
     Returns:
       One entry per target line: ``target``, ``status`` (``pass``, ``fail`` or
       ``not yet measured``), ``detail`` and, when measured, ``value``.
     """
-    return [t.evaluate(rows, backend) for t in targets_for()] + [memory_target(rows, backend)]
+    if not rows:  # A --linear-only run.
+        return [linear_target(linear)]
+    return (
+        [t.evaluate(rows, backend) for t in targets_for()]
+        + [memory_target(rows, backend)]
+        + [linear_target(linear)]
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -1297,6 +1595,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="NumPy seed of the inputs")
     parser.add_argument(
+        "--linear",
+        action="store_true",
+        help="also benchmark the fused linear loss (linear_sigmoid_binary_cross_entropy) "
+        "against the unfused h @ W + b and BCE (minutes on CPU, so not part of the default run)",
+    )
+    parser.add_argument(
+        "--linear-only",
+        action="store_true",
+        help="only the fused linear benchmark; writes <out>/<backend>-linear-<date>.json",
+    )
+    parser.add_argument(
+        "--linear-sizes",
+        nargs="+",
+        type=parse_size,
+        default=None,
+        metavar="L",
+        help="label counts L of the fused linear benchmark (default 2^14 2^16 2^17), "
+        f"with B={LINEAR_BATCH}, d={LINEAR_IN_FEATURES}",
+    )
+    parser.add_argument(
         "--summarize",
         default=None,
         metavar="JSON",
@@ -1348,9 +1666,9 @@ def markdown_summary(result: dict[str, Any], sizes: Sequence[int] | None = None)
     """
     rows = result["results"]
     measured = sorted({r["n"] for r in rows})
+    lines = []
     if sizes is None:
         sizes = [n for n in (2**20,) if n in measured] + measured[-1:]
-    lines = []
     for n in dict.fromkeys(sizes):
         size_rows = [r for r in rows if r["n"] == n and r["mode"] in MODES]
         if not size_rows:
@@ -1385,6 +1703,8 @@ def markdown_summary(result: dict[str, Any], sizes: Sequence[int] | None = None)
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    if "fused_linear" in result:
+        lines += [linear_markdown(result["fused_linear"])]
     lines.append("Targets:")
     lines.append("")
     for target in result["targets"]:
@@ -1402,13 +1722,15 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
       The result written to the JSON file.
     """
     backend = jax.default_backend()
-    sizes = default_sizes(args, backend)
+    sizes = [] if args.linear_only else default_sizes(args, backend)
     schedule = make_schedule(args)
     jaxbce = import_jaxbce()
     contenders = jax_contenders(jaxbce)
     notes = []
     torch, device = None, None
-    if args.no_torch:
+    if args.linear_only:
+        notes.append("Fused linear benchmark only (--linear-only).")
+    elif args.no_torch:
         notes.append("PyTorch contender skipped: --no-torch.")
     else:
         torch, device, note = load_torch(backend)
@@ -1424,7 +1746,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         info["numpy_memcpy_gbps"] = host_memcpy_gbps()
     print(
         f"jaxbce benchmark on {backend} ({info['device_kind']}; CPU {info['cpu_model']}, "
-        f"{info['cpu_cores']} cores); sizes {sizes}"
+        f"{info['cpu_cores']} cores); " + (f"sizes {sizes}" if sizes else "fused linear loss only")
     )
     for note in notes:
         print(note)
@@ -1444,6 +1766,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         rows += size_rows
         print()
         print(format_table(size_rows), flush=True)
+    linear = run_linear(args, jaxbce, schedule) if args.linear or args.linear_only else None
     elapsed = time.perf_counter() - started
     busiest = max((r["foreign_cpu"] or 0.0 for r in rows), default=0.0)
     if busiest > 0.05:
@@ -1453,12 +1776,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(notes[-1])
 
-    targets = evaluate_targets(rows, backend)
+    targets = evaluate_targets(rows, backend, linear)
     print("\nTargets")
     for target in targets:
         print(f"  [{target['status'].upper():>16}] {target['target']}: {target['detail']}")
     print(f"\n{elapsed:.0f} s of measurement.")
-    return {
+    result = {
         "schema": 1,
         "backend": backend,
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds"),
@@ -1476,6 +1799,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "results": rows,
         "elapsed_s": elapsed,
     }
+    if linear is not None:
+        result["fused_linear"] = linear
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1496,9 +1822,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["command"] = " ".join(["python", "benchmarks/run.py", *words])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{result['backend']}-{result['timestamp_utc'][:10]}"
+    kind = "-linear" if args.linear_only else ""
+    stem = f"{result['backend']}{kind}-{result['timestamp_utc'][:10]}"
     json_path = out / f"{stem}.json"
     json_path.write_text(json.dumps(result, indent=1) + "\n")
+    if not result["results"]:
+        print(f"Wrote {json_path}")
+        return 0
     png_path = out / f"{stem}.png"
     device = result["machine"]["device_kind"]
     plot(result["results"], png_path, f"jaxbce benchmark, {stem} ({device})")

@@ -85,4 +85,99 @@ def test_quick_run_writes_complete_finite_results(tmp_path: Path) -> None:
 
     statuses = {t["status"] for t in result["targets"]}
     assert statuses <= {"pass", "fail", "not yet measured"}
-    assert len(result["targets"]) == 7
+    assert len(result["targets"]) == 8
+    linear = [t for t in result["targets"] if "fused linear" in t["target"]]
+    assert [t["status"] for t in linear] == ["not yet measured"]
+    assert "fused_linear" not in result
+
+
+def test_linear_only_run_writes_finite_fused_linear_results(tmp_path: Path) -> None:
+    """The fused linear section at a tiny L: every contender compiled, run and reported."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--linear-only",
+            "--linear-sizes",
+            "256",
+            "512",
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "Fused linear + BCE" in proc.stdout
+    (json_path,) = tmp_path.glob("*.json")
+    assert json_path.stem.startswith(f"{json.loads(json_path.read_text())['backend']}-linear-")
+    assert not list(tmp_path.glob("*.png"))
+    result = json.loads(json_path.read_text())
+    assert result["results"] == []
+
+    section = result["fused_linear"]
+    assert section["sizes"] == [256, 512]
+    rows = section["rows"]
+    assert {(r["labels"], r["contender"]) for r in rows} == {
+        (n, key) for n in (256, 512) for key in ("fused", "fused_sparse", "unfused")
+    }
+    for row in rows:
+        assert "skipped" not in row, row
+        for field in ("median_ms", "min_ms", "ratio_to_unfused", "compile_s", "value"):
+            assert _finite(row[field]) and row[field] > 0, (row, field)
+        assert row["samples_s"] and all(_finite(s) and s > 0 for s in row["samples_s"])
+        assert _finite(row["memory"]["temp_size_in_bytes"]), row
+        # Dense and sparse labels hold the same positives: the same loss as the unfused one.
+        assert row["value_abs_diff_to_unfused"] < 1e-4, row
+    by_key = {(r["labels"], r["contender"]): r for r in rows}
+    assert by_key[256, "unfused"]["ratio_to_unfused"] == 1.0
+
+    (target,) = result["targets"]
+    assert target["target"] == "fused linear value_and_grad within 1.3x of unfused"
+    assert target["status"] in {"pass", "fail"}
+    assert _finite(target["value"])
+
+
+def _load_run_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module  # dataclasses look their module up by name.
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_linear_section_reports_what_it_cannot_run(monkeypatch) -> None:
+    """Too large for RAM, or failing to compile: the row says so and the target waits."""
+    import types
+
+    import jaxbce
+
+    run = _load_run_module()
+    schedule = run.Schedule(budget_s=0.1, min_rounds=1, max_rounds=2, min_sample_s=1e-3)
+    args = run.build_parser().parse_args(["--linear-sizes", "256"])
+
+    def broken_bce(*args, **kwargs):
+        raise OverflowError("too many elements")
+
+    lib = types.SimpleNamespace(
+        linear_sigmoid_binary_cross_entropy=jaxbce.linear_sigmoid_binary_cross_entropy,
+        sigmoid_binary_cross_entropy=broken_bce,
+    )
+    section = run.run_linear(args, lib, schedule)
+    rows = {r["contender"]: r for r in section["rows"]}
+    assert "does not compile" in rows["unfused"]["skipped"]
+    assert _finite(rows["fused"]["median_ms"]) and "ratio_to_unfused" not in rows["fused"]
+    assert run.linear_target(section)["status"] == "not yet measured"
+
+    monkeypatch.setattr(run, "LINEAR_MAX_RAM_FRACTION", 0.0)
+    section = run.run_linear(args, jaxbce, schedule)
+    assert all("temporaries" in r["skipped"] for r in section["rows"])
+    assert run.linear_target(section)["status"] == "not yet measured"
+    assert "not run" in run.format_linear_table(section)
+    assert "not run" in run.linear_markdown(section)
