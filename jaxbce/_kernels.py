@@ -232,13 +232,22 @@ def _nll_jvp(kind: Kind, recompute: bool, primals, tangents):
     out, res = nll_fwd(kind, *primals)
     if recompute:
         res = lax.optimization_barrier(res)
-    coefficients = nll_bwd(kind, res, jnp.ones((), out.dtype))
+    return out, _contract(out, nll_bwd(kind, res, jnp.ones((), out.dtype)), tangents)
+
+
+def _contract(out: jax.Array, coefficients, tangents) -> jax.Array:
+    """The tangent of an elementwise function: ``sum(c * t)`` over the inputs.
+
+    ``coefficients`` holds the diagonal of each input's Jacobian (``None`` for an absent
+    input); tangents that are symbolic zeros are skipped, so their coefficients are never
+    needed and XLA drops them.
+    """
     terms = [
         c * t
         for c, t in zip(coefficients, tangents, strict=True)
         if c is not None and not isinstance(t, jax.custom_derivatives.SymbolicZero)
     ]
-    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+    return sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
 
 
 def _focal_parts(x, y, gamma, int_gamma: int | None):
@@ -302,9 +311,4 @@ def focal_term(x, y, gamma, int_gamma: int | None = None) -> jax.Array:
 @partial(focal_term.defjvp, symbolic_zeros=True)
 def _focal_term_jvp(int_gamma, primals, tangents):
     value, *coefficients = _focal_parts(*primals, int_gamma)
-    terms = [
-        c * t
-        for c, t in zip(coefficients, tangents, strict=True)
-        if not isinstance(t, jax.custom_derivatives.SymbolicZero)
-    ]
-    return value, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(value)
+    return value, _contract(value, coefficients, tangents)
