@@ -30,9 +30,10 @@ def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
 
 
-def test_quick_run_writes_complete_finite_results(tmp_path: Path) -> None:
+def _run_script(*args: str) -> subprocess.CompletedProcess:
+    """Runs ``benchmarks/run.py`` with ``args`` and asserts that it succeeded."""
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--sizes", "4096", "--out", str(tmp_path)],
+        [sys.executable, str(SCRIPT), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -40,6 +41,11 @@ def test_quick_run_writes_complete_finite_results(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+def test_quick_run_writes_complete_finite_results(tmp_path: Path) -> None:
+    proc = _run_script("--quick", "--sizes", "4096", "--out", str(tmp_path))
     assert "Targets" in proc.stdout
 
     (json_path,) = tmp_path.glob("*.json")
@@ -93,25 +99,9 @@ def test_quick_run_writes_complete_finite_results(tmp_path: Path) -> None:
 
 def test_linear_only_run_writes_finite_fused_linear_results(tmp_path: Path) -> None:
     """The fused linear section at a tiny L: every contender compiled, run and reported."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--linear-only",
-            "--linear-sizes",
-            "256",
-            "512",
-            "--quick",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    proc = _run_script(
+        "--linear-only", "--linear-sizes", "256", "512", "--quick", "--out", str(tmp_path)
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "Fused linear + BCE" in proc.stdout
     (json_path,) = tmp_path.glob("*.json")
     assert json_path.stem.startswith(f"{json.loads(json_path.read_text())['backend']}-linear-")
