@@ -132,12 +132,12 @@ def test_linear_only_run_writes_finite_fused_linear_results(tmp_path: Path) -> N
     assert _finite(target["value"])
 
 
-def _load_run_module():
+def _load_module(path: Path = SCRIPT, name: str = "bench_run"):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = module  # dataclasses look their module up by name.
+    sys.modules[name] = module  # dataclasses look their module up by name.
     spec.loader.exec_module(module)
     return module
 
@@ -148,7 +148,7 @@ def test_linear_section_reports_what_it_cannot_run(monkeypatch) -> None:
 
     import jaxbce
 
-    run = _load_run_module()
+    run = _load_module()
     schedule = run.Schedule(budget_s=0.1, min_rounds=1, max_rounds=2, min_sample_s=1e-3)
     args = run.build_parser().parse_args(["--linear-sizes", "256"])
 
@@ -171,3 +171,34 @@ def test_linear_section_reports_what_it_cannot_run(monkeypatch) -> None:
     assert run.linear_target(section)["status"] == "not yet measured"
     assert "not run" in run.format_linear_table(section)
     assert "not run" in run.linear_markdown(section)
+
+
+def test_cpu_passes_times_the_shipped_computation(capsys) -> None:
+    """The diagnostic's passes compute jaxbce's value and gradient, and it runs end to end."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxbce
+    from jaxbce import _losses
+
+    passes = _load_module(ROOT / "benchmarks" / "cpu_passes.py", "bench_cpu_passes")
+    rng = np.random.default_rng(1)
+    z = jnp.asarray(3.0 * rng.standard_normal((4, 300)), jnp.float32)
+    y = jnp.asarray(rng.random((4, 300)) < 0.3, jnp.float32)
+    value, grad = jax.value_and_grad(passes.mean_loss)(z, y)
+    e = jnp.exp(passes.neg_abs(z))
+    np.testing.assert_allclose(passes.reduce_pass(z, y, e), value, rtol=1e-6)
+    np.testing.assert_allclose(passes.gradient_pass(z, y, e), grad, rtol=1e-6, atol=1e-12)
+    narrow = _losses._narrow
+    with passes.recompute_path():
+        value_rc, grad_rc = jax.jit(jax.value_and_grad(passes.mean_loss))(z, y)
+    assert _losses._narrow is narrow
+    np.testing.assert_allclose(value_rc, value, rtol=1e-6)
+    np.testing.assert_allclose(grad_rc, grad, rtol=1e-6, atol=1e-12)
+    assert float(jaxbce.sigmoid_binary_cross_entropy(z, y, reduction="mean")) == float(value)
+
+    assert passes.main(["--log2n", "12", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "jaxbce value_and_grad (shipped, 3 passes)" in out
+    assert "pass 3: gradient over e (donated)" in out
