@@ -45,7 +45,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
-from jax.experimental import checkify
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from jaxbce._losses import (
@@ -55,8 +54,10 @@ from jaxbce._losses import (
     _check_predictions,
     _check_reduction,
     _check_scalar_range,
+    _check_unit_interval_values,
     _compute_dtype,
     _is_concrete,
+    _value_check,
     sigmoid_binary_cross_entropy,
 )
 
@@ -460,6 +461,10 @@ def linear_sigmoid_binary_cross_entropy(
     pw = _check_broadcast("pos_weight", pos_weight, shape)
     wt = _check_broadcast("weights", weights, shape)
     mask = _check_broadcast("where", where, shape, boolean=True)
+    if not sparse and _is_concrete(y) and _is_concrete(mask):
+        # Concrete dense labels are checked here, once (traced ones per chunk, in ``checked``).
+        full_mask = None if mask is None else jnp.broadcast_to(mask, shape)
+        _check_unit_interval_values("labels", y, full_mask)
     if reduction == "none":
         raise ValueError(
             'reduction="none" is not supported by the fused linear loss: it would build the '
@@ -489,11 +494,12 @@ def linear_sigmoid_binary_cross_entropy(
             offset = (lax.axis_index(axis_name) * n_labels).astype(jnp.int32)
     if sparse:
         total_labels = n_labels if offset is None else n_labels * lax.psum(1, axis_name)
-        checkify.debug_check(
-            jnp.all(y < total_labels),
+        _value_check(
+            (y, total_labels),
+            lambda: jnp.all(y < total_labels),
             f"sparse label indices must be below the number of labels ({total_labels}); "
             "the largest is {}",
-            jnp.max(y, initial=-1),
+            lambda: jnp.max(y, initial=-1),
         )
 
     args = _Args(

@@ -3,13 +3,19 @@
 Each function checks its arguments once, at trace time, brings everything to one shape and
 one compute dtype (at least float32), and calls the single elementwise kernel
 :func:`jaxbce._kernels.nll`. Values that can only be seen at run time (labels outside
-[0, 1], a traced ``label_smoothing``) are checked with :func:`jax.experimental.checkify`
-``debug_check``, which costs nothing unless the caller wraps the function in
-``checkify.checkify`` (see :func:`checked`).
+[0, 1], a traced ``label_smoothing``) raise a ``ValueError`` at once when the arrays are
+concrete (eager calls, constants). Traced ones are checked only inside :func:`checked`,
+which traces the function with :func:`jax.experimental.checkify` ``debug_check`` s. They
+are not emitted otherwise: a checkify check puts an error effect into the jaxpr, and a jaxpr
+with effects takes every ``jit`` around it off JAX's fast C++ dispatch path (measured on
+CPU: 107 microseconds a call for a small training step with checks in its jaxpr, 45
+without).
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -25,8 +31,13 @@ from jaxbce._kernels import Kind, focal_term, nll, safe_mul
 Reduction = Literal["none", "sum", "mean"]
 REDUCTIONS: tuple[str, ...] = ("none", "sum", "mean")
 
-#: The errors that :func:`checked` turns on: the library's own value checks, NaN, division.
+#: The errors that :func:`checked` turns on: the library's own value checks.
 CHECKED_ERRORS = checkify.user_checks
+
+#: True while :func:`checked` traces a function: only then are traced values checked.
+_RUNTIME_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "jaxbce_runtime_checks", default=False
+)
 
 
 class _Prepared(NamedTuple):
@@ -112,34 +123,57 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+def _value_check(
+    checked_values: tuple[Any, ...],
+    ok: Callable[[], Any],
+    message: str,
+    *details: Callable[[], Any],
+) -> None:
+    """Asserts ``ok()``: a ``ValueError`` now if ``checked_values`` are concrete, else a
+    run-time check, emitted only while :func:`checked` traces (nothing otherwise).
+
+    ``message`` has one ``{}`` per entry of ``details``: functions computing the offending
+    values, called only when they are needed.
+    """
+    if all(_is_concrete(v) for v in checked_values):
+        # Concrete values may still meet a trace (inside jit or hessian): evaluate them now.
+        with jax.ensure_compile_time_eval():
+            if not bool(ok()):
+                raise ValueError(message.format(*(np.asarray(d()).item() for d in details)))
+    elif _RUNTIME_CHECKS.get():
+        checkify.debug_check(ok(), message, *(d() for d in details))
+
+
 def _check_scalar_range(name: str, value: Any, low: float, high: float) -> None:
-    """Checks a scalar option against [low, high] now if it is concrete, else under checkify."""
+    """Checks a scalar option against [low, high]: now if concrete, else inside ``checked``."""
     if jnp.ndim(value) != 0:
         raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
-    if _is_concrete(value):
-        v = float(value)
-        if not low <= v <= high:
-            raise ValueError(f"{name} must be in [{low}, {high}], got {v}")
-    else:
-        checkify.debug_check(
-            (value >= low) & (value <= high), f"{name} must be in [{low}, {high}], got {{}}", value
-        )
+    _value_check(
+        (value,),
+        lambda: (value >= low) & (value <= high),
+        f"{name} must be in [{low}, {high}], got {{}}",
+        lambda: value,
+    )
 
 
 def _check_unit_interval_values(name: str, arr: jax.Array, mask: jax.Array | None) -> None:
-    """Run-time check (active under ``checkify``) that every included value is in [0, 1]."""
+    """Checks that no included value is outside [0, 1]: now if concrete, else in ``checked``.
+
+    A NaN is not reported: it propagates to the loss, as a NaN logit does.
+    """
     if arr.dtype == jnp.bool_ or arr.size == 0:
         return
-    ok = (arr >= 0) & (arr <= 1)
-    if mask is not None:
-        ok = ok | ~mask
-    flat_ok, flat = ok.ravel(), arr.ravel()
-    first_bad = jnp.argmin(flat_ok)
-    checkify.debug_check(
-        jnp.all(flat_ok),
+
+    def flat_ok() -> jax.Array:
+        ok = ~((arr < 0) | (arr > 1))
+        return (ok if mask is None else ok | ~mask).ravel()
+
+    _value_check(
+        (arr, mask),
+        lambda: jnp.all(flat_ok()),
         f"{name} must lie in [0, 1]; the first value outside, at flat index {{}}, is {{}}",
-        first_bad,
-        flat[first_bad],
+        lambda: jnp.argmin(flat_ok()),
+        lambda: arr.ravel()[jnp.argmin(flat_ok())],
     )
 
 
@@ -494,21 +528,37 @@ def sigmoid_focal_loss(
     return _reduce(loss, p.mask, reduction, axis_name, p.out_dtype)
 
 
-def checked(fn: Callable[..., jax.Array]) -> Callable[..., tuple[checkify.Error, jax.Array]]:
+def checked(fn: Callable[..., Any]) -> Callable[..., tuple[checkify.Error, Any]]:
     """Wraps a jaxbce loss so that its run-time value checks raise under ``jit``.
 
-    Labels outside [0, 1], probabilities outside [0, 1] and a traced ``label_smoothing`` or
-    ``gamma`` out of range cannot be seen at trace time. The losses carry
-    ``checkify.debug_check`` s for them, which are free unless functionalised::
+    Labels outside [0, 1], probabilities outside [0, 1], a traced ``label_smoothing`` or
+    ``gamma`` out of range and sparse label indices out of range cannot be seen when the
+    arrays are traced. Concrete arrays are checked at once (a ``ValueError``); traced ones
+    only while ``checked`` traces ``fn``, so that plain jitted code carries no checkify
+    effect and keeps JAX's fast dispatch::
 
         loss_fn = jax.jit(jaxbce.checked(jaxbce.sigmoid_binary_cross_entropy))
         err, loss = loss_fn(logits, labels)
-        err.throw()  # ValueError naming the first bad label
+        err.throw()  # JaxRuntimeError naming the first bad label
+
+    A function that was already jitted and called outside ``checked`` keeps its cached
+    trace, which has no checks: wrap the plain function (as above), not a jitted one.
 
     Args:
       fn: any jaxbce loss, or a function that calls one.
 
     Returns:
-      ``checkify.checkify(fn)``: a function returning ``(error, result)``.
+      ``checkify.checkify(fn)`` traced with the checks on: a function returning
+      ``(error, result)``.
     """
-    return checkify.checkify(fn, errors=CHECKED_ERRORS)
+    checkified = checkify.checkify(fn, errors=CHECKED_ERRORS)
+
+    @functools.wraps(fn)
+    def with_checks(*args: Any, **kwargs: Any) -> tuple[checkify.Error, Any]:
+        token = _RUNTIME_CHECKS.set(True)
+        try:
+            return checkified(*args, **kwargs)
+        finally:
+            _RUNTIME_CHECKS.reset(token)
+
+    return with_checks

@@ -338,6 +338,13 @@ def test_runtime_checks_under_checkify():
     with pytest.raises(checkify.JaxRuntimeError, match="below the number of labels"):
         fn(h, w, np.int32(np.where(idx >= 0, idx + L, -1)))[0].throw()
     fn(h, w, np.int32(idx))[0].throw()  # valid: nothing raised
+    # Concrete labels are checked at once; traced ones outside checked carry no effect.
+    with pytest.raises(ValueError, match="below the number of labels"):
+        linear_sigmoid_binary_cross_entropy(h, w, np.int32(np.where(idx >= 0, idx + L, -1)))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\]"):
+        linear_sigmoid_binary_cross_entropy(h, w, bad)
+    jaxpr = jax.make_jaxpr(linear_sigmoid_binary_cross_entropy)(h, w, np.int32(idx))
+    assert jaxpr.effects == set()
 
 
 @pytest.mark.parametrize(

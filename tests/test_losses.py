@@ -308,6 +308,48 @@ def test_traced_label_smoothing_is_checked_under_checkify():
         f(jnp.zeros(3), jnp.zeros(3), 1.5)[0].throw()
 
 
+@pytest.mark.parametrize("fn", FUNCTIONS)
+def test_concrete_labels_outside_unit_interval_raise_at_once(fn):
+    x, y = _inputs(fn, (3, 4))
+    bad = y.copy()
+    bad[2, 1] = -0.25
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\].*flat index 9, is -0.25"):
+        fn(x, bad)
+    mask = np.ones((3, 4), bool)
+    mask[2, 1] = False
+    assert np.isfinite(fn(x, bad, where=mask, reduction="mean"))  # excluded: not an error
+    bad_x = x.copy()
+    bad_x[0, 0] = 1.5
+    if fn is PROBS:
+        with pytest.raises(ValueError, match=r"probs must lie in \[0, 1\].*flat index 0, is 1.5"):
+            fn(bad_x, y)
+
+
+@pytest.mark.parametrize("fn", FUNCTIONS)
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"label_smoothing": "traced"}, {"where": "traced", "weights": "traced"}],
+    ids=["plain", "traced-smoothing", "traced-mask-weights"],
+)
+def test_traces_carry_no_effect_outside_checked(fn, options):
+    """A checkify check would put an effect in every jaxpr around the loss and take the
+    caller's jit off JAX's C++ dispatch path (a small train step: 107 us a call, not 45)."""
+    x, y = _inputs(fn, (3, 4))
+    if fn is FOCAL and "label_smoothing" in options:
+        options = {"gamma": "traced"}
+    names = list(options)
+
+    def loss(x, y, *traced):
+        kw = dict(zip(names, traced, strict=True))
+        if "where" in kw:
+            kw["where"] = kw["where"] > 0.5
+        return fn(x, y, reduction="mean", **kw)
+
+    traced = [np.float32(0.1) if n in ("label_smoothing", "gamma") else y for n in names]
+    for f in (loss, jax.value_and_grad(loss), jax.hessian(loss)):
+        assert jax.make_jaxpr(f)(x, y, *traced).effects == set()
+
+
 # ---------------------------------------------------------- transformations
 
 
