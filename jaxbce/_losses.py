@@ -4,7 +4,7 @@ Each function checks its arguments once, at trace time, brings everything to one
 one compute dtype (at least float32), and calls the single elementwise kernel
 :func:`jaxbce._kernels.nll`. Values that can only be seen at run time (labels outside
 [0, 1], a traced ``label_smoothing``) raise a ``ValueError`` at once when the arrays are
-concrete (eager calls, constants). Traced ones are checked only inside :func:`checked`,
+concrete (eager calls). Traced ones are checked only inside :func:`checked`,
 which traces the function with :func:`jax.experimental.checkify` ``debug_check`` s. They
 are not emitted otherwise: a checkify check puts an error effect into the jaxpr, and a jaxpr
 with effects takes every ``jit`` around it off JAX's fast C++ dispatch path (measured on
