@@ -352,6 +352,31 @@ def _variadic_sum_jvp(primals, tangents):
 # ------------------------------------------------------------------- public losses
 
 
+def _cross_entropy(
+    kind: Kind,
+    predictions: ArrayLike,
+    labels: ArrayLike,
+    *,
+    weights: ArrayLike | None,
+    pos_weight: ArrayLike | None,
+    label_smoothing: Any,
+    where: ArrayLike | None,
+    reduction: str,
+    axis_name: Any,
+) -> jax.Array:
+    """The pipeline of both cross-entropies: check, smooth, the kernel, mask and reduce.
+
+    ``kind`` also names the predictions argument in error messages (``logits``, ``probs``).
+    """
+    p = _prepare(
+        kind, kind, predictions, labels,
+        weights=weights, pos_weight=pos_weight, where=where, reduction=reduction,
+    )  # fmt: skip
+    q, qc = _smoothed(p.y, label_smoothing)
+    loss = nll(kind, p.x, q, qc, p.pw, p.w, _narrow(p.out_dtype))
+    return _reduce(loss, p.mask, reduction, axis_name, p.out_dtype)
+
+
 def sigmoid_binary_cross_entropy(
     logits: Float[ArrayLike, "*shape"],
     labels: Real[ArrayLike, "*shape"] | Bool[ArrayLike, "*shape"],
@@ -405,13 +430,11 @@ def sigmoid_binary_cross_entropy(
       PyTorch ``torch.nn.BCEWithLogitsLoss``; ``optax.sigmoid_binary_cross_entropy``;
       Szegedy et al., *Rethinking the Inception Architecture*, 2016 (label smoothing).
     """
-    p = _prepare(
-        "logits", "logits", logits, labels,
-        weights=weights, pos_weight=pos_weight, where=where, reduction=reduction,
+    return _cross_entropy(
+        "logits", logits, labels,
+        weights=weights, pos_weight=pos_weight, label_smoothing=label_smoothing,
+        where=where, reduction=reduction, axis_name=axis_name,
     )  # fmt: skip
-    q, qc = _smoothed(p.y, label_smoothing)
-    loss = nll("logits", p.x, q, qc, p.pw, p.w, _narrow(p.out_dtype))
-    return _reduce(loss, p.mask, reduction, axis_name, p.out_dtype)
 
 
 def binary_cross_entropy(
@@ -452,13 +475,11 @@ def binary_cross_entropy(
     References:
       PyTorch ``torch.nn.BCELoss``.
     """
-    p = _prepare(
-        "probs", "probs", probs, labels,
-        weights=weights, pos_weight=None, where=where, reduction=reduction,
+    return _cross_entropy(
+        "probs", probs, labels,
+        weights=weights, pos_weight=None, label_smoothing=label_smoothing,
+        where=where, reduction=reduction, axis_name=axis_name,
     )  # fmt: skip
-    q, qc = _smoothed(p.y, label_smoothing)
-    loss = nll("probs", p.x, q, qc, None, p.w, _narrow(p.out_dtype))
-    return _reduce(loss, p.mask, reduction, axis_name, p.out_dtype)
 
 
 def sigmoid_focal_loss(
