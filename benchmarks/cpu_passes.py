@@ -1,15 +1,13 @@
 """Where the time of jaxbce's value_and_grad goes on a CPU, pass by pass.
 
-``benchmarks/run.py`` reports that at N = 2^24 jaxbce's ``value_and_grad`` is about 2.9x
-faster than PyTorch's, short of the 3x target. This diagnostic times, round by round in
-one process (medians, so machine noise hits all rows alike):
+This diagnostic times, round by round in one process (medians, so machine noise hits all
+rows alike):
 
 * the page-fault cost of a fresh output: an XLA negation into a new buffer against the
   same negation into a donated (already mapped) buffer;
-* jaxbce's ``value_and_grad`` as shipped (``exp(-|z|)`` shared by value and gradient:
-  three passes) and with the kernel's ``recompute`` path (two passes, ``exp`` twice);
-* the three passes of the shipped program timed alone: ``e = exp(-|z|)`` into a fresh
-  buffer, the reduction that reads ``z, y, e``, and the gradient written over ``e``;
+* jaxbce's ``value_and_grad`` of the mean loss: two passes, the value fused into its
+  reduction and the gradient written fresh, each evaluating its own exponential;
+* each pass alone: the mean loss (reads z, y; no output array) and its gradient alone;
 * PyTorch ``BCEWithLogitsLoss`` forward and ``autograd.grad`` when torch is installed.
 
 Usage::
@@ -21,53 +19,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxbce
-from jaxbce import _losses
 
 CLASSES = 16384
 
 
-@contextlib.contextmanager
-def recompute_path() -> Iterator[None]:
-    """Traces float32 losses down the path jaxbce takes for bfloat16 (diagnostic only)."""
-    narrow = _losses._narrow
-    _losses._narrow = lambda dtype: True
-    try:
-        yield
-    finally:
-        _losses._narrow = narrow
-
-
 def mean_loss(z: jax.Array, y: jax.Array) -> jax.Array:
     return jaxbce.sigmoid_binary_cross_entropy(z, y, reduction="mean")
-
-
-def neg_abs(z: jax.Array) -> jax.Array:
-    return jnp.where(z >= 0, -z, z)
-
-
-def reduce_pass(z: jax.Array, y: jax.Array, e: jax.Array) -> jax.Array:
-    """The shipped reduction alone: the loss from ``z``, ``y`` and a given ``exp(-|z|)``."""
-    nonneg = z >= 0
-    qc = 1.0 - y
-    loss = jnp.where(nonneg, qc, y) * jnp.abs(z) + (y + qc) * jnp.log1p(e)
-    total, count = _losses._sum_and_count(loss, None)
-    return total / count
-
-
-def gradient_pass(z: jax.Array, y: jax.Array, e: jax.Array) -> jax.Array:
-    """The shipped gradient pass alone, from a given ``exp(-|z|)``."""
-    qc = 1.0 - y
-    ct = (y + qc) * (e / (1.0 + e))
-    return jnp.where(z >= 0, qc - ct, ct - y) * (1.0 / z.size)
 
 
 def build(n: int) -> dict[str, Callable[[], object]]:
@@ -76,19 +41,15 @@ def build(n: int) -> dict[str, Callable[[], object]]:
     z_np = (3.0 * rng.standard_normal(shape)).astype(np.float32)
     y_np = (rng.random(shape) < 0.3).astype(np.float32)
     z, y = jnp.asarray(z_np), jnp.asarray(y_np)
-    e = jnp.exp(neg_abs(z))
 
     def compiled(f, *args, donate=()):
         return jax.jit(f, donate_argnums=donate).lower(*args).compile()
 
     vag = compiled(jax.value_and_grad(mean_loss), z, y)
-    with recompute_path():
-        vag_recompute = compiled(jax.value_and_grad(mean_loss), z, y)
+    value = compiled(mean_loss, z, y)
+    grad = compiled(jax.grad(mean_loss), z, y)
     neg = compiled(jnp.negative, z)
     neg_donated = compiled(jnp.negative, z, donate=(0,))
-    exp_pass = compiled(lambda z: jnp.exp(neg_abs(z)), z)
-    red = compiled(reduce_pass, z, y, e)
-    grad_in_place = compiled(gradient_pass, z, y, e, donate=(2,))
 
     # Donated arguments are consumed: each call gets a fresh copy made outside the timing.
     def donated(f, make):
@@ -111,11 +72,9 @@ def build(n: int) -> dict[str, Callable[[], object]]:
     tasks = {
         "negation, fresh output": timed(neg, z),
         "negation, donated output": donated(neg_donated, lambda: (z + 0,)),
-        "jaxbce value_and_grad (shipped, 3 passes)": timed(vag, z, y),
-        "jaxbce value_and_grad (recompute, 2 passes)": timed(vag_recompute, z, y),
-        "  pass 1: e = exp(-|z|), fresh output": timed(exp_pass, z),
-        "  pass 2: reduction of z, y, e": timed(red, z, y, e),
-        "  pass 3: gradient over e (donated)": donated(grad_in_place, lambda: (z, y, e + 0)),
+        "jaxbce value_and_grad": timed(vag, z, y),
+        "  value pass: mean loss of z, y": timed(value, z, y),
+        "  gradient pass: fresh output": timed(grad, z, y),
     }
     try:
         import torch
@@ -146,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, task in tasks.items():
             task()  # an untimed call first: each sample starts from the same allocator state
             samples[name].append(task())
-    base = np.asarray(samples["jaxbce value_and_grad (shipped, 3 passes)"])
+    base = np.asarray(samples["jaxbce value_and_grad"])
     print(f"N = 2^{args.log2n}, {args.rounds} rounds, {jax.devices()[0].device_kind}")
     print(f"{'':46s} {'median ms':>10s} {'x jaxbce':>9s}")
     for name, times in samples.items():

@@ -7,31 +7,40 @@ Every loss in jaxbce is one formula, a weighted sum of two negative log-likeliho
     \\ell = w \\,\\bigl[\\, \\pi\\, q\\, A(x) + \\bar q\\, B(x) \\,\\bigr],
     \\qquad A = -\\log p(x),\\quad B = -\\log\\bigl(1 - p(x)\\bigr),
 
-where :math:`q` is the (possibly smoothed) label, :math:`\\bar q = 1 - q` is computed
-directly rather than by subtraction, :math:`\\pi` the positive-class weight and :math:`w`
-the element weight. Only the pair :math:`(A, B)` and its derivative depend on what the
-prediction :math:`x` is:
+where :math:`q = y(1-\\epsilon) + \\epsilon/2` is the smoothed label,
+:math:`\\bar q = (1 - y)(1 - \\epsilon) + \\epsilon/2` its complement (computed directly, not
+as :math:`1 - q`), :math:`\\pi` the positive-class weight and :math:`w` the element weight.
+Only the pair :math:`(A, B)` and its derivative depend on what the prediction :math:`x` is:
 
 * ``"logits"``: :math:`p = \\sigma(x)`, :math:`A = \\operatorname{softplus}(-x)`,
   :math:`B = \\operatorname{softplus}(x)`, :math:`A' = -\\sigma(-x)`, :math:`B' = \\sigma(x)`;
 * ``"probs"``: :math:`p = x`, each log clamped at -100 as in PyTorch's ``BCELoss``.
 
-Both terms of the sum are non-negative, so nothing cancels in the value; in the derivative
-:math:`\\ell' = w(\\bar q\\,\\sigma(x) - \\pi q\\,\\sigma(-x))` one term vanishes for hard
-labels, so the tiny gradients of confident right answers (:math:`-\\sigma(-30)`) keep full
-relative precision instead of rounding ``sigmoid(z) - 1`` to zero.
+Accuracy. The value is :math:`a|x| + c\\,L(|x|)` with :math:`L(t) =
+\\operatorname{log1p}(e^{-t})`, :math:`c = \\pi q + \\bar q` and :math:`a` the weight of the
+term whose softplus grows (:math:`\\bar q` for :math:`x \\ge 0`); the slope is
+:math:`\\bar q - c\\,\\sigma(-|x|)` or :math:`c\\,\\sigma(-|x|) - \\pi q`. :math:`L` and
+:math:`\\sigma(-t)` come from :mod:`jaxbce._elementary` as unevaluated float32 pairs good
+to about :math:`2^{-26}`; the first term is added to the pair's high part exactly
+(:func:`~jaxbce._elementary.two_sum`) and the sum rounded once, so for hard labels the
+loss and its derivative are within one ulp of the exact value at every float32 input
+(``python -m jaxbce.check --exhaustive``), and one side of the slope is exactly 0: the
+tiny gradients of confident right answers (:math:`-\\sigma(-30)`) keep every bit.
 
 Derivatives. The forward rule :func:`nll_fwd` and backward rule :func:`nll_bwd` are plain
 functions and the single source of truth. They are registered with :func:`jax.custom_vjp`
 (:data:`nll_vjp`, the reverse-only kernel), and the public kernel :func:`nll` is a
 :func:`jax.custom_jvp` whose rule evaluates the same two functions: its tangent is
 ``sum(nll_bwd(res, 1)[i] * t[i])``, the diagonal Jacobian contracted with the tangents. A
-custom-JVP rule is linear in the tangents, so JAX transposes it for reverse mode (``grad``
-multiplies the cotangent by exactly the coefficients ``nll_bwd`` computes) and can also
-push tangents forward (``jvp``, ``jacfwd``, ``hessian``), which a ``custom_vjp`` function
-refuses. The coefficients are ordinary differentiable JAX code, so every higher derivative
-is available too. The rule takes symbolic zeros, so derivatives of inputs that are not
-being differentiated (labels, weights) are never computed.
+custom-JVP rule is linear in the tangents, so JAX transposes it for reverse mode and can
+also push tangents forward (``jvp``, ``jacfwd``, ``hessian``), which a ``custom_vjp``
+function refuses. The coefficients are ordinary JAX code over the elementary functions,
+whose own rules are exact formulas, so every higher derivative is available and finite.
+The rule takes symbolic zeros: derivatives of inputs that are not being differentiated
+(labels, weights) are never computed. The label derivative is
+:math:`w(1-\\epsilon)(\\pi A - B)` with :math:`A - B = -x` exactly for logits, so it keeps
+its relative accuracy at :math:`x \\to 0`, where :math:`A` and :math:`B` are both near
+:math:`\\log 2`.
 """
 
 from __future__ import annotations
@@ -41,7 +50,19 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from jaxbce._elementary import (
+    Pair,
+    neg_log,
+    neg_log1m,
+    pow_neg_log,
+    recip_one_minus,
+    sigmoid_neg_abs,
+    softplus_neg_abs,
+    two_sum,
+)
 
 Kind = Literal["logits", "probs"]
 
@@ -55,83 +76,6 @@ def _neg_abs(z: jax.Array) -> jax.Array:
     return jnp.where(z >= 0, -z, z)
 
 
-class LogitTerms:
-    """The stable pieces of :math:`\\sigma` and :math:`\\log\\sigma` at a logit, computed once.
-
-    With :math:`e = \\exp(-|z|)` and :math:`L = \\operatorname{log1p}(e)`:
-    :math:`\\operatorname{softplus}(-z) = L + \\max(-z, 0)`,
-    :math:`\\operatorname{softplus}(z) = L + \\max(z, 0)`,
-    :math:`\\sigma(|z|) = 1/(1+e)` and :math:`\\sigma(-|z|) = e/(1+e)`. Every quantity is a
-    sum or product of non-negative numbers, so none loses relative precision; at
-    :math:`z = \\pm\\infty` they take their IEEE limits (0, :math:`\\infty`, 0, 1).
-    """
-
-    def __init__(self, z: jax.Array):
-        nonneg = z >= 0
-        e = jnp.exp(_neg_abs(z))
-        log1p_e = jnp.log1p(e)
-        s_big = 1.0 / (1.0 + e)  # sigmoid(|z|)
-        s_small = e * s_big  # sigmoid(-|z|)
-        self.softplus_neg = jnp.where(nonneg, log1p_e, log1p_e - z)  # -log sigmoid(z)
-        self.softplus_pos = jnp.where(nonneg, log1p_e + z, log1p_e)  # -log sigmoid(-z)
-        self.sigmoid_pos = jnp.where(nonneg, s_big, s_small)  # sigmoid(z)
-        self.sigmoid_neg = jnp.where(nonneg, s_small, s_big)  # sigmoid(-z)
-        self.exp_neg_abs, self.sigmoid_big, self.sigmoid_small = e, s_big, s_small
-
-
-def _nll_pair(kind: Kind, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Returns ``(A, B)``: ``A = -log p`` and ``B = -log(1 - p)``."""
-    if kind == "logits":
-        t = LogitTerms(x)
-        return t.softplus_neg, t.softplus_pos
-    neg_log_p = -jnp.log(x)
-    neg_log_1mp = -jnp.log1p(-x)
-    nan = jnp.isnan(x)  # minimum() would turn a NaN probability into 100
-    a = jnp.where(nan, x, jnp.minimum(neg_log_p, LOG_CLAMP))
-    b = jnp.where(nan, x, jnp.minimum(neg_log_1mp, LOG_CLAMP))
-    return a, b
-
-
-def _value(kind: Kind, x: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
-    """``pq * A(x) + qc * B(x)``, written for XLA: each transcendental has a single use.
-
-    For logits, :math:`\\pi q \\operatorname{softplus}(-z) + \\bar q \\operatorname{softplus}(z)
-    = a|z| + (\\pi q + \\bar q)\\operatorname{log1p}(e^{-|z|})` with :math:`a = \\bar q` for
-    :math:`z \\ge 0` and :math:`\\pi q` otherwise: two non-negative terms, and one exp and one
-    log1p feeding a single chain, which XLA fuses straight into a reduction (a log1p with two
-    users is written to memory first on CPU).
-    """
-    if kind == "logits":
-        nonneg = x >= 0
-        slope = jnp.where(nonneg, qc, pq)
-        return safe_mul(slope, jnp.where(nonneg, x, -x)) + (pq + qc) * jnp.log1p(
-            jnp.exp(_neg_abs(x))
-        )
-    a, b = _nll_pair(kind, x)
-    return safe_mul(pq, a) + safe_mul(qc, b)
-
-
-def _slope(kind: Kind, x: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
-    """:math:`\\partial_x (pq A + qc B)`.
-
-    For logits, :math:`\\bar q \\sigma(z) - \\pi q \\sigma(-z)`, computed as
-    :math:`\\bar q - ct` for :math:`z \\ge 0` and :math:`ct - \\pi q` otherwise, with
-    :math:`t = \\sigma(-|z|)` and :math:`c = \\pi q + \\bar q`: for hard labels one side is
-    exactly 0, so ``-sigmoid(-30)`` keeps every bit rather than rounding to 0.
-    """
-    if kind == "logits":
-        e = jnp.exp(_neg_abs(x))
-        ct = (pq + qc) * (e / (1.0 + e))
-        return jnp.where(x >= 0, qc - ct, ct - pq)
-    in_a = x > jnp.exp(-LOG_CLAMP)  # where -log p < 100
-    in_b = 1.0 - x > jnp.exp(-LOG_CLAMP)
-    # The clamped log is flat, so its derivative is 0 there; the inner where keeps the
-    # unselected branch finite so that no 0 * inf reaches higher derivatives.
-    d_a = jnp.where(in_a, -1.0 / jnp.where(in_a, x, 1.0), 0.0)
-    d_b = jnp.where(in_b, 1.0 / jnp.where(in_b, 1.0 - x, 1.0), 0.0)
-    return pq * d_a + qc * d_b
-
-
 def safe_mul(a: jax.Array, b: jax.Array) -> jax.Array:
     """``a * b`` with ``0 * inf = 0``: a term whose label weight is 0 is absent, not NaN.
 
@@ -140,18 +84,167 @@ def safe_mul(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.where((a == 0) & jnp.isinf(b), 0.0, a * b)
 
 
+def _add_scaled(a: jax.Array, c: jax.Array, pair: Pair) -> jax.Array:
+    """``a + c * (hi + lo)`` rounded once when ``c * hi`` is exact (``c`` = 0, 1, -1).
+
+    ``a`` may be infinite (an infinite logit), and NaN propagates.
+    """
+    s, err = two_sum(a, c * pair[0])
+    return jnp.where(jnp.isfinite(s), s + (err + c * pair[1]), s)
+
+
+def _total(pair: Pair) -> jax.Array:
+    return pair[0] + pair[1]
+
+
+# ----------------------------------------------------------------- logits
+
+
+class LogitTerms:
+    """The stable pieces of :math:`\\sigma` and :math:`\\log\\sigma` at a logit, rounded.
+
+    With :math:`t = |z|`, :math:`L = \\operatorname{log1p}(e^{-t})` and
+    :math:`s = \\sigma(-t)` (each within a float32 ulp): ``softplus_neg`` :math:`=
+    \\operatorname{softplus}(-z)`, ``softplus_pos`` :math:`= \\operatorname{softplus}(z)`,
+    ``sigmoid_small`` :math:`= s`, ``sigmoid_big`` :math:`= \\sigma(t) = 1 - s`, and
+    ``sigmoid_pos``/``sigmoid_neg`` :math:`= \\sigma(\\pm z)`. At :math:`z = \\pm\\infty`
+    they take their IEEE limits.
+    """
+
+    def __init__(self, z: jax.Array):
+        nonneg = z >= 0
+        t = -_neg_abs(z)
+        log1p_e = _total(softplus_neg_abs(t))
+        small = _total(sigmoid_neg_abs(t))
+        big = 1.0 - small
+        self.abs = t
+        self.softplus_neg = jnp.where(nonneg, log1p_e, t + log1p_e)  # -log sigmoid(z)
+        self.softplus_pos = jnp.where(nonneg, t + log1p_e, log1p_e)  # -log sigmoid(-z)
+        self.sigmoid_pos = jnp.where(nonneg, big, small)  # sigmoid(z)
+        self.sigmoid_neg = jnp.where(nonneg, small, big)  # sigmoid(-z)
+        self.sigmoid_big, self.sigmoid_small = big, small
+
+
+def _logit_value(x: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
+    """:math:`\\pi q\\operatorname{softplus}(-x) + \\bar q\\operatorname{softplus}(x)
+    = a|x| + c L(|x|)`, two non-negative terms, the second added to the first exactly."""
+    nonneg = x >= 0
+    t = -_neg_abs(x)
+    a = jnp.where(nonneg, qc, pq)
+    return _add_scaled(safe_mul(a, t), pq + qc, softplus_neg_abs(t))
+
+
+def _logit_slope(x: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
+    """:math:`\\bar q\\sigma(x) - \\pi q\\sigma(-x)`: :math:`\\bar q - c s` for
+    :math:`x \\ge 0`, :math:`c s - \\pi q` otherwise, :math:`s = \\sigma(-|x|)`."""
+    nonneg = x >= 0
+    t = -_neg_abs(x)
+    c = pq + qc
+    base = jnp.where(nonneg, qc, -pq)
+    return _add_scaled(base, jnp.where(nonneg, -c, c), sigmoid_neg_abs(t))
+
+
+# ------------------------------------------------------------------ probs
+
+
+def _unclamped(p: jax.Array) -> jax.Array:
+    """Where :math:`-\\log p < 100`, read from the bits for float32 (subnormal p count)."""
+    if p.dtype == jnp.float32:
+        # exp(-100) = 26.53 * 2^-149: the float32 values above it are the bit patterns > 26.
+        return lax.bitcast_convert_type(p, jnp.int32) > 26
+    return p > np.exp(-LOG_CLAMP)
+
+
+def _probs_pairs(p: jax.Array) -> tuple[Pair, Pair, jax.Array, jax.Array]:
+    """``(A, B, in_a, in_b)``: the clamped negative logs and where each is not clamped.
+
+    A clamped log is the constant 100, and its unclamped branch is evaluated at a harmless
+    stand-in, so that no derivative of any order meets ``log(0)``.
+    """
+    in_a = _unclamped(p)
+    in_b = p < 1.0  # 1 - p >= 2^-53 > exp(-100) for every p < 1
+    a_hi, a_lo = neg_log(jnp.where(in_a, p, 1.0))
+    b_hi, b_lo = neg_log1m(jnp.where(in_b, p, 0.0))
+    a = (jnp.where(in_a, a_hi, LOG_CLAMP), jnp.where(in_a, a_lo, 0.0))
+    b = (jnp.where(in_b, b_hi, LOG_CLAMP), jnp.where(in_b, b_lo, 0.0))
+    return a, b, in_a, in_b
+
+
+def _probs_value(p: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
+    a, b, _, _ = _probs_pairs(p)
+    s, err = two_sum(pq * a[0], qc * b[0])
+    value = s + (err + (pq * a[1] + qc * b[1]))
+    return jnp.where(jnp.isnan(p), p, value)
+
+
+def _probs_slope(p: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
+    """:math:`-\\pi q/p + \\bar q/(1-p)`, 0 through a clamped log.
+
+    A term whose label weight is 0 is skipped with a stand-in argument rather than
+    multiplied by 0, so its derivatives (:math:`1/p^2` overflows for tiny p) cannot turn
+    into ``0 * inf`` either.
+    """
+    _, _, in_a, in_b = _probs_pairs(p)
+    use_a = in_a & (pq != 0)
+    use_b = in_b & (qc != 0)
+    d_a = jnp.where(use_a, -pq / jnp.where(use_a, p, 1.0), 0.0)
+    r_hi, r_lo = recip_one_minus(jnp.where(use_b, p, 0.0))
+    d_b = (jnp.where(use_b, r_hi, 0.0), jnp.where(use_b, r_lo, 0.0))
+    return jnp.where(jnp.isnan(p), p, _add_scaled(d_a, qc, d_b))
+
+
+# ------------------------------------------------------------------ kernel
+
+
+def _value(kind: Kind, x: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
+    """``pq * A(x) + qc * B(x)``."""
+    return _logit_value(x, pq, qc) if kind == "logits" else _probs_value(x, pq, qc)
+
+
+def _slope(kind: Kind, x: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
+    """:math:`\\partial_x (pq A + qc B)`."""
+    return _logit_slope(x, pq, qc) if kind == "logits" else _probs_slope(x, pq, qc)
+
+
+def _neg_log_odds_gap(kind: Kind, x: jax.Array, pw: jax.Array | None) -> tuple[jax.Array, ...]:
+    """``(A, pw * A - B)``: the positive term and the label derivative's factor.
+
+    For logits :math:`A - B = -x` exactly, so :math:`\\pi A - B = (\\pi - 1)A - x`.
+    """
+    if kind == "logits":
+        a = _add_scaled(jnp.maximum(-x, 0.0), jnp.ones_like(x), softplus_neg_abs(-_neg_abs(x)))
+        return a, (-x if pw is None else (pw - 1.0) * a - x)
+    pair_a, pair_b, _, _ = _probs_pairs(x)
+    a, b = _total(pair_a), _total(pair_b)
+    return a, (a if pw is None else pw * a) - b
+
+
+def smoothed(y: jax.Array, eps: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """``(q, qc)``: the smoothed label and its complement, each without cancellation.
+
+    :math:`q = y(1-\\epsilon) + \\epsilon/2` and :math:`\\bar q = (1-y)(1-\\epsilon) +
+    \\epsilon/2` (Keras' convention), exact for hard labels (:math:`\\bar q = \\epsilon/2`
+    at :math:`y = 1`); ``eps=None`` is no smoothing.
+    """
+    qc = 1.0 - y
+    if eps is None:
+        return y, qc
+    keep, half = 1.0 - eps, 0.5 * eps
+    return y * keep + half, qc * keep + half
+
+
 def _pos_label(q: jax.Array, pw: jax.Array | None) -> jax.Array:
     return q if pw is None else pw * q
 
 
-Residuals = tuple[jax.Array, jax.Array, jax.Array, jax.Array | None, jax.Array | None]
+Residuals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array | None]
 
 
 def nll_fwd(
     kind: Kind,
     x: jax.Array,
-    q: jax.Array,
-    qc: jax.Array,
+    y: jax.Array,
+    eps: jax.Array | None,
     pw: jax.Array | None,
     w: jax.Array | None,
 ) -> tuple[jax.Array, Residuals]:
@@ -160,46 +253,62 @@ def nll_fwd(
     Args:
       kind: ``"logits"`` or ``"probs"``: what ``x`` is.
       x: predictions, already in the compute dtype.
-      q: positive-label weight per element (the smoothed label).
-      qc: negative-label weight per element, ``1 - q`` computed without cancellation.
+      y: labels in [0, 1], same shape and dtype.
+      eps: scalar label smoothing, or ``None`` for none.
       pw: positive-class weight per element, or ``None`` for 1.
       w: element weight, or ``None`` for 1.
 
-    All arrays have one shape. The residuals are the inputs themselves: the backward pass
-    recomputes what it needs, so no N-sized intermediate is kept alive between the passes.
+    All arrays but ``eps`` have one shape. The residuals are the inputs themselves: the
+    backward pass recomputes what it needs, so no N-sized intermediate is kept alive.
 
     Returns:
       ``(loss, residuals)``.
     """
+    q, qc = smoothed(y, eps)
     loss = _value(kind, x, _pos_label(q, pw), qc)
     if w is not None:
         loss = w * loss
-    return loss, (x, q, qc, pw, w)
+    return loss, (x, y, eps, pw, w)
 
 
-def nll_bwd(kind: Kind, res: Residuals, g: jax.Array) -> Residuals:
-    """Backward rule: cotangents of ``(x, q, qc, pw, w)`` for the output cotangent ``g``.
+def _jacobian(kind: Kind, res: Residuals) -> Residuals:
+    """The diagonal Jacobian of the kernel: one coefficient per input and element.
 
     .. math::
 
         \\partial_x \\ell = w(\\pi q A' + \\bar q B'),\\quad
-        \\partial_q \\ell = w \\pi A,\\quad \\partial_{\\bar q} \\ell = w B,\\quad
+        \\partial_y \\ell = w(1-\\epsilon)(\\pi A - B),\\quad
+        \\partial_\\epsilon \\ell = w(\\tfrac12 - y)(\\pi A - B),\\quad
         \\partial_\\pi \\ell = w q A,\\quad \\partial_w \\ell = \\pi q A + \\bar q B.
+
+    ``None`` for an absent input (``eps``, ``pw``, ``w``).
     """
-    x, q, qc, pw, w = res
-    a, b = _nll_pair(kind, x)
+    x, y, eps, pw, w = res
+    q, qc = smoothed(y, eps)
     pq = _pos_label(q, pw)
-    gw = g if w is None else g * w
-    d_x = gw * _slope(kind, x, pq, qc)
-    d_q = gw * a if pw is None else gw * pw * a
-    d_qc = gw * b
-    d_pw = None if pw is None else gw * q * a
-    d_w = None if w is None else g * _value(kind, x, pq, qc)
-    return d_x, d_q, d_qc, d_pw, d_w
+    a, gap = _neg_log_odds_gap(kind, x, pw)
+    d_x = _slope(kind, x, pq, qc)
+    d_y = gap if eps is None else (1.0 - eps) * gap
+    d_eps = None if eps is None else (0.5 - y) * gap
+    d_pw = None if pw is None else q * a
+    d_w = None if w is None else _value(kind, x, pq, qc)
+    if w is not None:
+        d_x, d_y, d_eps, d_pw = (None if c is None else w * c for c in (d_x, d_y, d_eps, d_pw))
+    return d_x, d_y, d_eps, d_pw, d_w
 
 
-def _nll_primal(kind: Kind, x, q, qc, pw, w) -> jax.Array:
-    return nll_fwd(kind, x, q, qc, pw, w)[0]
+def nll_bwd(kind: Kind, res: Residuals, g: jax.Array) -> Residuals:
+    """Backward rule: cotangents of ``(x, y, eps, pw, w)`` for the output cotangent ``g``.
+
+    ``g`` times :func:`_jacobian`; the cotangent of the scalar ``eps`` is summed.
+    """
+    d_x, d_y, d_eps, d_pw, d_w = (None if c is None else g * c for c in _jacobian(kind, res))
+    eps = res[2]
+    return d_x, d_y, None if eps is None else jnp.sum(d_eps).astype(eps.dtype), d_pw, d_w
+
+
+def _nll_primal(kind: Kind, x, y, eps, pw, w) -> jax.Array:
+    return nll_fwd(kind, x, y, eps, pw, w)[0]
 
 
 #: Reverse-mode-only kernel: ``nll_fwd``/``nll_bwd`` registered with ``jax.custom_vjp``.
@@ -207,32 +316,29 @@ nll_vjp = jax.custom_vjp(_nll_primal, nondiff_argnums=(0,))
 nll_vjp.defvjp(nll_fwd, nll_bwd)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(0, 6))
-def nll(kind: Kind, x, q, qc, pw, w, recompute: bool = False) -> jax.Array:
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def nll(kind: Kind, x, y, eps, pw, w) -> jax.Array:
     """Elementwise ``w * (pw * q * A(x) + qc * B(x))``, differentiable in every mode.
 
     Args:
       kind: ``"logits"`` or ``"probs"``.
-      x, q, qc, pw, w: arrays of one shape in one floating dtype (``pw``, ``w`` may be None).
-      recompute: keep XLA from sharing ``exp(-|x|)`` between the value and the derivative.
-        Shared (the default), it is computed once into the derivative's own output buffer:
-        fastest where compute dominates (CPU) and free of temporaries when the derivative has
-        the compute dtype. When the caller casts the derivative to a narrower dtype
-        (bfloat16 logits) the shared buffer cannot be reused and would be an N-sized float32
-        temporary, so there each pass recomputes it instead.
+      x, y, pw, w: arrays of one shape in one floating dtype (``pw``, ``w`` may be None).
+      eps: scalar label smoothing in that dtype, or ``None``.
 
     Returns:
       The elementwise loss, shaped like ``x``.
     """
-    return _nll_primal(kind, x, q, qc, pw, w)
+    return _nll_primal(kind, x, y, eps, pw, w)
 
 
 @partial(nll.defjvp, symbolic_zeros=True)
-def _nll_jvp(kind: Kind, recompute: bool, primals, tangents):
-    out, res = nll_fwd(kind, *primals)
-    if recompute:
-        res = lax.optimization_barrier(res)
-    return out, _contract(out, nll_bwd(kind, res, jnp.ones((), out.dtype)), tangents)
+def _nll_jvp(kind: Kind, primals, tangents):
+    out = _nll_primal(kind, *primals)
+    # The barrier keeps XLA from merging the value's and the derivative's identical range
+    # reductions and exponentials: shared, they would be written to memory between the
+    # reduction and the gradient pass; apart, each pass recomputes them in registers.
+    coefficients = _jacobian(kind, lax.optimization_barrier(primals))
+    return out, _contract(out, coefficients, tangents)
 
 
 def _contract(out: jax.Array, coefficients, tangents) -> jax.Array:
@@ -240,7 +346,7 @@ def _contract(out: jax.Array, coefficients, tangents) -> jax.Array:
 
     ``coefficients`` holds the diagonal of each input's Jacobian (``None`` for an absent
     input); tangents that are symbolic zeros are skipped, so their coefficients are never
-    needed and XLA drops them.
+    needed and XLA drops them. A scalar tangent (``eps``) broadcasts.
     """
     terms = [
         c * t
@@ -250,65 +356,104 @@ def _contract(out: jax.Array, coefficients, tangents) -> jax.Array:
     return sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
 
 
-def _focal_parts(x, y, gamma, int_gamma: int | None):
-    """Value and partial derivatives of :math:`(1-p_t)^\\gamma \\operatorname{BCE}(x, y)`.
+# ------------------------------------------------------------------ focal
 
-    The cross-entropy and its slope are the kernel's own (:func:`_value`, :func:`_slope`).
-    :math:`u = 1 - p_t = y\\sigma(-x) + (1-y)\\sigma(x)` is built from the two sigmoids,
-    never as ``1 - p_t``, so it does not round to 0 at :math:`|x| \\approx 17`; where even
-    they underflow (hard labels, :math:`|x| \\gtrsim 87`), :math:`\\log u` is taken from
-    softplus instead. At :math:`x = \\pm\\infty` the factor takes its limit and the derivative
-    is the limit :math:`u^\\gamma\\,\\partial_x \\operatorname{BCE}`.
+
+#: The modulating factor's ratio uses e^min(|x|, 80): finite, and exact to far below the
+#: terms it is added to (e^-80 = 1.8e-35).
+_EXP_CAP = 80.0
+
+
+@jax.custom_jvp
+def _softplus_over_sigmoid(t: jax.Array) -> jax.Array:
+    """:math:`f(t) = L(t)/\\sigma(-t) = (1 + e^{-t})\\operatorname{log1p}(e^{-t})/e^{-t}`,
+    :math:`t \\ge 0`: between :math:`2\\log 2` and 1, 1 at :math:`t = \\infty`.
+
+    Derivative :math:`f' = \\sigma(t) f - 1`, in terms of :math:`f` itself, so that no
+    derivative divides by the underflowing :math:`\\sigma(-t)^2`.
+    """
+    far = t > _EXP_CAP
+    l_hi, l_lo = softplus_neg_abs(jnp.where(far, 0.0, t))
+    s_hi, s_lo = sigmoid_neg_abs(jnp.where(far, 0.0, t))
+    return jnp.where(far, 1.0, (l_hi + l_lo) / (s_hi + s_lo))
+
+
+@_softplus_over_sigmoid.defjvp
+def _softplus_over_sigmoid_jvp(primals, tangents):
+    (t,), (dt,) = primals, tangents
+    f = _softplus_over_sigmoid(t)
+    big = 1.0 - _total(sigmoid_neg_abs(t))
+    return f, (big * f - 1.0) * dt
+
+
+def _focal_parts(x, y, gamma):
+    """Value and partial derivatives of :math:`u^\\gamma\\operatorname{BCE}(x, y)`.
+
+    :math:`u = 1 - p_t = y\\sigma(-x) + (1-y)\\sigma(x) = n_s s + n_b (1 - s)` with
+    :math:`s = \\sigma(-|x|)` and :math:`(n_s, n_b)` the label weights of the small and
+    the big sigmoid. The cross-entropy and its slope are the kernel's own
+    (:func:`_logit_value`, :func:`_logit_slope`). :math:`-\\log u` is kept as a pair,
+    :math:`|x| + L(|x|)` exactly when :math:`n_b = 0` (a right hard label, where
+    :math:`u = s` may underflow), and :math:`u^\\gamma` comes from
+    :func:`~jaxbce._elementary.pow_neg_log`, so that neither is rounded before the power.
+
+    The derivative of :math:`\\log u` is :math:`(\\bar y - y)\\,s(1-s)/u =
+    (\\bar y - y)(1-s)/(n_s + n_b e^{|x|})`, written without dividing by :math:`u`: every
+    derivative of it stays finite where :math:`u` underflows.
 
     Returns:
       ``(value, d/dx, d/dy, d/dgamma)``.
     """
     qc = 1.0 - y
-    ce = _value("logits", x, y, qc)
-    d_ce = _slope("logits", x, y, qc)
+    nonneg = x >= 0
+    t = -_neg_abs(x)
+    s_pair = sigmoid_neg_abs(t)
+    s = _total(s_pair)
+    big = 1.0 - s
+    ce = _logit_value(x, y, qc)
+    d_ce = _logit_slope(x, y, qc)
+    n_s = jnp.where(nonneg, y, qc)
+    n_b = jnp.where(nonneg, qc, y)
+    # -log u as a pair.
+    sure = n_b == 0
+    l_hi, l_lo = softplus_neg_abs(t)
+    tail_hi, tail_err = two_sum(t, l_hi)  # softplus(|x|) = -log s
+    u_hi, u_err = two_sum(n_s * s, n_b * big)
+    u_safe = jnp.where(sure, 1.0, u_hi)
+    nlu_hi, nlu_lo = neg_log(u_safe)
+    nl_hi = jnp.where(sure, tail_hi, nlu_hi)
+    nl_lo = jnp.where(sure, tail_err + l_lo, nlu_lo - u_err / u_safe)
+    m = pow_neg_log(nl_hi, nl_lo, gamma)
     is_inf = jnp.isinf(x)
-    t = LogitTerms(jnp.where(is_inf, 0.0, x))  # a finite stand-in: no 0 * inf below
-    # u = sigmoid(|x|) * den, and d(log u)/dx = (qc - y) sigmoid(-|x|) / den: few roundings.
-    den = jnp.where(x >= 0, y * t.exp_neg_abs + qc, y + qc * t.exp_neg_abs)
-    u = jnp.where(is_inf, jnp.where(x > 0, qc, y), t.sigmoid_big * den)
-    normal = u >= jnp.finfo(x.dtype).tiny
-    base = jnp.where(normal, u, 1.0)
-    power = lax.integer_pow(base, int_gamma) if int_gamma is not None else base**gamma
-    log_tail = -(y * t.softplus_pos + qc * t.softplus_neg)  # log u for hard labels
-    limit = jnp.where(is_inf, jnp.where(gamma == 0, 1.0, 0.0), jnp.exp(gamma * log_tail))
-    m = jnp.where(normal, power, limit)
+    ce_fin = jnp.where(is_inf, 0.0, ce)  # at +-inf the factor's own slope is 0
+    ratio = big / (n_s + n_b * jnp.exp(jnp.minimum(t, _EXP_CAP)))
+    d_x = m * (d_ce + gamma * ((qc - y) * ratio) * ce_fin)
     value = safe_mul(m, ce)
-    safe_den = jnp.where(normal, den, 1.0)
-    dlogu_dx = jnp.where(
-        normal, (qc - y) * t.sigmoid_small / safe_den, qc * t.sigmoid_neg - y * t.sigmoid_pos
-    )
-    dlogu_dy = jnp.where(normal, (t.sigmoid_neg - t.sigmoid_pos) / base, -jnp.where(is_inf, 0.0, x))
-    ce_fin = jnp.where(is_inf, 0.0, ce)
-    d_x = m * (d_ce + gamma * dlogu_dx * ce_fin)
-    d_y = safe_mul(m, -x) + m * gamma * dlogu_dy * ce_fin  # d ce / dy = A - B = -x
-    log_u = jnp.where(normal, jnp.log(base), jnp.where(is_inf, -jnp.inf, log_tail))
-    d_gamma = safe_mul(value, log_u)
+    # d/dy = m (d ce/dy + gamma (ce / u) du/dy), d ce/dy = A - B = -x,
+    # du/dy = sigma(-x) - sigma(x); ce / u = L(|x|) / s for a right hard label.
+    ce_over_u = jnp.where(sure, _softplus_over_sigmoid(t), ce / u_safe)
+    du_dy = jnp.where(nonneg, s - big, big - s)
+    d_y = safe_mul(m, -x) + gamma * m * ce_over_u * du_dy
+    d_gamma = -safe_mul(value, nl_hi + nl_lo)
     return value, d_x, d_y, d_gamma
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(3,))
-def focal_term(x, y, gamma, int_gamma: int | None = None) -> jax.Array:
+@jax.custom_jvp
+def focal_term(x, y, gamma) -> jax.Array:
     """Elementwise :math:`(1 - p_t)^\\gamma\\,\\operatorname{BCE}(x, y)`, every mode.
 
     Args:
       x: logits in the compute dtype.
       y: labels in [0, 1], same shape and dtype.
       gamma: scalar focusing exponent, ``gamma >= 0`` (may be traced).
-      int_gamma: ``gamma`` as a Python int when it is a small concrete integer, so the
-        power is a few exact multiplications; else ``None``.
 
     Returns:
       The elementwise modulated cross-entropy (no alpha, no weights).
     """
-    return _focal_parts(x, y, gamma, int_gamma)[0]
+    return _focal_parts(x, y, gamma)[0]
 
 
 @partial(focal_term.defjvp, symbolic_zeros=True)
-def _focal_term_jvp(int_gamma, primals, tangents):
-    value, *coefficients = _focal_parts(*primals, int_gamma)
+def _focal_term_jvp(primals, tangents):
+    value, *coefficients = _focal_parts(*primals)
     return value, _contract(value, coefficients, tangents)

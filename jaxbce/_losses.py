@@ -231,25 +231,12 @@ def _prepare(
     )
 
 
-def _narrow(dtype: Any) -> bool:
-    """Whether results are cast down from the compute dtype (bfloat16, float16 inputs)."""
-    return jnp.dtype(dtype) != _compute_dtype(dtype)
-
-
-def _smoothed(y: jax.Array, label_smoothing: Any) -> tuple[jax.Array, jax.Array]:
-    """Returns ``(q, qc)``: the smoothed label and its complement, each without cancellation.
-
-    :math:`q = y(1-\\epsilon) + \\epsilon/2` and :math:`\\bar q = (1-y)(1-\\epsilon) + \\epsilon/2`
-    (Keras' convention). Computing :math:`\\bar q` directly rather than as :math:`1 - q` keeps
-    it exact for hard labels (:math:`\\bar q = \\epsilon/2` at :math:`y = 1`).
-    """
+def _smoothing(label_smoothing: Any, dtype: Any) -> jax.Array | None:
+    """The checked label smoothing for the kernel: ``None`` when it is a concrete 0."""
     _check_scalar_range("label_smoothing", label_smoothing, 0.0, 1.0)
-    qc = 1.0 - y
     if _is_concrete(label_smoothing) and float(label_smoothing) == 0.0:
-        return y, qc
-    eps = jnp.asarray(label_smoothing, y.dtype)
-    keep, half = 1.0 - eps, 0.5 * eps
-    return y * keep + half, qc * keep + half
+        return None
+    return jnp.asarray(label_smoothing, dtype)
 
 
 def _reduce(
@@ -372,8 +359,7 @@ def _cross_entropy(
         kind, kind, predictions, labels,
         weights=weights, pos_weight=pos_weight, where=where, reduction=reduction,
     )  # fmt: skip
-    q, qc = _smoothed(p.y, label_smoothing)
-    loss = nll(kind, p.x, q, qc, p.pw, p.w, _narrow(p.out_dtype))
+    loss = nll(kind, p.x, p.y, _smoothing(label_smoothing, p.x.dtype), p.pw, p.w)
     return _reduce(loss, p.mask, reduction, axis_name, p.out_dtype)
 
 
@@ -534,10 +520,7 @@ def sigmoid_focal_loss(
     )  # fmt: skip
     _check_scalar_range("gamma", gamma, 0.0, float("inf"))
     x, y = p.x, p.y
-    int_gamma = None
-    if _is_concrete(gamma) and float(gamma).is_integer() and float(gamma) <= 8:
-        int_gamma = int(gamma)
-    loss = focal_term(x, y, jnp.asarray(gamma, x.dtype), int_gamma)
+    loss = focal_term(x, y, jnp.asarray(gamma, x.dtype))
     if alpha is not None:
         alpha_t = alpha * y + (1.0 - alpha) * (1.0 - y)
         if _is_concrete(alpha):

@@ -174,31 +174,20 @@ def test_linear_section_reports_what_it_cannot_run(monkeypatch) -> None:
 
 
 def test_cpu_passes_times_the_shipped_computation(capsys) -> None:
-    """The diagnostic's passes compute jaxbce's value and gradient, and it runs end to end."""
-    import jax
+    """The diagnostic's loss is jaxbce's mean loss, and it runs end to end."""
     import jax.numpy as jnp
     import numpy as np
 
     import jaxbce
-    from jaxbce import _losses
 
     passes = _load_module(ROOT / "benchmarks" / "cpu_passes.py", "bench_cpu_passes")
     rng = np.random.default_rng(1)
     z = jnp.asarray(3.0 * rng.standard_normal((4, 300)), jnp.float32)
     y = jnp.asarray(rng.random((4, 300)) < 0.3, jnp.float32)
-    value, grad = jax.value_and_grad(passes.mean_loss)(z, y)
-    e = jnp.exp(passes.neg_abs(z))
-    np.testing.assert_allclose(passes.reduce_pass(z, y, e), value, rtol=1e-6)
-    np.testing.assert_allclose(passes.gradient_pass(z, y, e), grad, rtol=1e-6, atol=1e-12)
-    narrow = _losses._narrow
-    with passes.recompute_path():
-        value_rc, grad_rc = jax.jit(jax.value_and_grad(passes.mean_loss))(z, y)
-    assert _losses._narrow is narrow
-    np.testing.assert_allclose(value_rc, value, rtol=1e-6)
-    np.testing.assert_allclose(grad_rc, grad, rtol=1e-6, atol=1e-12)
+    value = passes.mean_loss(z, y)
     assert float(jaxbce.sigmoid_binary_cross_entropy(z, y, reduction="mean")) == float(value)
 
     assert passes.main(["--log2n", "12", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
-    assert "jaxbce value_and_grad (shipped, 3 passes)" in out
-    assert "pass 3: gradient over e (donated)" in out
+    assert "jaxbce value_and_grad" in out
+    assert "gradient pass: fresh output" in out

@@ -1,0 +1,421 @@
+"""Elementary functions of the kernel, accurate to a fraction of a float32 ulp.
+
+The losses need a few functions of one argument, each faithfully rounded in float32:
+
+* :func:`softplus_neg_abs`: :math:`\\operatorname{log1p}(e^{-t})`, :math:`t \\ge 0`
+  (:math:`\\operatorname{softplus}(\\pm z) = \\max(\\pm z, 0) + L(|z|)`);
+* :func:`sigmoid_neg_abs`: :math:`\\sigma(-t) = e^{-t}/(1 + e^{-t})`, :math:`t \\ge 0`;
+* :func:`neg_log`: :math:`-\\log p` and :func:`neg_log1m`: :math:`-\\log(1 - p)`, for
+  :math:`p \\in [0, 1]`, and :func:`recip_one_minus`: :math:`1/(1 - p)`;
+* :func:`pow_neg_log`: :math:`u^\\gamma` from :math:`-\\log u` (the focal loss' factor).
+
+XLA's own float32 ``exp``, ``log1p`` and ``log`` are each within an ulp or two, but a
+composition of correctly rounded functions is not itself within one ulp: the rounding of
+:math:`e^{-t}` alone moves :math:`\\operatorname{log1p}(e^{-t})` by up to half an ulp before
+its own rounding. Each function here therefore returns an unevaluated sum ``(hi, lo)`` of
+two float32 numbers whose total is within about :math:`2^{-26}` relative of the exact value;
+the caller adds its own terms to ``hi`` exactly (:func:`two_sum`) and rounds once, so the
+result is faithfully rounded: within one ulp, and mostly within half an ulp (measured at
+every float32 input by ``python -m jaxbce.check --exhaustive``).
+
+Error analysis, float32 (:math:`u = 2^{-24}`):
+
+1. Range reduction. :math:`k = \\operatorname{round}(t/\\ln 2)`, :math:`r = t - k \\ln 2`
+   with :math:`\\ln 2 = C_1 + C_2`, :math:`C_1` of 15 bits, so :math:`kC_1` and
+   :math:`t - kC_1` are exact (Sterbenz) for :math:`k \\le 127`; :math:`r = r_h + r_l`
+   with an absolute error below :math:`10^{-11}` from the rounding of :math:`kC_2`.
+2. :math:`E = e^{-r}`, :math:`|r| \\lesssim \\ln 2 / 2`:
+   :math:`E = 1 - r_h + r_h^2/2 + r_h^3 Q(r_h) - r_l E`, with :math:`r_h^2` formed exactly
+   (:func:`split`) and the two leading additions error-free, so only the terms below
+   :math:`r^3/6 \\le 0.007` are rounded: :math:`|E - \\hat E| \\lesssim 2^{-29} E`
+   (:math:`Q` is a degree-4 fit with relative error :math:`8 \\cdot 10^{-8}`). Then
+   :math:`e^{-t} = 2^{-k} E`.
+3. :math:`L = \\operatorname{log1p}(e) = 2\\operatorname{artanh}(w)`, :math:`w = e / (2 + e)
+   \\le 1/3`, taken unscaled as :math:`W = E / (2 + e)` so that nothing is subnormal before
+   the final exact scaling by :math:`2^{-k}`. The quotient is an approximate reciprocal
+   (:func:`_reciprocal`) corrected by its exact residual (:func:`_divide`), a pair good to
+   :math:`2^{-34}`; :math:`L = 2w + 2w^3 T(w^2)`, whose tail is at most 3.6% of :math:`L`
+   and carries a relative error of :math:`4u`: :math:`L` is within :math:`2^{-27}`.
+4. :math:`\\sigma(-t) = 2^{-k} E/(1 + e)`, the same corrected quotient.
+5. :math:`-\\log p = -m \\ln 2 - 2\\operatorname{artanh}((f - 1)/(f + 1))` for
+   :math:`p = 2^m f`, :math:`f \\in [\\sqrt{1/2}, \\sqrt 2)` (:math:`f - 1` exact; a
+   subnormal :math:`p` is normalised from its bits); :math:`-\\log(1 - p)` is :math:`-\\log`
+   of the exact :math:`1 - p` for :math:`p \\ge 1/2` and
+   :math:`-2\\operatorname{artanh}(-p/(2 - p))` below.
+
+Products that must be exact are formed from halves of 12 bits split with an integer mask
+(:func:`split`), whose partial products are exact: a compiler that contracts ``a * b + c``
+into a fused multiply-add (XLA:CPU and GPUs do) computes the same numbers. Dekker's
+``two_prod`` is not used: it is wrong when only some uses of ``fl(a * b)`` are contracted.
+Additions are Knuth's :func:`two_sum` and Dekker's :func:`_fast_two_sum`, with the
+constants in them hidden from XLA's simplifier (:func:`_opaque`). No division is used:
+XLA does not fuse a division whose result is read more than once, and would write it to
+memory. Subnormal intermediates flush to zero on XLA's backends; results below the
+smallest normal number are within one unit of that number.
+
+Derivatives. Each function is a :func:`jax.custom_jvp` whose rule is the exact formula
+(:math:`L' = -\\sigma(-t)`, :math:`\\sigma(-t)' = -\\sigma(-t)\\sigma(t)`,
+:math:`(-\\log p)' = -1/p`, :math:`(-\\log(1-p))' = 1/(1-p)`), built from the same
+functions, so derivatives of every order are finite and accurate rather than derivatives of
+the polynomials.
+
+Other dtypes (float64) use XLA's functions in their own precision, with the same
+``(hi, lo)`` interface and ``lo = 0``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Pair = tuple[jax.Array, jax.Array]
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.693145751953125  # 15 significant bits: k * _LN2_HI is exact for k < 512
+_LN2_LO = 1.4286068203094173e-06  # ln 2 - _LN2_HI, rounded to float32
+#: exp(-r) = 1 - r + r^2/2 + r^3 Q(r) on |r| <= ln(2)/2 (fit, relative error 8e-8).
+_Q = (-0.1666666716337204, 0.041666556149721146, -0.008333356119692326,
+      0.001392614794895053, -0.00019853668345604092)  # fmt: skip
+#: 2 artanh(w) = 2w + 2w^3 T(w^2) on |w| <= 1/3 (fit, relative error 3e-8).
+_T = (0.3333333432674408, 0.19999854266643524, 0.14296136796474457,
+      0.10853894054889679, 0.11609423160552979)  # fmt: skip
+#: Above this t, e^-t is below the smallest normal float32 and flushes to 0.
+_T_MAX = 88.0
+
+
+def _poly(x: jax.Array, coefficients: tuple[float, ...]) -> jax.Array:
+    acc = jnp.full_like(x, coefficients[-1])
+    for c in reversed(coefficients[:-1]):
+        acc = acc * x + c
+    return acc
+
+
+def two_sum(a: jax.Array, b: jax.Array) -> Pair:
+    """``(s, err)`` with ``s = fl(a + b)`` and ``s + err = a + b`` exactly (Knuth)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _fast_two_sum(a: jax.Array, b: jax.Array) -> Pair:
+    """:func:`two_sum` for ``|a| >= |b|`` (Dekker), three operations instead of six."""
+    s = a + b
+    return s, b - (s - a)
+
+
+def split(a: jax.Array) -> Pair:
+    """``(hi, lo)``, ``hi + lo = a``, each with at most 12 significant bits (float32).
+
+    ``hi`` is ``a`` with the low 12 mantissa bits cleared by an integer mask, so the split
+    involves no multiplication that a compiler could contract.
+    """
+    bits = lax.bitcast_convert_type(a, jnp.uint32)
+    hi = lax.bitcast_convert_type(bits & jnp.uint32(0xFFFFF000), jnp.float32)
+    return hi, a - hi
+
+
+def _reciprocal(d: jax.Array) -> jax.Array:
+    """``1 / d`` to about ``2^-17`` relative for normal ``d > 0``, without a division.
+
+    A bit-pattern seed (5% error) and two Newton steps. XLA will not fuse a division (an
+    "expensive" operation) into a consumer that reads its result more than once, and
+    every error-free correction below does; multiplications it fuses freely. The
+    corrections in :func:`_divide` make the quotient exact whatever this error is.
+    """
+    r = lax.bitcast_convert_type(
+        jnp.uint32(0x7EF311C3) - lax.bitcast_convert_type(d, jnp.uint32), jnp.float32
+    )
+    r = r + r * (1.0 - d * r)
+    return r + r * (1.0 - d * r)
+
+
+def _divide(num: Pair, den: Pair, q0: jax.Array, inv_den: jax.Array) -> Pair:
+    """``num / den`` as a normalized pair ``(hi, lo)``, to about ``2^-34``.
+
+    ``q0`` is the caller's approximate quotient (:func:`_reciprocal`, within ``2^-17``).
+    It is split at once into ``qh`` (12 bits, by a mask) and ``ql``, and only the two
+    halves are used from then on: ``q0`` is itself a product, and a compiler that fuses
+    it into some of its uses but not others (contraction into a multiply-add) would use
+    two different quotients. The residual ``num - (qh + ql) den`` comes from partial
+    products with ``den_hi`` cut to 12 bits: ``qh * dh`` is exact and ``num - qh * dh``
+    exact (Sterbenz), the rest is ``2^-11`` smaller and rounded at ``2^-35``.
+    ``inv_den`` needs about 17 correct bits: the correction is ``2^-17`` of ``q0``.
+    """
+    qh, ql = split(q0)
+    dh, dl = split(den[0])
+    dl = dl + den[1]
+    residual = ((num[0] - qh * dh) - ql * dh) + (num[1] - (qh + ql) * dl)
+    return _fast_two_sum(qh, ql + residual * inv_den)
+
+
+def _artanh2(w: Pair) -> Pair:
+    """``2 artanh(w)`` for ``|w| <= 1/3`` as a pair, from the normalized pair ``w``."""
+    v = w[0] * w[0]
+    return 2.0 * w[0], 2.0 * w[1] + 2.0 * (w[0] * v) * _poly(v, _T)
+
+
+def _exp_neg(t: jax.Array, t_lo: jax.Array | None = None) -> tuple[jax.Array, ...]:
+    """``e^-(t + t_lo) = scale * (E_hi + E_lo)`` for ``0 <= t <= _T_MAX``, ``scale = 2^-k``.
+
+    ``t_lo``, if given, is at most half an ulp of ``t``. ``scale`` is 0 for ``k = 127``.
+    """
+    k = jnp.round(t * _LOG2E)
+    # t - k C1 is exact, k C2 < 2e-4; where |t - k C1| < |k C2| the sum is tiny and the
+    # three-operation two_sum's error is far below 2^-30 of E.
+    r_hi, r_lo = _fast_two_sum(t - k * _LN2_HI, -(k * _LN2_LO))
+    if t_lo is not None:
+        r_lo = r_lo + t_lo
+    rh, rl = split(r_hi)
+    sq_hi, sq_lo = rh * rh, rl * (2.0 * rh + rl)  # r_hi^2, the first term exact
+    s1, e1 = _fast_two_sum(_opaque(1.0, t), -r_hi)
+    e_hi, e2 = _fast_two_sum(s1, 0.5 * sq_hi)
+    tail = (r_hi * (sq_hi + sq_lo)) * _poly(r_hi, _Q) + 0.5 * sq_lo - r_lo * (1.0 - r_hi)
+    e_hi, e_lo = _fast_two_sum(e_hi, (e1 + e2) + tail)  # |e_lo| <= ulp(e_hi) / 2
+    exponent = (127 - k.astype(jnp.int32)).astype(jnp.uint32) << 23
+    scale = lax.bitcast_convert_type(exponent, jnp.float32)
+    return e_hi, e_lo, scale
+
+
+def _opaque(value: float, like: jax.Array) -> jax.Array:
+    """The constant ``value`` hidden from XLA's algebraic simplifier.
+
+    The simplifier reassociates constants: it rewrites ``(2 + x) - 2`` to ``x``, which is
+    exactly the rounding error that an error-free transformation must keep.
+    """
+    return lax.optimization_barrier(jnp.asarray(value, like.dtype))
+
+
+def _is_float32(x: jax.Array) -> bool:
+    return x.dtype == jnp.float32
+
+
+# ------------------------------------------------------------------- logistic
+
+
+def _scaled(scale: jax.Array, pair: Pair) -> Pair:
+    # A normalized pair times 2^-k: the high part stays exact down to the smallest normal
+    # number; a low part that flushes to 0 there is below half an ulp of the high part.
+    return scale * pair[0], scale * pair[1]
+
+
+def _softplus_neg_abs_f32(t: jax.Array) -> Pair:
+    # log1p(e) = 2 artanh(w), w = e / (2 + e) = 2^-k W, W = E / (2 + e): W is computed
+    # unscaled, so that no intermediate is subnormal before the final scaling.
+    e_hi, e_lo, scale = _exp_neg(jnp.minimum(t, _T_MAX))
+    x_hi, x_lo = scale * e_hi, scale * e_lo
+    two = _opaque(2.0, t)
+    m_hi = two + x_hi
+    m_lo = (x_hi - (m_hi - two)) + x_lo
+    w0 = e_hi * _reciprocal(m_hi)
+    w = _divide((e_hi, e_lo), (m_hi, m_lo), w0, 0.5 * (1.0 - scale * w0))  # 2/(2+e) = 1-w
+    wr = scale * (w[0] + w[1])
+    v = wr * wr
+    tail = 2.0 * (w[0] + w[1]) * v * _poly(v, _T)
+    return _scaled(scale, _fast_two_sum(2.0 * w[0], 2.0 * w[1] + tail))
+
+
+def _sigmoid_neg_abs_f32(t: jax.Array) -> Pair:
+    # sigma(-t) = e / (1 + e) = 2^-k E / (1 + e), the quotient taken unscaled.
+    e_hi, e_lo, scale = _exp_neg(jnp.minimum(t, _T_MAX))
+    x_hi, x_lo = scale * e_hi, scale * e_lo
+    one = _opaque(1.0, t)
+    d_hi = one + x_hi
+    d_lo = (x_hi - (d_hi - one)) + x_lo
+    s0 = e_hi * _reciprocal(d_hi)
+    s = _divide((e_hi, e_lo), (d_hi, d_lo), s0, 1.0 - scale * s0)  # 1/(1+e) = 1 - sigma
+    return _scaled(scale, s)
+
+
+@jax.custom_jvp
+def softplus_neg_abs(t: jax.Array) -> Pair:
+    """:math:`\\operatorname{log1p}(e^{-t})` for :math:`t \\ge 0` as ``(hi, lo)``.
+
+    Within :math:`2^{-26}` relative in float32 (see the module docstring); 0 at
+    :math:`t = \\infty`; NaN propagates. Derivative: :math:`-\\sigma(-t)`.
+    """
+    if _is_float32(t):
+        return _softplus_neg_abs_f32(t)
+    return jnp.log1p(jnp.exp(-t)), jnp.zeros_like(t)
+
+
+@softplus_neg_abs.defjvp
+def _softplus_neg_abs_jvp(primals, tangents):
+    (t,), (dt,) = primals, tangents
+    out = softplus_neg_abs(t)
+    s_hi, s_lo = sigmoid_neg_abs(t)
+    return out, (-(s_hi + s_lo) * dt, jnp.zeros_like(dt))
+
+
+@jax.custom_jvp
+def sigmoid_neg_abs(t: jax.Array) -> Pair:
+    """:math:`\\sigma(-t) = 1/(1 + e^{t})` for :math:`t \\ge 0` as ``(hi, lo)``.
+
+    Within :math:`2^{-26}` relative in float32; 0 at :math:`t = \\infty`. Derivative:
+    :math:`-\\sigma(-t)\\,\\sigma(t)`.
+    """
+    if _is_float32(t):
+        return _sigmoid_neg_abs_f32(t)
+    e = jnp.exp(-t)
+    return e / (1.0 + e), jnp.zeros_like(t)
+
+
+@sigmoid_neg_abs.defjvp
+def _sigmoid_neg_abs_jvp(primals, tangents):
+    (t,), (dt,) = primals, tangents
+    hi, lo = sigmoid_neg_abs(t)
+    s = hi + lo
+    return (hi, lo), (-(s * ((1.0 - hi) - lo)) * dt, jnp.zeros_like(dt))
+
+
+# ------------------------------------------------------------------ logarithms
+
+
+def _neg_log_f32(p: jax.Array) -> Pair:
+    """``-log p`` for ``p > 0`` normal: ``-(m ln 2 + 2 artanh((f - 1) / (f + 1)))``."""
+    bits = lax.bitcast_convert_type(p, jnp.int32)
+    # p = 2^m f with f in [sqrt(1/2), sqrt(2)): shift the mantissa boundary to sqrt(1/2).
+    shifted = bits - jnp.int32(0x3F3504F3)  # bits of sqrt(1/2)
+    m = shifted >> 23
+    f = lax.bitcast_convert_type(bits - (m << 23), jnp.float32)
+    mf = m.astype(jnp.float32)
+    num = f - 1.0  # exact (Sterbenz)
+    den = two_sum(f, _opaque(1.0, p))
+    w0 = num * _reciprocal(den[0])
+    w = _divide((num, jnp.zeros_like(num)), den, w0, 0.5 * (1.0 - w0))  # 2/(f+1) = 1 - w
+    a_hi, a_lo = _artanh2(w)
+    # m ln 2 + a, m * _LN2_HI exact (|m| < 2^8).
+    s, err = two_sum(mf * _LN2_HI, a_hi)
+    return -s, -(err + (a_lo + mf * _LN2_LO))
+
+
+def _neg_log1m_f32(p: jax.Array) -> Pair:
+    """``-log(1 - p)`` for ``0 <= p < 1``."""
+    # p >= 1/2: 1 - p is exact, and -log(1 - p) = neg_log(1 - p).
+    upper_hi, upper_lo = _neg_log_f32(jnp.where(p >= 0.5, 1.0 - p, 0.5))
+    # p < 1/2: -log1p(-p) = -2 artanh(-p / (2 - p)), 1 / (2 - p) ~ (1 + w) / 2.
+    pc = jnp.where(p < 0.5, p, 0.0)
+    two = _opaque(2.0, p)
+    m_hi = two - pc
+    m_lo = (two - m_hi) - pc
+    w0 = -pc * _reciprocal(m_hi)
+    w = _divide((-pc, jnp.zeros_like(pc)), (m_hi, m_lo), w0, 0.5 * (1.0 - w0))
+    a_hi, a_lo = _artanh2(w)
+    lower = p < 0.5
+    # Below 2^-30, -log(1 - p) = p + p^2/2 to 2^-60, and w0 = -p/2 could be subnormal.
+    tiny = p < 2.0**-30
+    hi = jnp.where(tiny, p, jnp.where(lower, -a_hi, upper_hi))
+    return hi, jnp.where(tiny, 0.5 * p * p, jnp.where(lower, -a_lo, upper_lo))
+
+
+@jax.custom_jvp
+def neg_log(p: jax.Array) -> Pair:
+    """:math:`-\\log p` as ``(hi, lo)`` for :math:`p \\in [0, 1]`: ``inf`` at 0.
+
+    Within :math:`2^{-26}` relative in float32 (p below the smallest normal reads as 0).
+    Derivative: :math:`-1/p`.
+    """
+    if not _is_float32(p):
+        return -jnp.log(p), jnp.zeros_like(p)
+    bits = lax.bitcast_convert_type(p, jnp.int32)
+    # A subnormal p = m 2^-149 (m < 2^23, read from the bits: p itself may be flushed to 0
+    # by any arithmetic) is scaled to the normal m, and 149 ln 2 added back.
+    subnormal = (bits > 0) & (bits < 0x00800000)
+    hi, lo = _neg_log_f32(jnp.where(subnormal, bits.astype(jnp.float32), p))
+    shift_hi, shift_err = two_sum(hi, jnp.where(subnormal, 149.0 * _LN2_HI, 0.0))
+    lo = lo + shift_err + jnp.where(subnormal, 149.0 * _LN2_LO, 0.0)
+    valid = (bits >= 0x00800000) & (p <= 1.0) | subnormal
+    hi = jnp.where(valid, shift_hi, jnp.where(bits == 0, jnp.inf, jnp.nan))
+    return hi, jnp.where(valid, lo, 0.0)
+
+
+@neg_log.defjvp
+def _neg_log_jvp(primals, tangents):
+    (p,), (dp,) = primals, tangents
+    return neg_log(p), (-dp / p, jnp.zeros_like(dp))
+
+
+@jax.custom_jvp
+def neg_log1m(p: jax.Array) -> Pair:
+    """:math:`-\\log(1 - p)` as ``(hi, lo)`` for :math:`p \\in [0, 1]`: ``inf`` at 1.
+
+    Within :math:`2^{-26}` relative in float32. Derivative: :math:`1/(1 - p)`.
+    """
+    if not _is_float32(p):
+        # log1p is inaccurate in float64 on [-0.5, -0.29] on XLA:CPU; log of the exact
+        # 1 - p is accurate there.
+        return jnp.where(p >= 0.5, -jnp.log(1.0 - p), -jnp.log1p(-p)), jnp.zeros_like(p)
+    one = p == 1.0
+    inside = (p >= 0) & (p < 1)
+    hi, lo = _neg_log1m_f32(jnp.where(inside, p, 0.0))
+    hi = jnp.where(inside, hi, jnp.where(one, jnp.inf, jnp.nan))
+    return hi, jnp.where(inside, lo, 0.0)
+
+
+@neg_log1m.defjvp
+def _neg_log1m_jvp(primals, tangents):
+    (p,), (dp,) = primals, tangents
+    return neg_log1m(p), (dp / (1.0 - p), jnp.zeros_like(dp))
+
+
+@jax.custom_jvp
+def recip_one_minus(p: jax.Array) -> Pair:
+    """:math:`1/(1 - p)` as ``(hi, lo)`` for :math:`p < 1`, within :math:`2^{-35}` in float32.
+
+    ``1 - p`` is not exact below :math:`p = 1/2`; it is kept as an exact pair and the
+    division corrected. Derivative: :math:`1/(1 - p)^2`.
+    """
+    if not _is_float32(p):
+        return 1.0 / (1.0 - p), jnp.zeros_like(p)
+    one = _opaque(1.0, p)
+    m_hi, m_lo = _fast_two_sum(one, -p)
+    r0 = _reciprocal(m_hi)
+    return _divide((one, jnp.zeros_like(p)), (m_hi, m_lo), r0, r0)
+
+
+@recip_one_minus.defjvp
+def _recip_one_minus_jvp(primals, tangents):
+    (p,), (dp,) = primals, tangents
+    hi, lo = recip_one_minus(p)
+    r = hi + lo
+    return (hi, lo), ((r * r) * dp, jnp.zeros_like(dp))
+
+
+def _pow_neg_log_f32(nl_hi: jax.Array, nl_lo: jax.Array, gamma: jax.Array) -> jax.Array:
+    # gamma * nl as a pair: the 12-bit halves' partial products are exact.
+    inf = jnp.isinf(nl_hi)
+    gh, gl = split(jnp.broadcast_to(gamma, nl_hi.shape))
+    lh, ll = split(jnp.where(inf, 0.0, nl_hi))
+    y_hi, y_lo = _fast_two_sum(gh * lh, (gh * ll + gl * lh) + gl * ll + gamma * nl_lo)
+    big = inf | (y_hi > _T_MAX)
+    e_hi, e_lo, scale = _exp_neg(jnp.where(big, 0.0, y_hi), jnp.where(big, 0.0, y_lo))
+    return jnp.where(big, 0.0, scale * (e_hi + e_lo))
+
+
+@jax.custom_jvp
+def pow_neg_log(nl_hi: jax.Array, nl_lo: jax.Array, gamma: jax.Array) -> jax.Array:
+    """:math:`u^\\gamma = e^{-\\gamma \\ell}` from :math:`\\ell = -\\log u \\ge 0` given as a pair.
+
+    For :math:`\\gamma \\ge 0`. The product :math:`\\gamma\\ell` is kept as a pair and its
+    exponential evaluated as in :func:`softplus_neg_abs`, so the result is within about
+    :math:`2^{-26}` of :math:`u^\\gamma` for the :math:`u` given, whatever :math:`\\gamma\\ell`
+    is (a rounded :math:`\\gamma \\log u` would cost :math:`\\gamma|\\log u|` ulps). 1 at
+    :math:`\\gamma = 0`, also for :math:`u = 0`. Derivative:
+    :math:`-u^\\gamma(\\gamma\\,d\\ell + \\ell\\,d\\gamma)`.
+    """
+    if _is_float32(nl_hi):
+        out = _pow_neg_log_f32(nl_hi, nl_lo, gamma)
+    else:
+        out = jnp.exp(-gamma * (nl_hi + nl_lo))
+    return jnp.where(gamma == 0, 1.0, out)
+
+
+@pow_neg_log.defjvp
+def _pow_neg_log_jvp(primals, tangents):
+    nl_hi, nl_lo, gamma = primals
+    d_hi, d_lo, d_gamma = tangents
+    out = pow_neg_log(nl_hi, nl_lo, gamma)
+    nl = nl_hi + nl_lo
+    # u^gamma * log u is 0 where u^gamma is (gamma > 0, u -> 0).
+    d_log = jnp.where(out == 0, 0.0, out * nl)
+    return out, -(out * gamma) * (d_hi + d_lo) - d_log * d_gamma
