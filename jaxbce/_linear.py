@@ -38,6 +38,8 @@ are masked out, so they contribute exactly 0 to the value and every gradient.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -48,6 +50,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from jaxbce._losses import (
+    _RUNTIME_CHECKS,
     _as_array,
     _check_broadcast,
     _check_labels,
@@ -175,11 +178,27 @@ def _chunk_loss(
     chunk's loss to memory is cheap, and it measured faster too.
     """
     eps = s.label_smoothing if label_smoothing is None else label_smoothing
-    loss = sigmoid_binary_cross_entropy(
-        logits, labels,
-        weights=weights, pos_weight=pos_weight, label_smoothing=eps, where=mask,
-    )  # fmt: skip
+    with _no_runtime_checks():
+        loss = sigmoid_binary_cross_entropy(
+            logits, labels,
+            weights=weights, pos_weight=pos_weight, label_smoothing=eps, where=mask,
+        )  # fmt: skip
     return jnp.sum(loss)
+
+
+@contextlib.contextmanager
+def _no_runtime_checks() -> Iterator[None]:
+    """Traces without :func:`jaxbce.checked`'s run-time checks.
+
+    The labels and ``label_smoothing`` are checked once, whole, before the loop: a check
+    inside it would see one (B, C) chunk and report a flat index into that chunk, not into
+    the user's labels.
+    """
+    token = _RUNTIME_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _RUNTIME_CHECKS.reset(token)
 
 
 # ------------------------------------------------------------------ the custom_vjp
@@ -461,8 +480,9 @@ def linear_sigmoid_binary_cross_entropy(
     pw = _check_broadcast("pos_weight", pos_weight, shape)
     wt = _check_broadcast("weights", weights, shape)
     mask = _check_broadcast("where", where, shape, boolean=True)
-    if not sparse and _is_concrete(y) and _is_concrete(mask):
-        # Concrete dense labels are checked here, once (traced ones per chunk, in ``checked``).
+    if not sparse:
+        # Checked here, whole (concrete ones at once, traced ones only inside ``checked``), so
+        # that a bad label is reported by its flat index into ``labels``, as in eager mode.
         full_mask = None if mask is None else jnp.broadcast_to(mask, shape)
         _check_unit_interval_values("labels", y, full_mask)
     if reduction == "none":
@@ -492,14 +512,19 @@ def linear_sigmoid_binary_cross_entropy(
         axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
         if sparse and set(axes) <= _varying_axes(w_mat):
             offset = (lax.axis_index(axis_name) * n_labels).astype(jnp.int32)
-    if sparse:
+    if sparse and y.size:
         total_labels = n_labels if offset is None else n_labels * lax.psum(1, axis_name)
+
+        def in_range() -> jax.Array:
+            return (y < total_labels).ravel()
+
         _value_check(
             (y, total_labels),
-            lambda: jnp.all(y < total_labels),
+            lambda: jnp.all(in_range()),
             f"sparse label indices must be below the number of labels ({total_labels}); "
-            "the largest is {}",
-            lambda: jnp.max(y, initial=-1),
+            "the first that is not, at flat index {}, is {}",
+            lambda: jnp.argmin(in_range()),
+            lambda: y.ravel()[jnp.argmin(in_range())],
         )
 
     args = _Args(

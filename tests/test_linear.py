@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -345,6 +346,40 @@ def test_runtime_checks_under_checkify():
         linear_sigmoid_binary_cross_entropy(h, w, bad)
     jaxpr = jax.make_jaxpr(linear_sigmoid_binary_cross_entropy)(h, w, np.int32(idx))
     assert jaxpr.effects == set()
+
+
+#: (labels format, flat index of the bad entry): with C = 7 over L = 30 the dense ones fall
+#: in the second chunk (13: flat index 6 within it), in the shifted last chunk (89: row 2,
+#: column 29) and in a later row (220); the sparse ones index the (B, K) = (8, 5) indices.
+BAD_LABEL_CASES = [(False, 13), (False, 89), (False, 220), (True, 13), (True, 39)]
+
+
+@pytest.mark.parametrize(("sparse", "flat"), BAD_LABEL_CASES)
+def test_checked_names_the_bad_label_as_eager_does(sparse, flat):
+    """Under jit(checked(...)), of the loss and of its gradient, a label outside [0, 1] or a
+    sparse index >= L is named by its flat index into ``labels`` and its value, in the very
+    words of the eager ValueError, whichever chunk it falls in. An excluded bad label (flat
+    index 3, where=False) comes first and is not reported."""
+    h, w, _, idx, dense = _problem()
+    h, w = np.float32(h), np.float32(w)
+    where = np.ones((B, L), bool)
+    if sparse:
+        labels, where = np.int32(idx), None
+        labels.flat[flat] = L + 3
+    else:
+        labels = dense.astype(np.float32)
+        labels.flat[3], where.flat[3] = -1.0, False
+        labels.flat[flat] = 2.0
+
+    def fn(h, w, y):
+        return linear_sigmoid_binary_cross_entropy(h, w, y, where=where, chunk_size=7)
+
+    with pytest.raises(ValueError, match=rf"flat index {flat}, is") as eager:
+        fn(h, w, labels)
+    for f in (fn, jax.grad(fn)):
+        err, _ = jax.jit(jaxbce.checked(f))(h, w, labels)
+        with pytest.raises(checkify.JaxRuntimeError, match=re.escape(str(eager.value))):
+            err.throw()
 
 
 @pytest.mark.parametrize(
