@@ -389,8 +389,10 @@ def linear_sigmoid_binary_cross_entropy(
     * sparse: **integer** indices of the positive labels, shape (B, K), padded with -1 (any
       negative index is padding; duplicates count once). Every other label is negative.
       Nothing of size B x L is ever built from them. Integer labels are always read as
-      indices (an integer array of shape (B, L) is refused as ambiguous): pass a 0/1
-      matrix as bool or float.
+      indices, so an integer (B, K) array with K = L, which could as well be a dense 0/1
+      matrix, is refused as ambiguous, for every L including 1 (and, label-sharded, for
+      K equal to the local or the global L): pass a 0/1 matrix as bool or float, and pad
+      indices that happen to number L per row with a column of -1.
 
     Sharded output layer: inside ``jax.shard_map`` with the label axis of ``kernel`` (and of
     ``bias``, dense labels, and of column-shaped ``pos_weight``/``weights``/``where``) split
@@ -461,20 +463,15 @@ def linear_sigmoid_binary_cross_entropy(
             )
         b_vec = jnp.broadcast_to(b_vec, (n_labels,))
 
+    axes = () if axis_name is None else _axis_tuple(axis_name)
+    # The mesh axes that split the kernel's columns (sparse indices are offset along them).
+    label_axes = axes if axes and set(axes) <= _varying_axes(w_mat) else ()
+    n_total = n_labels * (lax.axis_size(label_axes) if label_axes else 1)
+
     y = _as_array("labels", labels)
     sparse = jnp.issubdtype(y.dtype, jnp.integer)
     if sparse:
-        if y.ndim != 2 or y.shape[0] != n_batch:
-            raise ValueError(
-                f"sparse labels (integer indices) must have shape (batch, K) = ({n_batch}, K) "
-                f"to match features of shape {h.shape}, got shape {y.shape}"
-            )
-        if y.shape == shape and n_labels > 1:
-            raise ValueError(
-                f"integer labels of shape {y.shape} = (batch, labels) are ambiguous: integer "
-                "labels are sparse positive indices, so pass a dense 0/1 matrix as bool or "
-                "float (or pad sparse indices with a column of -1)"
-            )
+        _check_sparse_shape(y, h.shape, n_labels, n_total, label_axes)
     else:
         y = _check_labels(y, shape, "features @ kernel")
     pw = _check_broadcast("pos_weight", pos_weight, shape)
@@ -508,20 +505,17 @@ def linear_sigmoid_binary_cross_entropy(
     eps_arr = None if eps_static is not None else jnp.asarray(label_smoothing, dt)
 
     offset = None
-    if axis_name is not None:
-        axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
-        if sparse and set(axes) <= _varying_axes(w_mat):
-            offset = (lax.axis_index(axis_name) * n_labels).astype(jnp.int32)
+    if sparse and label_axes:
+        offset = (lax.axis_index(label_axes) * n_labels).astype(jnp.int32)
     if sparse and y.size:
-        total_labels = n_labels if offset is None else n_labels * lax.psum(1, axis_name)
 
         def in_range() -> jax.Array:
-            return (y < total_labels).ravel()
+            return (y < n_total).ravel()
 
         _value_check(
-            (y, total_labels),
+            (y,),
             lambda: jnp.all(in_range()),
-            f"sparse label indices must be below the number of labels ({total_labels}); "
+            f"sparse label indices must be below the number of labels ({n_total}); "
             "the first that is not, at flat index {}, is {}",
             lambda: jnp.argmin(in_range()),
             lambda: y.ravel()[jnp.argmin(in_range())],
@@ -553,10 +547,51 @@ def linear_sigmoid_binary_cross_entropy(
     return (total / jnp.maximum(count, 1.0)).astype(out_dtype)
 
 
+def _axis_tuple(axis_name: Any) -> tuple[Any, ...]:
+    return axis_name if isinstance(axis_name, tuple) else (axis_name,)
+
+
+def _check_sparse_shape(
+    y: jax.Array,
+    features_shape: tuple[int, int],
+    n_labels: int,
+    n_total: int,
+    label_axes: tuple[Any, ...],
+) -> None:
+    """Integer labels must be (B, K) indices, with K unlike any L they could be dense for."""
+    n_batch = features_shape[0]
+    if y.ndim != 2 or y.shape[0] != n_batch:
+        raise ValueError(
+            f"sparse labels (integer indices) must have shape (batch, K) = ({n_batch}, K) "
+            f"to match features of shape {features_shape}, got shape {y.shape}"
+        )
+    k = y.shape[1]
+    if k not in (n_labels, n_total):
+        return
+    # Dense 0/1 labels read as indices would make 0 positive and drop 1 (L = 1) or mark
+    # columns 0 and 1 of every row: a wrong loss, not an error. So K = L is never guessed.
+    if not label_axes:
+        what = f"the number of labels L = {n_labels} (kernel columns)"
+    elif k == n_labels:
+        what = (
+            f"the number of label columns of this device's kernel shard ({n_labels}; "
+            f"{n_total} over the mesh axes {label_axes})"
+        )
+    else:
+        what = f"the number of labels over the mesh axes {label_axes} ({n_total})"
+    raise ValueError(
+        f"labels of shape {y.shape} and dtype {y.dtype} are ambiguous: integer labels are "
+        f"read as sparse positive indices of shape (batch, K), and K = {k} is also {what}, "
+        "so they could be a dense 0/1 matrix. Pass dense labels as bool or float "
+        "(labels.astype(bool)); pass sparse indices with K != L by padding them with a "
+        "column of -1 (jnp.pad(labels, ((0, 0), (0, 1)), constant_values=-1))"
+    )
+
+
 def _vary(x: jax.Array | None, axis_name: Any) -> jax.Array | None:
     if x is None:
         return None
-    axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    axes = _axis_tuple(axis_name)
     missing = tuple(a for a in axes if a not in _varying_axes(x))
     return lax.pcast(x, missing, to="varying") if missing else x
 

@@ -348,6 +348,26 @@ def test_runtime_checks_under_checkify():
     assert jaxpr.effects == set()
 
 
+@pytest.mark.parametrize("n_labels", [1, 3])
+def test_integer_labels_as_wide_as_the_kernel_are_refused(n_labels):
+    """Integer (B, L) labels could be indices or a dense 0/1 matrix: an error, eager and
+    under jit, for every L. At L = 1, labels [[0], [1], [1], ...] read as indices made 0 the
+    positive and dropped 1 (out of range) under jit: the inverted-label loss, silently.
+    Padded with a column of -1 (K = L + 1) they are indices, and equal the dense loss."""
+    rng = np.random.default_rng(16)
+    h, w = np.float32(rng.normal(size=(B, D))), np.float32(rng.normal(size=(D, n_labels)))
+    y01 = rng.integers(0, 2, (B, n_labels)).astype(np.int32)
+    fn = lambda y: linear_sigmoid_binary_cross_entropy(h, w, y, chunk_size=2)
+    match = rf"labels of shape \({B}, {n_labels}\) and dtype int32 are ambiguous.*bool or float"
+    for f in (fn, jax.jit(fn)):
+        for y in (y01, np.zeros_like(y01)):
+            with pytest.raises(ValueError, match=match):
+                f(y)
+    idx = np.where(y01 == 1, np.arange(n_labels), -1)
+    padded = np.pad(idx, ((0, 0), (0, 1)), constant_values=-1).astype(np.int32)
+    np.testing.assert_allclose(jax.jit(fn)(padded), fn(y01.astype(bool)), rtol=1e-6)
+
+
 #: (labels format, flat index of the bad entry): with C = 7 over L = 30 the dense ones fall
 #: in the second chunk (13: flat index 6 within it), in the shifted last chunk (89: row 2,
 #: column 29) and in a later row (220); the sparse ones index the (B, K) = (8, 5) indices.
@@ -458,9 +478,8 @@ print("OK")
 """
 
 
-def test_sharded_label_axis_on_eight_devices():
-    """shard_map over 8 simulated CPU devices: label-sharded (sparse and dense labels) and
-    data-parallel, value and every gradient equal to the single-device unfused loss."""
+def _run_on_eight_devices(script: str) -> None:
+    """Runs ``script`` in a fresh Python with 8 simulated CPU devices; it must print OK."""
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
@@ -471,11 +490,59 @@ def test_sharded_label_axis_on_eight_devices():
         ),
     }
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_SHARDED_SCRIPT)],
+        [sys.executable, "-c", textwrap.dedent(script)],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip().endswith("OK")
+
+
+def test_sharded_label_axis_on_eight_devices():
+    """shard_map over 8 simulated CPU devices: label-sharded (sparse and dense labels) and
+    data-parallel, value and every gradient equal to the single-device unfused loss."""
+    _run_on_eight_devices(_SHARDED_SCRIPT)
+
+
+_SHARDED_LABEL_ERRORS_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np, pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+import jaxbce
+from jaxbce._linear import linear_sigmoid_binary_cross_entropy as fused
+assert jax.device_count() == 8, jax.devices()
+rng = np.random.default_rng(18)
+mesh = jax.make_mesh((8,), ("x",))
+put = lambda a, spec: jax.device_put(jnp.asarray(a), NamedSharding(mesh, spec))
+h = np.float32(rng.normal(size=(4, 3)))
+
+def loss(w, y, spec):
+    local = lambda h, w, y: fused(h, w, y, chunk_size=2, axis_name="x")
+    sm = jax.jit(jax.shard_map(local, mesh=mesh, out_specs=P(),
+                               in_specs=(P(), P(None, "x"), spec)))
+    return sm(put(h, P()), put(w, P(None, "x")), put(y, spec))
+
+# Integer 0/1 labels as wide as the local L (8 labels: 1 per device; 24: 3 per device),
+# split like the kernel, or as wide as the global L, replicated: ambiguous, never a number.
+for n_labels, spec, width in [(8, P(None, "x"), 8), (24, P(None, "x"), 24), (24, P(), 24),
+                              (24, P(), 3)]:
+    w = np.float32(rng.normal(size=(3, n_labels)))
+    y01 = rng.integers(0, 2, (4, width)).astype(np.int32)
+    with pytest.raises(ValueError, match=r"ambiguous.*bool or float"):
+        loss(w, y01, spec)
+# Replicated sparse indices with K = L_local = 3, padded with -1: the dense loss.
+idx = np.int32(np.stack([rng.choice(24, 3, replace=False) for _ in range(4)]))
+dense = np.zeros((4, 24), bool)
+np.put_along_axis(dense, np.int64(idx), True, axis=1)
+padded = np.pad(idx, ((0, 0), (0, 1)), constant_values=-1)
+ref = jaxbce.sigmoid_binary_cross_entropy(h @ w, dense, reduction="mean")
+np.testing.assert_allclose(loss(w, padded, P()), ref, rtol=1e-6)
+print("OK")
+"""
+
+
+def test_sharded_ambiguous_integer_labels_are_refused():
+    """Label-sharded over 8 devices: integer labels as wide as the local L (L_local = 1 or
+    3) or the global L are refused; padded indices give the unsharded dense loss."""
+    _run_on_eight_devices(_SHARDED_LABEL_ERRORS_SCRIPT)
 
 
 def test_example_trains_and_writes_metrics(tmp_path):
