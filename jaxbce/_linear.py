@@ -399,10 +399,13 @@ def linear_sigmoid_binary_cross_entropy(
     over mesh axis ``axis_name``, each device runs the loop on its own columns and the sum and
     count are ``psum``-ed; the features' gradient is summed over devices by ``shard_map``'s
     autodiff. Sparse labels then hold global indices, replicated on every device: a kernel
-    that varies over ``axis_name`` has its columns offset by ``axis_index * L_local``. (This
+    that varies over axes of ``axis_name`` has its columns offset by ``axis_index * L_local``
+    along those axes (name several in the order of the kernel's ``PartitionSpec``). (This
     uses ``shard_map``'s varying-axis types, so keep its default ``check_vma=True``.) With
     a replicated kernel and the batch sharded instead, ``axis_name`` gives the global
-    data-parallel sum or mean, as in the elementwise losses.
+    data-parallel sum or mean, as in the elementwise losses; on a 2-D mesh both at once,
+    e.g. ``axis_name=("data", "model")`` with the batch split over ``"data"`` and the
+    kernel's columns over ``"model"``.
 
     Args:
       features: (B, d) real floating array, the input of the linear layer (use
@@ -464,8 +467,9 @@ def linear_sigmoid_binary_cross_entropy(
         b_vec = jnp.broadcast_to(b_vec, (n_labels,))
 
     axes = () if axis_name is None else _axis_tuple(axis_name)
-    # The mesh axes that split the kernel's columns (sparse indices are offset along them).
-    label_axes = axes if axes and set(axes) <= _varying_axes(w_mat) else ()
+    # The mesh axes that split the kernel's columns (sparse indices are offset along them):
+    # those of ``axis_name`` that the kernel varies over; the others split the batch.
+    label_axes = tuple(a for a in axes if a in _varying_axes(w_mat))
     n_total = n_labels * (lax.axis_size(label_axes) if label_axes else 1)
 
     y = _as_array("labels", labels)

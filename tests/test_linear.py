@@ -545,6 +545,40 @@ def test_sharded_ambiguous_integer_labels_are_refused():
     _run_on_eight_devices(_SHARDED_LABEL_ERRORS_SCRIPT)
 
 
+_TWO_AXIS_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+import jaxbce
+from jaxbce._linear import linear_sigmoid_binary_cross_entropy as fused
+jax.config.update("jax_enable_x64", True)
+assert jax.device_count() == 8, jax.devices()
+h, w, b, idx, dense = __import__("test_linear")._problem(seed=19, batch=8, n_labels=4 * 6)
+mesh = jax.make_mesh((2, 4), ("data", "model"))
+put = lambda a, spec: jax.device_put(jnp.asarray(a), NamedSharding(mesh, spec))
+reference = lambda h, w, b: jaxbce.sigmoid_binary_cross_entropy(
+    h @ w + b, dense, reduction="mean")
+v0, g0 = jax.value_and_grad(reference, argnums=(0, 1, 2))(h, w, b)
+for labels, spec in [(idx, P("data")), (dense, P("data", "model"))]:
+    local = lambda h, w, b, y: fused(h, w, y, bias=b, chunk_size=4, axis_name=("data", "model"))
+    sm = jax.shard_map(local, mesh=mesh, out_specs=P(),
+                       in_specs=(P("data"), P(None, "model"), P("model"), spec))
+    args = (put(h, P("data")), put(w, P(None, "model")), put(b, P("model")), put(labels, spec))
+    v1, g1 = jax.jit(jax.value_and_grad(sm, argnums=(0, 1, 2)))(*args)
+    np.testing.assert_allclose(v1, v0, rtol=1e-12)
+    for a, c in zip(g1, g0, strict=True):
+        np.testing.assert_allclose(np.asarray(a), c, rtol=1e-12, atol=1e-15)
+print("OK")
+"""
+
+
+def test_batch_and_label_axes_of_a_two_axis_mesh():
+    """A (2, 4) mesh, the batch split over "data" and the kernel's columns over "model",
+    axis_name=("data", "model"): sparse indices are offset along "model" only (they were
+    read as local column indices, silently wrong), and value and gradients equal the
+    unsharded loss, for sparse and dense labels."""
+    _run_on_eight_devices(_TWO_AXIS_SCRIPT)
+
+
 def test_example_trains_and_writes_metrics(tmp_path):
     """examples/extreme_multilabel.py: a few steps, the loss falls, fused == unfused."""
     spec = importlib.util.spec_from_file_location(
