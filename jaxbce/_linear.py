@@ -398,7 +398,8 @@ def linear_sigmoid_binary_cross_entropy(
     ``bias``, dense labels, and of column-shaped ``pos_weight``/``weights``/``where``) split
     over mesh axis ``axis_name``, each device runs the loop on its own columns and the sum and
     count are ``psum``-ed; the features' gradient is summed over devices by ``shard_map``'s
-    autodiff. Sparse labels then hold global indices, replicated on every device: a kernel
+    autodiff. Sparse labels then hold global indices, the same on every device of those
+    axes (labels that vary over them are refused): a kernel
     that varies over axes of ``axis_name`` has its columns offset by ``axis_index * L_local``
     along those axes (name several in the order of the kernel's ``PartitionSpec``). (This
     uses ``shard_map``'s varying-axis types, so keep its default ``check_vma=True``.) With
@@ -475,7 +476,7 @@ def linear_sigmoid_binary_cross_entropy(
     y = _as_array("labels", labels)
     sparse = jnp.issubdtype(y.dtype, jnp.integer)
     if sparse:
-        _check_sparse_shape(y, h.shape, n_labels, n_total, label_axes)
+        _check_sparse_labels(y, h.shape, n_labels, n_total, label_axes)
     else:
         y = _check_labels(y, shape, "features @ kernel")
     pw = _check_broadcast("pos_weight", pos_weight, shape)
@@ -555,14 +556,15 @@ def _axis_tuple(axis_name: Any) -> tuple[Any, ...]:
     return axis_name if isinstance(axis_name, tuple) else (axis_name,)
 
 
-def _check_sparse_shape(
+def _check_sparse_labels(
     y: jax.Array,
     features_shape: tuple[int, int],
     n_labels: int,
     n_total: int,
     label_axes: tuple[Any, ...],
 ) -> None:
-    """Integer labels must be (B, K) indices, with K unlike any L they could be dense for."""
+    """Integer labels must be (B, K) indices, with K unlike any L they could be dense for,
+    and the same on every device that holds other columns of the kernel."""
     n_batch = features_shape[0]
     if y.ndim != 2 or y.shape[0] != n_batch:
         raise ValueError(
@@ -570,26 +572,34 @@ def _check_sparse_shape(
             f"to match features of shape {features_shape}, got shape {y.shape}"
         )
     k = y.shape[1]
-    if k not in (n_labels, n_total):
-        return
-    # Dense 0/1 labels read as indices would make 0 positive and drop 1 (L = 1) or mark
-    # columns 0 and 1 of every row: a wrong loss, not an error. So K = L is never guessed.
-    if not label_axes:
-        what = f"the number of labels L = {n_labels} (kernel columns)"
-    elif k == n_labels:
-        what = (
-            f"the number of label columns of this device's kernel shard ({n_labels}; "
-            f"{n_total} over the mesh axes {label_axes})"
+    if k in (n_labels, n_total):
+        # Dense 0/1 labels read as indices would make 0 positive and drop 1 (L = 1) or mark
+        # columns 0 and 1 of every row: a wrong loss, not an error. So K = L is never guessed.
+        if not label_axes:
+            what = f"the number of labels L = {n_labels} (kernel columns)"
+        elif k == n_labels:
+            what = (
+                f"the number of label columns of this device's kernel shard ({n_labels}; "
+                f"{n_total} over the mesh axes {label_axes})"
+            )
+        else:
+            what = f"the number of labels over the mesh axes {label_axes} ({n_total})"
+        raise ValueError(
+            f"labels of shape {y.shape} and dtype {y.dtype} are ambiguous: integer labels are "
+            f"read as sparse positive indices of shape (batch, K), and K = {k} is also {what}, "
+            "so they could be a dense 0/1 matrix. Pass dense labels as bool or float "
+            "(labels.astype(bool)); pass sparse indices with K != L by padding them with a "
+            "column of -1 (jnp.pad(labels, ((0, 0), (0, 1)), constant_values=-1))"
         )
-    else:
-        what = f"the number of labels over the mesh axes {label_axes} ({n_total})"
-    raise ValueError(
-        f"labels of shape {y.shape} and dtype {y.dtype} are ambiguous: integer labels are "
-        f"read as sparse positive indices of shape (batch, K), and K = {k} is also {what}, "
-        "so they could be a dense 0/1 matrix. Pass dense labels as bool or float "
-        "(labels.astype(bool)); pass sparse indices with K != L by padding them with a "
-        "column of -1 (jnp.pad(labels, ((0, 0), (0, 1)), constant_values=-1))"
-    )
+    split = tuple(a for a in label_axes if a in _varying_axes(y))
+    if split:
+        # Each device would count only the positives among its own slice of the indices.
+        raise ValueError(
+            f"sparse labels hold global label indices and must be the same on every device "
+            f"of the mesh axes {label_axes} that split the kernel's columns, but they vary "
+            f"over {split}: pass them whole there (a PartitionSpec that names none of "
+            f"{split}), or pass dense bool/float labels split like the kernel"
+        )
 
 
 def _vary(x: jax.Array | None, axis_name: Any) -> jax.Array | None:

@@ -528,8 +528,12 @@ for n_labels, spec, width in [(8, P(None, "x"), 8), (24, P(None, "x"), 24), (24,
     y01 = rng.integers(0, 2, (4, width)).astype(np.int32)
     with pytest.raises(ValueError, match=r"ambiguous.*bool or float"):
         loss(w, y01, spec)
+# Sparse indices split over the label axis: each device would see a third of them.
+idx = np.int32(np.stack([rng.choice(24, 16, replace=False) for _ in range(4)]))
+with pytest.raises(ValueError, match=r"global label indices .* vary over \\('x',\\)"):
+    loss(w, idx, P(None, "x"))
 # Replicated sparse indices with K = L_local = 3, padded with -1: the dense loss.
-idx = np.int32(np.stack([rng.choice(24, 3, replace=False) for _ in range(4)]))
+idx = idx[:, :3]
 dense = np.zeros((4, 24), bool)
 np.put_along_axis(dense, np.int64(idx), True, axis=1)
 padded = np.pad(idx, ((0, 0), (0, 1)), constant_values=-1)
@@ -539,9 +543,11 @@ print("OK")
 """
 
 
-def test_sharded_ambiguous_integer_labels_are_refused():
+def test_sharded_ambiguous_or_split_integer_labels_are_refused():
     """Label-sharded over 8 devices: integer labels as wide as the local L (L_local = 1 or
-    3) or the global L are refused; padded indices give the unsharded dense loss."""
+    3) or the global L are refused, and so are sparse indices split over the label axis
+    (each device counted only its own slice's positives); padded, replicated indices give
+    the unsharded dense loss."""
     _run_on_eight_devices(_SHARDED_LABEL_ERRORS_SCRIPT)
 
 
