@@ -88,7 +88,7 @@ class _Args(NamedTuple):
     features: jax.Array  # (B, d)
     kernel: jax.Array  # (d, L)
     bias: jax.Array | None  # (L,)
-    labels: jax.Array  # dense (B, L) float/bool, or sparse (B, K) integer indices
+    labels: jax.Array  # dense (B, L) float/bool, or sparse (B, K) indices, 32 bits or more
     pos_weight: jax.Array | None  # (1 or B, 1 or L)
     weights: jax.Array | None  # (1 or B, 1 or L)
     where: jax.Array | None  # (1 or B, 1 or L) bool
@@ -477,6 +477,10 @@ def linear_sigmoid_binary_cross_entropy(
     sparse = jnp.issubdtype(y.dtype, jnp.integer)
     if sparse:
         _check_sparse_labels(y, h.shape, n_labels, n_total, label_axes)
+        if jnp.iinfo(y.dtype).bits < 32:
+            # Row numbers, chunk starts and L itself must fit the indices' dtype: in int8,
+            # row 200 and column 300 do not (and would wrap round to other elements).
+            y = y.astype(jnp.int32)
     else:
         y = _check_labels(y, shape, "features @ kernel")
     pw = _check_broadcast("pos_weight", pos_weight, shape)

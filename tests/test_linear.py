@@ -201,6 +201,28 @@ def test_sparse_and_dense_labels_agree_exactly():
     np.testing.assert_array_equal(g_sparse, g_dense)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "batch", "n_labels"),
+    [(np.int8, 200, 10), (np.int8, 4, 300), (np.uint8, 4, 300), (np.int16, 200, 300)],
+)
+def test_sparse_indices_of_narrow_integer_dtypes(dtype, batch, n_labels):
+    """int8/uint8/int16 indices give the dense loss, eager and under jit, though the row
+    numbers (200) or the label count and chunk starts (300, C = 64) do not fit their dtype:
+    rows and chunk starts were computed in it (int8 row 200 failed to trace, a uint8 chunk
+    start 256 wrapped to 0 and counted positives twice) and L = 300 was compared as 44."""
+    rng = np.random.default_rng(20)
+    h = np.float32(rng.normal(size=(batch, D)))
+    w = np.float32(rng.normal(size=(D, n_labels)) / np.sqrt(D) * 3)
+    top = min(n_labels, int(np.iinfo(dtype).max) + 1)
+    idx = np.stack([rng.choice(top, 3, replace=False) for _ in range(batch)]).astype(dtype)
+    dense = np.zeros((batch, n_labels), bool)
+    np.put_along_axis(dense, idx.astype(np.int64), True, axis=1)
+    fn = lambda y: linear_sigmoid_binary_cross_entropy(h, w, y, chunk_size=64)
+    expected = fn(dense)
+    np.testing.assert_allclose(jax.jit(fn)(idx), expected, rtol=1e-6)
+    np.testing.assert_allclose(fn(idx), expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize("chunk_size", [1, 3, 29, 30, 31, 1000])
 def test_value_does_not_depend_on_chunk_size(chunk_size):
     """Every chunk size, dividing L or not, larger than L or 1, gives the C = L value."""
