@@ -398,15 +398,15 @@ def linear_sigmoid_binary_cross_entropy(
     ``bias``, dense labels, and of column-shaped ``pos_weight``/``weights``/``where``) split
     over mesh axis ``axis_name``, each device runs the loop on its own columns and the sum and
     count are ``psum``-ed; the features' gradient is summed over devices by ``shard_map``'s
-    autodiff. Sparse labels then hold global indices, the same on every device of those
-    axes (labels that vary over them are refused): a kernel
-    that varies over axes of ``axis_name`` has its columns offset by ``axis_index * L_local``
-    along those axes (name several in the order of the kernel's ``PartitionSpec``). (This
-    uses ``shard_map``'s varying-axis types, so keep its default ``check_vma=True``.) With
-    a replicated kernel and the batch sharded instead, ``axis_name`` gives the global
-    data-parallel sum or mean, as in the elementwise losses; on a 2-D mesh both at once,
-    e.g. ``axis_name=("data", "model")`` with the batch split over ``"data"`` and the
-    kernel's columns over ``"model"``.
+    autodiff. Sparse labels then hold global indices, the same on every device of the label
+    axes (labels that vary over them are refused): a kernel that varies over axes of
+    ``axis_name`` has its columns offset by ``axis_index * L_local`` along those axes (name
+    several in the order of the kernel's ``PartitionSpec``). (This uses ``shard_map``'s
+    varying-axis types, so keep its default ``check_vma=True``.) With a replicated kernel
+    and the batch sharded instead, ``axis_name`` gives the global data-parallel sum or mean,
+    as in the elementwise losses; on a 2-D mesh both at once, e.g.
+    ``axis_name=("data", "model")`` with the batch split over ``"data"`` and the kernel's
+    columns over ``"model"``.
 
     Args:
       features: (B, d) real floating array, the input of the linear layer (use
