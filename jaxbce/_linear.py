@@ -38,6 +38,8 @@ are masked out, so they contribute exactly 0 to the value and every gradient.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -48,6 +50,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from jaxbce._losses import (
+    _RUNTIME_CHECKS,
     _as_array,
     _check_broadcast,
     _check_labels,
@@ -85,7 +88,7 @@ class _Args(NamedTuple):
     features: jax.Array  # (B, d)
     kernel: jax.Array  # (d, L)
     bias: jax.Array | None  # (L,)
-    labels: jax.Array  # dense (B, L) float/bool, or sparse (B, K) integer indices
+    labels: jax.Array  # dense (B, L) float/bool, or sparse (B, K) indices, 32 bits or more
     pos_weight: jax.Array | None  # (1 or B, 1 or L)
     weights: jax.Array | None  # (1 or B, 1 or L)
     where: jax.Array | None  # (1 or B, 1 or L) bool
@@ -175,11 +178,27 @@ def _chunk_loss(
     chunk's loss to memory is cheap, and it measured faster too.
     """
     eps = s.label_smoothing if label_smoothing is None else label_smoothing
-    loss = sigmoid_binary_cross_entropy(
-        logits, labels,
-        weights=weights, pos_weight=pos_weight, label_smoothing=eps, where=mask,
-    )  # fmt: skip
+    with _no_runtime_checks():
+        loss = sigmoid_binary_cross_entropy(
+            logits, labels,
+            weights=weights, pos_weight=pos_weight, label_smoothing=eps, where=mask,
+        )  # fmt: skip
     return jnp.sum(loss)
+
+
+@contextlib.contextmanager
+def _no_runtime_checks() -> Iterator[None]:
+    """Traces without :func:`jaxbce.checked`'s run-time checks.
+
+    The labels and ``label_smoothing`` are checked once, whole, before the loop: a check
+    inside it would see one (B, C) chunk and report a flat index into that chunk, not into
+    the user's labels.
+    """
+    token = _RUNTIME_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _RUNTIME_CHECKS.reset(token)
 
 
 # ------------------------------------------------------------------ the custom_vjp
@@ -370,18 +389,24 @@ def linear_sigmoid_binary_cross_entropy(
     * sparse: **integer** indices of the positive labels, shape (B, K), padded with -1 (any
       negative index is padding; duplicates count once). Every other label is negative.
       Nothing of size B x L is ever built from them. Integer labels are always read as
-      indices (an integer array of shape (B, L) is refused as ambiguous): pass a 0/1
-      matrix as bool or float.
+      indices, so an integer (B, K) array with K = L, which could as well be a dense 0/1
+      matrix, is refused as ambiguous, for every L including 1 (and, label-sharded, for
+      K equal to the local or the global L): pass a 0/1 matrix as bool or float, and pad
+      indices that happen to number L per row with a column of -1.
 
     Sharded output layer: inside ``jax.shard_map`` with the label axis of ``kernel`` (and of
     ``bias``, dense labels, and of column-shaped ``pos_weight``/``weights``/``where``) split
     over mesh axis ``axis_name``, each device runs the loop on its own columns and the sum and
     count are ``psum``-ed; the features' gradient is summed over devices by ``shard_map``'s
-    autodiff. Sparse labels then hold global indices, replicated on every device: a kernel
-    that varies over ``axis_name`` has its columns offset by ``axis_index * L_local``. (This
-    uses ``shard_map``'s varying-axis types, so keep its default ``check_vma=True``.) With
-    a replicated kernel and the batch sharded instead, ``axis_name`` gives the global
-    data-parallel sum or mean, as in the elementwise losses.
+    autodiff. Sparse labels then hold global indices, the same on every device of the label
+    axes (labels that vary over them are refused): a kernel that varies over axes of
+    ``axis_name`` has its columns offset by ``axis_index * L_local`` along those axes (name
+    several in the order of the kernel's ``PartitionSpec``). (This uses ``shard_map``'s
+    varying-axis types, so keep its default ``check_vma=True``.) With a replicated kernel
+    and the batch sharded instead, ``axis_name`` gives the global data-parallel sum or mean,
+    as in the elementwise losses; on a 2-D mesh both at once, e.g.
+    ``axis_name=("data", "model")`` with the batch split over ``"data"`` and the kernel's
+    columns over ``"model"``.
 
     Args:
       features: (B, d) real floating array, the input of the linear layer (use
@@ -442,27 +467,28 @@ def linear_sigmoid_binary_cross_entropy(
             )
         b_vec = jnp.broadcast_to(b_vec, (n_labels,))
 
+    axes = () if axis_name is None else _axis_tuple(axis_name)
+    # The mesh axes that split the kernel's columns (sparse indices are offset along them):
+    # those of ``axis_name`` that the kernel varies over; the others split the batch.
+    label_axes = tuple(a for a in axes if a in _varying_axes(w_mat))
+    n_total = n_labels * (lax.axis_size(label_axes) if label_axes else 1)
+
     y = _as_array("labels", labels)
     sparse = jnp.issubdtype(y.dtype, jnp.integer)
     if sparse:
-        if y.ndim != 2 or y.shape[0] != n_batch:
-            raise ValueError(
-                f"sparse labels (integer indices) must have shape (batch, K) = ({n_batch}, K) "
-                f"to match features of shape {h.shape}, got shape {y.shape}"
-            )
-        if y.shape == shape and n_labels > 1:
-            raise ValueError(
-                f"integer labels of shape {y.shape} = (batch, labels) are ambiguous: integer "
-                "labels are sparse positive indices, so pass a dense 0/1 matrix as bool or "
-                "float (or pad sparse indices with a column of -1)"
-            )
+        _check_sparse_labels(y, h.shape, n_labels, n_total, label_axes)
+        if jnp.iinfo(y.dtype).bits < 32:
+            # Row numbers, chunk starts and L itself must fit the indices' dtype: in int8,
+            # row 200 and column 300 do not (and would wrap round to other elements).
+            y = y.astype(jnp.int32)
     else:
         y = _check_labels(y, shape, "features @ kernel")
     pw = _check_broadcast("pos_weight", pos_weight, shape)
     wt = _check_broadcast("weights", weights, shape)
     mask = _check_broadcast("where", where, shape, boolean=True)
-    if not sparse and _is_concrete(y) and _is_concrete(mask):
-        # Concrete dense labels are checked here, once (traced ones per chunk, in ``checked``).
+    if not sparse:
+        # Checked here, whole (concrete ones at once, traced ones only inside ``checked``), so
+        # that a bad label is reported by its flat index into ``labels``, as in eager mode.
         full_mask = None if mask is None else jnp.broadcast_to(mask, shape)
         _check_unit_interval_values("labels", y, full_mask)
     if reduction == "none":
@@ -488,18 +514,20 @@ def linear_sigmoid_binary_cross_entropy(
     eps_arr = None if eps_static is not None else jnp.asarray(label_smoothing, dt)
 
     offset = None
-    if axis_name is not None:
-        axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
-        if sparse and set(axes) <= _varying_axes(w_mat):
-            offset = (lax.axis_index(axis_name) * n_labels).astype(jnp.int32)
-    if sparse:
-        total_labels = n_labels if offset is None else n_labels * lax.psum(1, axis_name)
+    if sparse and label_axes:
+        offset = (lax.axis_index(label_axes) * n_labels).astype(jnp.int32)
+    if sparse and y.size:
+
+        def in_range() -> jax.Array:
+            return (y < n_total).ravel()
+
         _value_check(
-            (y, total_labels),
-            lambda: jnp.all(y < total_labels),
-            f"sparse label indices must be below the number of labels ({total_labels}); "
-            "the largest is {}",
-            lambda: jnp.max(y, initial=-1),
+            (y,),
+            lambda: jnp.all(in_range()),
+            f"sparse label indices must be below the number of labels ({n_total}); "
+            "the first that is not, at flat index {}, is {}",
+            lambda: jnp.argmin(in_range()),
+            lambda: y.ravel()[jnp.argmin(in_range())],
         )
 
     args = _Args(
@@ -528,10 +556,60 @@ def linear_sigmoid_binary_cross_entropy(
     return (total / jnp.maximum(count, 1.0)).astype(out_dtype)
 
 
+def _axis_tuple(axis_name: Any) -> tuple[Any, ...]:
+    return axis_name if isinstance(axis_name, tuple) else (axis_name,)
+
+
+def _check_sparse_labels(
+    y: jax.Array,
+    features_shape: tuple[int, int],
+    n_labels: int,
+    n_total: int,
+    label_axes: tuple[Any, ...],
+) -> None:
+    """Integer labels must be (B, K) indices, with K unlike any L they could be dense for,
+    and the same on every device that holds other columns of the kernel."""
+    n_batch = features_shape[0]
+    if y.ndim != 2 or y.shape[0] != n_batch:
+        raise ValueError(
+            f"sparse labels (integer indices) must have shape (batch, K) = ({n_batch}, K) "
+            f"to match features of shape {features_shape}, got shape {y.shape}"
+        )
+    k = y.shape[1]
+    if k in (n_labels, n_total):
+        # Dense 0/1 labels read as indices would make 0 positive and drop 1 (L = 1) or mark
+        # columns 0 and 1 of every row: a wrong loss, not an error. So K = L is never guessed.
+        if not label_axes:
+            what = f"the number of labels L = {n_labels} (kernel columns)"
+        elif k == n_labels:
+            what = (
+                f"the number of label columns of this device's kernel shard ({n_labels}; "
+                f"{n_total} over the mesh axes {label_axes})"
+            )
+        else:
+            what = f"the number of labels over the mesh axes {label_axes} ({n_total})"
+        raise ValueError(
+            f"labels of shape {y.shape} and dtype {y.dtype} are ambiguous: integer labels are "
+            f"read as sparse positive indices of shape (batch, K), and K = {k} is also {what}, "
+            "so they could be a dense 0/1 matrix. Pass dense labels as bool or float "
+            "(labels.astype(bool)); pass sparse indices with K != L by padding them with a "
+            "column of -1 (jnp.pad(labels, ((0, 0), (0, 1)), constant_values=-1))"
+        )
+    split = tuple(a for a in label_axes if a in _varying_axes(y))
+    if split:
+        # Each device would count only the positives among its own slice of the indices.
+        raise ValueError(
+            f"sparse labels hold global label indices and must be the same on every device "
+            f"of the mesh axes {label_axes} that split the kernel's columns, but they vary "
+            f"over {split}: pass them whole there (a PartitionSpec that names none of "
+            f"{split}), or pass dense bool/float labels split like the kernel"
+        )
+
+
 def _vary(x: jax.Array | None, axis_name: Any) -> jax.Array | None:
     if x is None:
         return None
-    axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    axes = _axis_tuple(axis_name)
     missing = tuple(a for a in axes if a not in _varying_axes(x))
     return lax.pcast(x, missing, to="varying") if missing else x
 

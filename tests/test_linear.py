@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -200,6 +201,28 @@ def test_sparse_and_dense_labels_agree_exactly():
     np.testing.assert_array_equal(g_sparse, g_dense)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "batch", "n_labels"),
+    [(np.int8, 200, 10), (np.int8, 4, 300), (np.uint8, 4, 300), (np.int16, 200, 300)],
+)
+def test_sparse_indices_of_narrow_integer_dtypes(dtype, batch, n_labels):
+    """int8/uint8/int16 indices give the dense loss, eager and under jit, though the row
+    numbers (200) or the label count and chunk starts (300, C = 64) do not fit their dtype:
+    rows and chunk starts were computed in it (int8 row 200 failed to trace, a uint8 chunk
+    start 256 wrapped to 0 and counted positives twice) and L = 300 was compared as 44."""
+    rng = np.random.default_rng(20)
+    h = np.float32(rng.normal(size=(batch, D)))
+    w = np.float32(rng.normal(size=(D, n_labels)) / np.sqrt(D) * 3)
+    top = min(n_labels, int(np.iinfo(dtype).max) + 1)
+    idx = np.stack([rng.choice(top, 3, replace=False) for _ in range(batch)]).astype(dtype)
+    dense = np.zeros((batch, n_labels), bool)
+    np.put_along_axis(dense, idx.astype(np.int64), True, axis=1)
+    fn = lambda y: linear_sigmoid_binary_cross_entropy(h, w, y, chunk_size=64)
+    expected = fn(dense)
+    np.testing.assert_allclose(jax.jit(fn)(idx), expected, rtol=1e-6)
+    np.testing.assert_allclose(fn(idx), expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize("chunk_size", [1, 3, 29, 30, 31, 1000])
 def test_value_does_not_depend_on_chunk_size(chunk_size):
     """Every chunk size, dividing L or not, larger than L or 1, gives the C = L value."""
@@ -347,6 +370,60 @@ def test_runtime_checks_under_checkify():
     assert jaxpr.effects == set()
 
 
+@pytest.mark.parametrize("n_labels", [1, 3])
+def test_integer_labels_as_wide_as_the_kernel_are_refused(n_labels):
+    """Integer (B, L) labels could be indices or a dense 0/1 matrix: an error, eager and
+    under jit, for every L. At L = 1, labels [[0], [1], [1], ...] read as indices made 0 the
+    positive and dropped 1 (out of range) under jit: the inverted-label loss, silently.
+    Padded with a column of -1 (K = L + 1) they are indices, and equal the dense loss."""
+    rng = np.random.default_rng(16)
+    h, w = np.float32(rng.normal(size=(B, D))), np.float32(rng.normal(size=(D, n_labels)))
+    y01 = rng.integers(0, 2, (B, n_labels)).astype(np.int32)
+    fn = lambda y: linear_sigmoid_binary_cross_entropy(h, w, y, chunk_size=2)
+    match = rf"labels of shape \({B}, {n_labels}\) and dtype int32 are ambiguous.*bool or float"
+    for f in (fn, jax.jit(fn)):
+        for y in (y01, np.zeros_like(y01)):
+            with pytest.raises(ValueError, match=match):
+                f(y)
+    idx = np.where(y01 == 1, np.arange(n_labels), -1)
+    padded = np.pad(idx, ((0, 0), (0, 1)), constant_values=-1).astype(np.int32)
+    np.testing.assert_allclose(jax.jit(fn)(padded), fn(y01.astype(bool)), rtol=1e-6)
+
+
+#: (labels format, flat index of the bad entry): with C = 7 over L = 30 the dense ones fall
+#: in the second chunk (13: flat index 6 within it), in the shifted last chunk (89: row 2,
+#: column 29) and in a later row (220); the sparse ones index the (B, K) = (8, 5) indices.
+BAD_LABEL_CASES = [(False, 13), (False, 89), (False, 220), (True, 13), (True, 39)]
+
+
+@pytest.mark.parametrize(("sparse", "flat"), BAD_LABEL_CASES)
+def test_checked_names_the_bad_label_as_eager_does(sparse, flat):
+    """Under jit(checked(...)), of the loss and of its gradient, a label outside [0, 1] or a
+    sparse index >= L is named by its flat index into ``labels`` and its value, in the very
+    words of the eager ValueError, whichever chunk it falls in. An excluded bad label (flat
+    index 3, where=False) comes first and is not reported."""
+    h, w, _, idx, dense = _problem()
+    h, w = np.float32(h), np.float32(w)
+    where = np.ones((B, L), bool)
+    if sparse:
+        labels, where = np.int32(idx), None
+        labels.flat[flat] = L + 3
+    else:
+        labels = dense.astype(np.float32)
+        labels.flat[3], where.flat[3] = -1.0, False
+        labels.flat[flat] = 2.0
+
+    def fn(h, w, y):
+        return linear_sigmoid_binary_cross_entropy(h, w, y, where=where, chunk_size=7)
+
+    with pytest.raises(ValueError, match=rf"flat index {flat}, is") as eager:
+        fn(h, w, labels)
+    for f in (fn, jax.grad(fn)):
+        err, _ = jax.jit(jaxbce.checked(f))(h, w, labels)
+        with pytest.raises(checkify.JaxRuntimeError, match=re.escape(str(eager.value))):
+            err.throw()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -423,9 +500,8 @@ print("OK")
 """
 
 
-def test_sharded_label_axis_on_eight_devices():
-    """shard_map over 8 simulated CPU devices: label-sharded (sparse and dense labels) and
-    data-parallel, value and every gradient equal to the single-device unfused loss."""
+def _run_on_eight_devices(script: str) -> None:
+    """Runs ``script`` in a fresh Python with 8 simulated CPU devices; it must print OK."""
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
@@ -436,11 +512,99 @@ def test_sharded_label_axis_on_eight_devices():
         ),
     }
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_SHARDED_SCRIPT)],
+        [sys.executable, "-c", textwrap.dedent(script)],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip().endswith("OK")
+
+
+def test_sharded_label_axis_on_eight_devices():
+    """shard_map over 8 simulated CPU devices: label-sharded (sparse and dense labels) and
+    data-parallel, value and every gradient equal to the single-device unfused loss."""
+    _run_on_eight_devices(_SHARDED_SCRIPT)
+
+
+_SHARDED_LABEL_ERRORS_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np, pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+import jaxbce
+from jaxbce._linear import linear_sigmoid_binary_cross_entropy as fused
+assert jax.device_count() == 8, jax.devices()
+rng = np.random.default_rng(18)
+mesh = jax.make_mesh((8,), ("x",))
+put = lambda a, spec: jax.device_put(jnp.asarray(a), NamedSharding(mesh, spec))
+h = np.float32(rng.normal(size=(4, 3)))
+
+def loss(w, y, spec):
+    local = lambda h, w, y: fused(h, w, y, chunk_size=2, axis_name="x")
+    sm = jax.jit(jax.shard_map(local, mesh=mesh, out_specs=P(),
+                               in_specs=(P(), P(None, "x"), spec)))
+    return sm(put(h, P()), put(w, P(None, "x")), put(y, spec))
+
+# Integer 0/1 labels as wide as the local L (8 labels: 1 per device; 24: 3 per device),
+# split like the kernel, or as wide as the global L, replicated: ambiguous, never a number.
+for n_labels, spec, width in [(8, P(None, "x"), 8), (24, P(None, "x"), 24), (24, P(), 24),
+                              (24, P(), 3)]:
+    w = np.float32(rng.normal(size=(3, n_labels)))
+    y01 = rng.integers(0, 2, (4, width)).astype(np.int32)
+    with pytest.raises(ValueError, match=r"ambiguous.*bool or float"):
+        loss(w, y01, spec)
+# Sparse indices split over the label axis: each device would see a third of them.
+idx = np.int32(np.stack([rng.choice(24, 16, replace=False) for _ in range(4)]))
+with pytest.raises(ValueError, match=r"global label indices .* vary over \\('x',\\)"):
+    loss(w, idx, P(None, "x"))
+# Replicated sparse indices with K = L_local = 3, padded with -1: the dense loss.
+idx = idx[:, :3]
+dense = np.zeros((4, 24), bool)
+np.put_along_axis(dense, np.int64(idx), True, axis=1)
+padded = np.pad(idx, ((0, 0), (0, 1)), constant_values=-1)
+ref = jaxbce.sigmoid_binary_cross_entropy(h @ w, dense, reduction="mean")
+np.testing.assert_allclose(loss(w, padded, P()), ref, rtol=1e-6)
+print("OK")
+"""
+
+
+def test_sharded_ambiguous_or_split_integer_labels_are_refused():
+    """Label-sharded over 8 devices: integer labels as wide as the local L (L_local = 1 or
+    3) or the global L are refused, and so are sparse indices split over the label axis
+    (each device counted only its own slice's positives); padded, replicated indices give
+    the unsharded dense loss."""
+    _run_on_eight_devices(_SHARDED_LABEL_ERRORS_SCRIPT)
+
+
+_TWO_AXIS_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+import jaxbce
+from jaxbce._linear import linear_sigmoid_binary_cross_entropy as fused
+jax.config.update("jax_enable_x64", True)
+assert jax.device_count() == 8, jax.devices()
+h, w, b, idx, dense = __import__("test_linear")._problem(seed=19, batch=8, n_labels=4 * 6)
+mesh = jax.make_mesh((2, 4), ("data", "model"))
+put = lambda a, spec: jax.device_put(jnp.asarray(a), NamedSharding(mesh, spec))
+reference = lambda h, w, b: jaxbce.sigmoid_binary_cross_entropy(
+    h @ w + b, dense, reduction="mean")
+v0, g0 = jax.value_and_grad(reference, argnums=(0, 1, 2))(h, w, b)
+for labels, spec in [(idx, P("data")), (dense, P("data", "model"))]:
+    local = lambda h, w, b, y: fused(h, w, y, bias=b, chunk_size=4, axis_name=("data", "model"))
+    sm = jax.shard_map(local, mesh=mesh, out_specs=P(),
+                       in_specs=(P("data"), P(None, "model"), P("model"), spec))
+    args = (put(h, P("data")), put(w, P(None, "model")), put(b, P("model")), put(labels, spec))
+    v1, g1 = jax.jit(jax.value_and_grad(sm, argnums=(0, 1, 2)))(*args)
+    np.testing.assert_allclose(v1, v0, rtol=1e-12)
+    for a, c in zip(g1, g0, strict=True):
+        np.testing.assert_allclose(np.asarray(a), c, rtol=1e-12, atol=1e-15)
+print("OK")
+"""
+
+
+def test_batch_and_label_axes_of_a_two_axis_mesh():
+    """A (2, 4) mesh, the batch split over "data" and the kernel's columns over "model",
+    axis_name=("data", "model"): sparse indices are offset along "model" only (they were
+    read as local column indices, silently wrong), and value and gradients equal the
+    unsharded loss, for sparse and dense labels."""
+    _run_on_eight_devices(_TWO_AXIS_SCRIPT)
 
 
 def test_example_trains_and_writes_metrics(tmp_path):
