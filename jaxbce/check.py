@@ -310,6 +310,11 @@ def _row(r: Result) -> str:
     )
 
 
+def _count(text: str) -> int:
+    """A count written as ``100000000`` or ``1e8``."""
+    return int(float(text))
+
+
 def _default_workers() -> int:
     return (os.cpu_count() or 2) if jax.default_backend() == "cpu" else 2
 
@@ -328,10 +333,17 @@ def main(argv: list[str] | None = None) -> int:
         "--dtypes", nargs="+", default=["float32", "bfloat16", "float16", "float64"]
     )
     parser.add_argument(
-        "--only", metavar="REGEX", help="rows whose 'function options dtype labels inputs' match"
+        "--only",
+        metavar="REGEX",
+        help="rows whose 'function options dtype labels inputs' match (float64 grid rows are"
+        " named '<case> float64 grid', gradient checks 'check_grads <case>')",
     )
-    parser.add_argument("--samples", type=int, help="drawn inputs per option case")
-    parser.add_argument("--focal-samples", type=int, help="drawn inputs per focal case")
+    parser.add_argument(
+        "--samples", type=_count, help="drawn inputs per option case (1e5; 1e8 exhaustive)"
+    )
+    parser.add_argument(
+        "--focal-samples", type=_count, help="drawn inputs per focal case (1e5; 1e7 exhaustive)"
+    )
     parser.add_argument(
         "--stride-log2", type=int, help="take every 2^K-th float32 bit pattern (0: all)"
     )
