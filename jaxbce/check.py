@@ -1,23 +1,53 @@
 """Self-check: ``python -m jaxbce.check`` measures jaxbce on the backend JAX sees right now.
 
-For each loss, option set and dtype it evaluates the loss and its gradient under ``jax.jit``
-on the default device over a grid of extreme logits (±1e4, ±100, ±88, ±1e-7, 0, ...) and hard
-and soft labels, compares them with a reference computed on the host in float64 (extended
-precision for float64 inputs), and prints the worst error in ulps next to its bound. It then
-runs ``jax.test_util.check_grads`` (order 2, forward and reverse mode) on every loss. The exit
-status is 1 if anything is out of bounds: run it on a new accelerator before trusting it.
+It evaluates every public loss and its derivative under ``jax.jit`` on the default device
+and prints, per (function, options, dtype, label set), the worst error in ulps of the loss
+and of the gradient, the input where each occurs, the bound and whether it holds; then
+``jax.test_util.check_grads`` (order 2, forward and reverse mode, float64) on every loss.
+The exit status is 1 if anything is out of bounds: run it on a new accelerator before
+trusting it.
 
-Errors are measured in ulps of the exact value, floored at the smallest normal number (XLA
-flushes subnormals to zero). For soft labels ``sigmoid(z) - y`` cancels, so the gradient's
-unit is that of ``max(|exact|, |pw*q*w|, |(1-q)*w|)``.
+Inputs. The default check (quick: under a minute on 2 CPU cores) takes every 2^12-th float32
+bit pattern (2^10-th for probabilities in [0, 1]; a hashed offset inside each stride, so not
+only mantissa 0), 2^20 uniform logits in [-20, 20], every bfloat16 and float16 bit pattern,
+and 1e5 drawn (input, label) pairs per soft-label, option and focal case. ``--exhaustive``
+(about 5 minutes on 2 CPU cores) takes every float32 bit pattern (logits: all 2^32, NaNs and
+infinities included; probabilities: every one in [0, 1], -0 included) and 1e8 / 1e7 drawn
+pairs per option / focal case. Inputs are generated on the device and each chunk is reduced
+there to (worst error, its input).
+
+Reference. float64 on the device (``jax.enable_x64``) by textbook stable formulas, never
+jaxbce's code (:mod:`jaxbce._exact`): its rounding is about 2^-29 of a float32 ulp, exact
+enough to score float32 (XLA's float64 ``log1p`` is off by up to 128 float64 ulps on
+[-0.5, -0.29], still 2^-45 relative). float64 inputs are checked on a grid against a host
+extended-precision (``np.longdouble``) reference.
+
+Ulps. The error is ``|got - exact| / ulp(s)`` in the result's dtype (precision p), with
+``ulp(s) = 2^(floor(log2 s) - (p - 1))`` floored at the dtype's smallest normal number (XLA
+flushes subnormals, so an exact value below it is measured in units of that number). ``s`` is
+``|exact|`` for every loss value and every hard-label gradient. A soft-label, smoothed or
+weighted gradient is a difference of two terms, ``w[qc sigmoid(z) - pw q sigmoid(-z)]``, which
+cancels near ``z = logit(q)``: there ``s = max(|exact|, |w qc sigmoid(z)|, |w pw q
+sigmoid(-z)|)``; for probabilities the terms are ``w q/p`` and ``w qc/(1-p)``, for the focal
+loss its three terms (see :func:`jaxbce._exact.focal`). A NaN input must give NaN (else the
+error is inf); ``±inf`` must give the IEEE limits (loss 0 or inf, a finite gradient). On a
+device that flushes subnormals (XLA:CPU, GPUs; detected), float32-subnormal inputs are scored
+as the 0 the device computes with, and a 0 result where the exact value is below the smallest
+normal counts as exact (it is that value flushed), since no flushing kernel can return more.
+Labels and inputs are taken as the values of their dtype, options (``label_smoothing=0.1``,
+``gamma=3.7``, ...) as the float32 values a float32 kernel receives.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import time
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TextIO
 
 import jax
 import jax.numpy as jnp
@@ -26,12 +56,14 @@ import numpy as np
 from jax.test_util import check_grads
 
 from jaxbce._losses import binary_cross_entropy, sigmoid_binary_cross_entropy, sigmoid_focal_loss
+from jaxbce._sweep import Result, Sweep, Variant, device_flushes_subnormals, label_name, run
 
 _POSITIVE = [1e-7, 1e-3, 0.5, 1, 3, 10, 17, 20, 30, 50, 87, 88, 88.5, 100, 1e3, 1e4]
 LOGITS = np.array([-v for v in reversed(_POSITIVE)] + [0.0] + _POSITIVE)
 LABELS = [0.0, 1.0, 0.3, 1e-6, 1 - 1e-6]
 
-#: (name, loss function, keyword options, float32 bound in ulps)
+#: the float64 grid and check_grads cases: (name, loss, keyword options, bound in ulps, to
+#: which the float64 grid adds 2)
 CASES: list[tuple[str, Callable[..., jax.Array], dict[str, Any], float]] = [
     ("sigmoid_bce", sigmoid_binary_cross_entropy, {}, 2.0),
     ("sigmoid_bce smoothing=0.1", sigmoid_binary_cross_entropy, {"label_smoothing": 0.1}, 2.0),
@@ -121,12 +153,15 @@ def _reference(
     return loss, grad, np.where(hard, 0, np.maximum(np.abs(pw * q * w), np.abs(qc * w)))
 
 
-def measure(dtype: Any) -> list[tuple[str, str, float, float, float]]:
-    """Worst loss and gradient errors in ulps: rows ``(case, dtype, loss, grad, bound)``."""
+def measure(
+    dtype: Any, cases: list[Any] | None = None
+) -> list[tuple[str, str, float, float, float]]:
+    """Worst loss and gradient errors in ulps over the grid: rows ``(case, dtype, loss, grad,
+    bound)``. Used for float64 inputs, whose reference is the host's extended precision."""
     rows = []
     x64 = np.dtype(dtype) == np.float64
     ref_t = np.longdouble if x64 else np.float64
-    for name, fn, opts, bound in CASES:
+    for name, fn, opts, bound in cases or CASES:
         grid_x, grid_y = np.meshgrid(LOGITS, LABELS, indexing="ij")
         if name.startswith("bce"):
             with np.errstate(over="ignore"):
@@ -152,12 +187,12 @@ def measure(dtype: Any) -> list[tuple[str, str, float, float, float]]:
     return rows
 
 
-def gradient_checks() -> list[tuple[str, bool, str]]:
+def gradient_checks(cases: list[Any] | None = None) -> list[tuple[str, bool, str]]:
     """``check_grads`` order 2, fwd and rev, in float64 for every loss and option set."""
     results = []
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
-        for name, fn, opts, _ in CASES:
+        for name, fn, opts, _ in cases or CASES:
             x = rng.normal(size=(2, 3)) * 2
             if name.startswith("bce"):
                 x = 0.2 + 0.6 / (1 + np.exp(-x))
@@ -176,36 +211,242 @@ def gradient_checks() -> list[tuple[str, bool, str]]:
     return results
 
 
+#: every float32 bit pattern; those of the probabilities in [0, 1] (-0 included)
+F32_ALL = ((0, 2**32),)
+F32_PROBS = ((0, 0x3F800001), (0x80000000, 0x80000001))
+#: the same for the 16-bit dtypes (1.0 is 0x3F80 in bfloat16, 0x3C00 in float16)
+HALF_ALL = ((0, 2**16),)
+HALF_PROBS = {
+    "bfloat16": ((0, 0x3F81), (0x8000, 0x8001)),
+    "float16": ((0, 0x3C01), (0x8000, 0x8001)),
+}
+
+HARD = (Variant((), 1.0),)
+HALF = (Variant((), 0.51),)
+SIGMOID_OPTIONS = (
+    Variant((), 2.0),
+    Variant((("label_smoothing", 0.1),), 2.0),
+    Variant((("pos_weight", 3.5), ("weights", 0.7)), 3.0),
+    Variant((("pos_weight", 0.25), ("weights", 1.5)), 3.0),
+)
+PROB_OPTIONS = (
+    Variant((), 2.0),
+    Variant((("label_smoothing", 0.1),), 2.0),
+    Variant((("weights", 0.7),), 3.0),
+)
+FOCAL_GAMMAS = (0.0, 0.5, 1.0, 2.0, 3.7)
+FOCAL_ALPHAS = (None, 0.25, 0.6)
+
+
+def sweeps(
+    *,
+    exhaustive: bool,
+    samples: int | None = None,
+    focal_samples: int | None = None,
+    stride_log2: int | None = None,
+) -> list[Sweep]:
+    """The device sweeps of the quick check or of ``--exhaustive`` (see the module docstring).
+
+    ``stride_log2`` overrides the float32 bit-pattern stride (0 = every pattern).
+    """
+    n = samples or (10**8 if exhaustive else 10**5)
+    n_focal = focal_samples or (10**7 if exhaustive else 10**5)
+    stride = 0 if exhaustive else None
+    if stride_log2 is not None:
+        stride = stride_log2
+    out = [
+        Sweep("sigmoid_bce", "float32", "patterns", (0.0, 1.0), HARD,
+              ranges=F32_ALL, stride_log2=12 if stride is None else stride),
+        Sweep("bce", "float32", "patterns", (0.0, 1.0), HARD,
+              ranges=F32_PROBS, stride_log2=10 if stride is None else stride),
+    ]  # fmt: skip
+    if not exhaustive:
+        out.append(Sweep("sigmoid_bce", "float32", "band", (0.0, 1.0), HARD, size=2**20))
+    for dtype in ("bfloat16", "float16"):
+        out.append(Sweep("sigmoid_bce", dtype, "patterns", (0.0, 1.0), HALF, ranges=HALF_ALL))
+        out.append(Sweep("bce", dtype, "patterns", (0.0, 1.0), HALF, ranges=HALF_PROBS[dtype]))
+    out.append(Sweep("sigmoid_bce", "float32", "mix", ("soft",), SIGMOID_OPTIONS, size=n))
+    out.append(Sweep("bce", "float32", "mix", ("soft",), PROB_OPTIONS, size=n))
+    for gamma in FOCAL_GAMMAS:
+        variants = tuple(
+            Variant((("gamma", gamma), ("alpha", alpha)), max(4.0, 2.0 + gamma))
+            for alpha in FOCAL_ALPHAS
+        )
+        out.append(Sweep("focal", "float32", "mix", ("hard", "soft"), variants, size=n_focal))
+    return out
+
+
+def select(all_sweeps: list[Sweep], pattern: str | None, dtypes: list[str]) -> list[Sweep]:
+    """The sweeps of ``dtypes`` cut to the variants and labels of rows matching ``pattern``."""
+    out = []
+    for s in all_sweeps:
+        if s.dtype not in dtypes:
+            continue
+        rows = [
+            (v, lab) for v, lab in s.rows() if not pattern or re.search(pattern, s.row_name(v, lab))
+        ]
+        if rows:
+            variants = tuple(v for v in s.variants if any(v == rv for rv, _ in rows))
+            labels = tuple(lab for lab in s.labels if any(lab == rl for _, rl in rows))
+            out.append(Sweep(s.function, s.dtype, s.source, labels, variants,
+                             s.size, s.ranges, s.stride_log2))  # fmt: skip
+    return out
+
+
+_COLUMNS = (
+    f"{'function':11s} {'options':27s} {'dtype':8s} {'labels':6s} {'inputs':18s} "
+    f"{'loss ulp':>9s}  {'at (x, y)':30s} {'grad ulp':>9s}  {'at (x, y)':30s} {'bound':>5s}  ok"
+)
+
+
+def _row(r: Result) -> str:
+    name = "p" if r.sweep.function == "bce" else "z"
+    where = [f"{name}={w.x} y={w.y}" for w in (r.loss, r.grad)]
+    return (
+        f"{r.sweep.function:11s} {r.variant.text:27s} {r.sweep.dtype:8s} "
+        f"{label_name(r.label):6s} {r.sweep.inputs_text:18s} "
+        f"{r.loss.ulps:9.3g}  {where[0]:30s} {r.grad.ulps:9.3g}  {where[1]:30s} "
+        f"{r.variant.bound:5.3g}  {'yes' if r.ok else 'NO'}"
+    )
+
+
+def _count(text: str) -> int:
+    """A count written as ``100000000`` or ``1e8``."""
+    return int(float(text))
+
+
+def _default_workers() -> int:
+    return (os.cpu_count() or 2) if jax.default_backend() == "cpu" else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Prints the accuracy table and gradient checks; returns 1 if anything is out of bounds."""
     parser = argparse.ArgumentParser(
         prog="python -m jaxbce.check", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
+        "--exhaustive",
+        action="store_true",
+        help="every float32 bit pattern and 1e8 (1e7 focal) samples per case",
+    )
+    parser.add_argument(
         "--dtypes", nargs="+", default=["float32", "bfloat16", "float16", "float64"]
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--only",
+        metavar="REGEX",
+        help="rows whose 'function options dtype labels inputs' match (float64 grid rows are"
+        " named '<case> float64 grid', gradient checks 'check_grads <case>')",
+    )
+    parser.add_argument(
+        "--samples", type=_count, help="drawn inputs per option case (1e5; 1e8 exhaustive)"
+    )
+    parser.add_argument(
+        "--focal-samples", type=_count, help="drawn inputs per focal case (1e5; 1e7 exhaustive)"
+    )
+    parser.add_argument(
+        "--stride-log2", type=int, help="take every 2^K-th float32 bit pattern (0: all)"
+    )
+    parser.add_argument(
+        "--chunk-log2",
+        type=int,
+        help="inputs per jitted call (default 2^18 on CPU, 2^24 elsewhere)",
+    )
+    parser.add_argument("--workers", type=int, help="chunks in flight (default: CPU cores)")
+    parser.add_argument("--out", metavar="FILE", help="also write the report to FILE")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)  # fmt: skip
+    out = open(args.out, "w") if args.out else None
+    try:
+        return _report(args, out)
+    finally:
+        if out:
+            out.close()
+
+
+def _report(args: argparse.Namespace, out: TextIO | None) -> int:
+    def emit(line: str = "") -> None:
+        print(line, flush=True)
+        if out:
+            out.write(line + "\n")
+
     dev = jax.devices()[0]
-    print(f"jaxbce self-check on {dev.platform} ({dev.device_kind}), jax {jax.__version__}")
-    print(f"{'case':34s} {'dtype':9s} {'loss ulp':>9s} {'grad ulp':>9s} {'bound':>6s}  ok")
-    failed = False
-    for dtype_name in args.dtypes:
-        dtype = jnp.dtype(dtype_name)
-        if dtype == jnp.float64 and np.finfo(np.longdouble).nmant <= 52:
-            print("float64: skipped, this host has no extended precision for a reference")
+    on_cpu = dev.platform == "cpu"
+    kind = " (exhaustive)" if args.exhaustive else ""
+    flush = "yes" if device_flushes_subnormals() else "no"
+    emit(f"jaxbce self-check{kind} on {dev.platform} ({dev.device_kind}), jax {jax.__version__},"
+         f" subnormals flushed: {flush}")  # fmt: skip
+    for line in _LEGEND:
+        emit(line)
+    chosen = select(
+        sweeps(exhaustive=args.exhaustive, samples=args.samples,
+               focal_samples=args.focal_samples, stride_log2=args.stride_log2),
+        args.only, args.dtypes,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    # The float64 grid and check_grads are compile-bound: they run beside the sweeps.
+    with ThreadPoolExecutor(1) as background:
+        host = background.submit(_host_checks, args.only, "float64" in args.dtypes)
+        results = run(
+            chosen,
+            chunk_log2=args.chunk_log2 or (18 if on_cpu else 24),
+            workers=args.workers or _default_workers(),
+            progress=not args.no_progress,
+        )
+        host_lines, failed = host.result()
+    emit()
+    emit(_COLUMNS)
+    for r in results:
+        if args.only and not re.search(args.only, r.sweep.row_name(r.variant, r.label)):
             continue
-        with jax.enable_x64(dtype == jnp.float64):
-            rows = measure(dtype)
-        for name, dt, el, eg, bound in rows:
+        failed |= not r.ok
+        emit(_row(r))
+    seconds = time.perf_counter() - t0
+    evaluations = sum(r.inputs for r in results)
+    emit(f"({evaluations:.3g} evaluations of a loss and its gradient; {seconds:.0f} s in all)")
+    for line in host_lines:
+        emit(line)
+    emit("\nresult: " + ("FAIL" if failed else "all within bounds"))
+    return 1 if failed else 0
+
+
+def _host_checks(pattern: str | None, float64: bool) -> tuple[list[str], bool]:
+    """The float64 grid against the host's extended precision and ``check_grads``: the
+    report's lines and whether anything failed."""
+    lines: list[str] = []
+    failed = False
+    cases = [c for c in CASES if not pattern or re.search(pattern, f"{c[0]} float64 grid")]
+    if float64 and cases:
+        lines.append("\nfloat64 inputs: grid of 33 logits x 5 labels, host np.longdouble reference")
+        lines.append(f"  {'case':34s} {'loss ulp':>9s} {'grad ulp':>9s} {'bound':>6s}  ok")
+        if np.finfo(np.longdouble).nmant <= 52:
+            lines.append("  skipped: this host has no extended precision for a reference")
+            cases = []
+        with jax.enable_x64(True):
+            rows = measure(jnp.float64, cases) if cases else []
+        for name, _, el, eg, bound in rows:
             ok = el <= bound and eg <= bound
             failed |= not ok
-            print(f"{name:34s} {dt:9s} {el:9.2f} {eg:9.2f} {bound:6.1f}  {'yes' if ok else 'NO'}")
-    print("\ncheck_grads (order 2, fwd + rev, float64):")
-    for name, ok, msg in gradient_checks():
-        failed |= not ok
-        print(f"  {name:34s} {'pass' if ok else 'FAIL ' + msg}")
-    print("\nresult:", "FAIL" if failed else "all within bounds")
-    return 1 if failed else 0
+            lines.append(f"  {name:34s} {el:9.2f} {eg:9.2f} {bound:6.1f}  {'yes' if ok else 'NO'}")
+    cases = [c for c in CASES if not pattern or re.search(pattern, f"check_grads {c[0]}")]
+    if cases:
+        lines.append("\ncheck_grads (order 2, fwd + rev, float64):")
+        for name, ok, msg in gradient_checks(cases):
+            failed |= not ok
+            lines.append(f"  {name:34s} {'pass' if ok else 'FAIL ' + msg}")
+    return lines, failed
+
+
+_LEGEND = (
+    "error: |got - exact| / ulp(s) in the result's dtype; ulp(s) = 2^(floor(log2 s) - (p-1)),"
+    " floored at the smallest normal",
+    "s = |exact| for losses and hard-label gradients; max(|exact|, |each term|) for"
+    " soft/smoothed/weighted gradients",
+    "exact: float64 on the device (textbook formulas), options rounded to float32; NaN in ->"
+    " NaN out, ±inf -> IEEE limits",
+    "flushing device: a 0 result for an exact value below the smallest normal is exact;"
+    " 'at': the input (x, y) of the worst error",
+)
 
 
 if __name__ == "__main__":
