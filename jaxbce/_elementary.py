@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Pair = tuple[jax.Array, jax.Array]
@@ -155,10 +156,14 @@ def _artanh2(w: Pair) -> Pair:
     return 2.0 * w[0], 2.0 * w[1] + 2.0 * (w[0] * v) * _poly(v, _T)
 
 
-def _exp_neg(t: jax.Array, t_lo: jax.Array | None = None) -> tuple[jax.Array, ...]:
-    """``e^-(t + t_lo) = scale * (E_hi + E_lo)`` for ``0 <= t <= _T_MAX``, ``scale = 2^-k``.
+def _exp_neg(
+    t: jax.Array, t_lo: jax.Array | None = None, shift: jax.Array | None = None
+) -> tuple[jax.Array, ...]:
+    """``e^-(t + t_lo) = scale * (E_hi + E_lo)`` with ``scale = 2^(shift - k)``, for
+    ``0 <= t <= _T_MAX + shift ln 2``.
 
-    ``t_lo``, if given, is at most half an ulp of ``t``. ``scale`` is 0 for ``k = 127``.
+    ``t_lo``, if given, is at most half an ulp of ``t``; ``shift`` is an integer in [0, 64]
+    (0 if not given). ``scale`` is 0 for ``k - shift = 127``.
     """
     k = jnp.round(t * _LOG2E)
     # t - k C1 is exact, k C2 < 2e-4; where |t - k C1| < |k C2| the sum is tiny and the
@@ -172,7 +177,10 @@ def _exp_neg(t: jax.Array, t_lo: jax.Array | None = None) -> tuple[jax.Array, ..
     e_hi, e2 = _fast_two_sum(s1, 0.5 * sq_hi)
     tail = (r_hi * (sq_hi + sq_lo)) * _poly(r_hi, _Q) + 0.5 * sq_lo - r_lo * (1.0 - r_hi)
     e_hi, e_lo = _fast_two_sum(e_hi, (e1 + e2) + tail)  # |e_lo| <= ulp(e_hi) / 2
-    exponent = (127 - k.astype(jnp.int32)).astype(jnp.uint32) << 23
+    exponent = 127 - k.astype(jnp.int32)
+    if shift is not None:
+        exponent = exponent + shift
+    exponent = exponent.astype(jnp.uint32) << 23
     scale = lax.bitcast_convert_type(exponent, jnp.float32)
     return e_hi, e_lo, scale
 
@@ -381,41 +389,74 @@ def _recip_one_minus_jvp(primals, tangents):
     return (hi, lo), ((r * r) * dp, jnp.zeros_like(dp))
 
 
-def _pow_neg_log_f32(nl_hi: jax.Array, nl_lo: jax.Array, gamma: jax.Array) -> jax.Array:
-    # gamma * nl as a pair: the 12-bit halves' partial products are exact.
+def _pow_neg_log_f32(
+    nl_hi: jax.Array, nl_lo: jax.Array, gamma: jax.Array, shift: jax.Array
+) -> jax.Array:
     inf = jnp.isinf(nl_hi)
+    # gamma * nl as a pair: the 12-bit halves' partial products are exact.
     gh, gl = split(jnp.broadcast_to(gamma, nl_hi.shape))
     lh, ll = split(jnp.where(inf, 0.0, nl_hi))
     y_hi, y_lo = _fast_two_sum(gh * lh, (gh * ll + gl * lh) + gl * ll + gamma * nl_lo)
-    big = inf | (y_hi > _T_MAX)
-    e_hi, e_lo, scale = _exp_neg(jnp.where(big, 0.0, y_hi), jnp.where(big, 0.0, y_lo))
+    big = inf | (y_hi > _T_MAX + shift * _LN2_HI)
+    e_hi, e_lo, scale = _exp_neg(
+        jnp.where(big, 0.0, y_hi), jnp.where(big, 0.0, y_lo), shift.astype(jnp.int32)
+    )
     return jnp.where(big, 0.0, scale * (e_hi + e_lo))
 
 
 @jax.custom_jvp
-def pow_neg_log(nl_hi: jax.Array, nl_lo: jax.Array, gamma: jax.Array) -> jax.Array:
-    """:math:`u^\\gamma = e^{-\\gamma \\ell}` from :math:`\\ell = -\\log u \\ge 0` given as a pair.
+def pow_neg_log(
+    nl_hi: jax.Array, nl_lo: jax.Array, gamma: jax.Array, shift: jax.Array
+) -> jax.Array:
+    """:math:`2^s u^\\gamma = 2^s e^{-\\gamma \\ell}` from :math:`\\ell = -\\log u \\ge 0`
+    given as a pair, for :math:`\\gamma \\ge 0` and an integer :math:`s = ` ``shift``
+    in [0, 64] (a scale that keeps a tiny power normal).
 
-    For :math:`\\gamma \\ge 0`. The product :math:`\\gamma\\ell` is kept as a pair and its
-    exponential evaluated as in :func:`softplus_neg_abs`, so the result is within about
-    :math:`2^{-26}` of :math:`u^\\gamma` for the :math:`u` given, whatever :math:`\\gamma\\ell`
-    is (a rounded :math:`\\gamma \\log u` would cost :math:`\\gamma|\\log u|` ulps). 1 at
+    The product :math:`\\gamma\\ell` is kept as a pair and its exponential evaluated as
+    in :func:`softplus_neg_abs`, so the result is within about :math:`2^{-26}` of
+    :math:`u^\\gamma` for the :math:`u` given, whatever :math:`\\gamma\\ell` is (a rounded
+    :math:`\\gamma \\log u` would cost :math:`\\gamma|\\log u|` ulps). :math:`2^s` at
     :math:`\\gamma = 0`, also for :math:`u = 0`. Derivative:
-    :math:`-u^\\gamma(\\gamma\\,d\\ell + \\ell\\,d\\gamma)`.
+    :math:`-2^s u^\\gamma(\\gamma\\,d\\ell + \\ell\\,d\\gamma)`; ``shift`` has none.
     """
     if _is_float32(nl_hi):
-        out = _pow_neg_log_f32(nl_hi, nl_lo, gamma)
+        out = _pow_neg_log_f32(nl_hi, nl_lo, gamma, shift)
     else:
-        out = jnp.exp(-gamma * (nl_hi + nl_lo))
-    return jnp.where(gamma == 0, 1.0, out)
+        out = jnp.exp(shift * np.log(2.0) - gamma * (nl_hi + nl_lo))
+    return jnp.where(gamma == 0, jnp.exp2(shift), out)
 
 
 @pow_neg_log.defjvp
 def _pow_neg_log_jvp(primals, tangents):
-    nl_hi, nl_lo, gamma = primals
-    d_hi, d_lo, d_gamma = tangents
-    out = pow_neg_log(nl_hi, nl_lo, gamma)
+    nl_hi, nl_lo, gamma, shift = primals
+    d_hi, d_lo, d_gamma, _ = tangents
+    out = pow_neg_log(nl_hi, nl_lo, gamma, shift)
     nl = nl_hi + nl_lo
     # u^gamma * log u is 0 where u^gamma is (gamma > 0, u -> 0).
     d_log = jnp.where(out == 0, 0.0, out * nl)
     return out, -(out * gamma) * (d_hi + d_lo) - d_log * d_gamma
+
+
+@jax.custom_jvp
+def quotient(num: jax.Array, p: jax.Array) -> jax.Array:
+    """``num / p`` correctly rounded for :math:`p \\ge 0`, subnormal float32 :math:`p` too.
+
+    A flushing device divides by a subnormal as by 0; here :math:`p = m\\,2^{-149}` is read
+    from its bits and :math:`num/p = (num\\,2^{23}/m)\\,2^{126}`, so it overflows only
+    where the exact quotient does. Derivative: :math:`d\\,num/p - num\\,dp/p^2`.
+    """
+    if not _is_float32(p):
+        return num / p
+    bits = lax.bitcast_convert_type(p, jnp.int32)
+    subnormal = (bits & 0x7F800000) == 0
+    m = jnp.where(subnormal, (bits & 0x007FFFFF).astype(jnp.float32), 1.0)
+    small = ((num * 2.0**23) / m) * 2.0**126
+    return jnp.where(subnormal & (m != 0), small, num / p)
+
+
+@quotient.defjvp
+def _quotient_jvp(primals, tangents):
+    num, p = primals
+    d_num, d_p = tangents
+    q = quotient(num, p)
+    return q, quotient(d_num - q * d_p, p)

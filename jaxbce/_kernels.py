@@ -58,6 +58,7 @@ from jaxbce._elementary import (
     neg_log,
     neg_log1m,
     pow_neg_log,
+    quotient,
     recip_one_minus,
     sigmoid_neg_abs,
     softplus_neg_abs,
@@ -125,21 +126,22 @@ class LogitTerms:
         self.sigmoid_big, self.sigmoid_small = big, small
 
 
-def _logit_value(x: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
+def _logit_value(x: jax.Array, pq: jax.Array, qc: jax.Array, c: jax.Array) -> jax.Array:
     """:math:`\\pi q\\operatorname{softplus}(-x) + \\bar q\\operatorname{softplus}(x)
-    = a|x| + c L(|x|)`, two non-negative terms, the second added to the first exactly."""
+    = a|x| + c L(|x|)`, two non-negative terms, the second added to the first exactly.
+
+    ``c = pq + qc``, passed in: the caller knows it exactly where the sum would round."""
     nonneg = x >= 0
     t = -_neg_abs(x)
     a = jnp.where(nonneg, qc, pq)
-    return _add_scaled(safe_mul(a, t), pq + qc, softplus_neg_abs(t))
+    return _add_scaled(safe_mul(a, t), c, softplus_neg_abs(t))
 
 
-def _logit_slope(x: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
+def _logit_slope(x: jax.Array, pq: jax.Array, qc: jax.Array, c: jax.Array) -> jax.Array:
     """:math:`\\bar q\\sigma(x) - \\pi q\\sigma(-x)`: :math:`\\bar q - c s` for
     :math:`x \\ge 0`, :math:`c s - \\pi q` otherwise, :math:`s = \\sigma(-|x|)`."""
     nonneg = x >= 0
     t = -_neg_abs(x)
-    c = pq + qc
     base = jnp.where(nonneg, qc, -pq)
     return _add_scaled(base, jnp.where(nonneg, -c, c), sigmoid_neg_abs(t))
 
@@ -187,7 +189,7 @@ def _probs_slope(p: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
     _, _, in_a, in_b = _probs_pairs(p)
     use_a = in_a & (pq != 0)
     use_b = in_b & (qc != 0)
-    d_a = jnp.where(use_a, -pq / jnp.where(use_a, p, 1.0), 0.0)
+    d_a = jnp.where(use_a, -quotient(pq, jnp.where(use_a, p, 1.0)), 0.0)
     r_hi, r_lo = recip_one_minus(jnp.where(use_b, p, 0.0))
     d_b = (jnp.where(use_b, r_hi, 0.0), jnp.where(use_b, r_lo, 0.0))
     return jnp.where(jnp.isnan(p), p, _add_scaled(d_a, qc, d_b))
@@ -196,14 +198,14 @@ def _probs_slope(p: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
 # ------------------------------------------------------------------ kernel
 
 
-def _value(kind: Kind, x: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
-    """``pq * A(x) + qc * B(x)``."""
-    return _logit_value(x, pq, qc) if kind == "logits" else _probs_value(x, pq, qc)
+def _value(kind: Kind, x: jax.Array, pq: jax.Array, qc: jax.Array, c: jax.Array) -> jax.Array:
+    """``pq * A(x) + qc * B(x)``; ``c = pq + qc``."""
+    return _logit_value(x, pq, qc, c) if kind == "logits" else _probs_value(x, pq, qc)
 
 
-def _slope(kind: Kind, x: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
-    """:math:`\\partial_x (pq A + qc B)`."""
-    return _logit_slope(x, pq, qc) if kind == "logits" else _probs_slope(x, pq, qc)
+def _slope(kind: Kind, x: jax.Array, pq: jax.Array, qc: jax.Array, c: jax.Array) -> jax.Array:
+    """:math:`\\partial_x (pq A + qc B)`; ``c = pq + qc``."""
+    return _logit_slope(x, pq, qc, c) if kind == "logits" else _probs_slope(x, pq, qc)
 
 
 def _neg_log_odds_gap(kind: Kind, x: jax.Array, pw: jax.Array | None) -> tuple[jax.Array, ...]:
@@ -233,8 +235,22 @@ def smoothed(y: jax.Array, eps: jax.Array | None) -> tuple[jax.Array, jax.Array]
     return y * keep + half, qc * keep + half
 
 
-def _pos_label(q: jax.Array, pw: jax.Array | None) -> jax.Array:
-    return q if pw is None else pw * q
+def _label_weights(
+    y: jax.Array, eps: jax.Array | None, pw: jax.Array | None, w: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(pq, qc, c)``: the weights of A and B, ``w pw q`` and ``w qc``, and their sum.
+
+    The element weight is folded in here rather than multiplied into the loss, so a large
+    term cannot overflow before ``w`` scales it down, and one rounding is saved. The sum
+    is :math:`w(1 + (\\pi - 1)q)` (:math:`q + \\bar q = 1` exactly), so it is exactly
+    ``w`` without ``pos_weight``, with or without smoothing.
+    """
+    q, qc = smoothed(y, eps)
+    pq = q if pw is None else pw * q
+    c = jnp.ones_like(y) if pw is None else 1.0 + (pw - 1.0) * q
+    if w is None:
+        return pq, qc, c
+    return w * pq, w * qc, w * c
 
 
 Residuals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array | None]
@@ -264,10 +280,7 @@ def nll_fwd(
     Returns:
       ``(loss, residuals)``.
     """
-    q, qc = smoothed(y, eps)
-    loss = _value(kind, x, _pos_label(q, pw), qc)
-    if w is not None:
-        loss = w * loss
+    loss = _value(kind, x, *_label_weights(y, eps, pw, w))
     return loss, (x, y, eps, pw, w)
 
 
@@ -284,16 +297,15 @@ def _jacobian(kind: Kind, res: Residuals) -> Residuals:
     ``None`` for an absent input (``eps``, ``pw``, ``w``).
     """
     x, y, eps, pw, w = res
-    q, qc = smoothed(y, eps)
-    pq = _pos_label(q, pw)
+    q, _ = smoothed(y, eps)
     a, gap = _neg_log_odds_gap(kind, x, pw)
-    d_x = _slope(kind, x, pq, qc)
+    d_x = _slope(kind, x, *_label_weights(y, eps, pw, w))
     d_y = gap if eps is None else (1.0 - eps) * gap
     d_eps = None if eps is None else (0.5 - y) * gap
     d_pw = None if pw is None else q * a
-    d_w = None if w is None else _value(kind, x, pq, qc)
+    d_w = None if w is None else _value(kind, x, *_label_weights(y, eps, pw, None))
     if w is not None:
-        d_x, d_y, d_eps, d_pw = (None if c is None else w * c for c in (d_x, d_y, d_eps, d_pw))
+        d_y, d_eps, d_pw = (None if c is None else w * c for c in (d_y, d_eps, d_pw))
     return d_x, d_y, d_eps, d_pw, d_w
 
 
@@ -359,11 +371,6 @@ def _contract(out: jax.Array, coefficients, tangents) -> jax.Array:
 # ------------------------------------------------------------------ focal
 
 
-#: The modulating factor's ratio uses e^min(|x|, 80): finite, and exact to far below the
-#: terms it is added to (e^-80 = 1.8e-35).
-_EXP_CAP = 80.0
-
-
 @jax.custom_jvp
 def _softplus_over_sigmoid(t: jax.Array) -> jax.Array:
     """:math:`f(t) = L(t)/\\sigma(-t) = (1 + e^{-t})\\operatorname{log1p}(e^{-t})/e^{-t}`,
@@ -372,7 +379,7 @@ def _softplus_over_sigmoid(t: jax.Array) -> jax.Array:
     Derivative :math:`f' = \\sigma(t) f - 1`, in terms of :math:`f` itself, so that no
     derivative divides by the underflowing :math:`\\sigma(-t)^2`.
     """
-    far = t > _EXP_CAP
+    far = t > 0.9 * np.log(jnp.finfo(t.dtype).max)
     l_hi, l_lo = softplus_neg_abs(jnp.where(far, 0.0, t))
     s_hi, s_lo = sigmoid_neg_abs(jnp.where(far, 0.0, t))
     return jnp.where(far, 1.0, (l_hi + l_lo) / (s_hi + s_lo))
@@ -410,8 +417,9 @@ def _focal_parts(x, y, gamma):
     s_pair = sigmoid_neg_abs(t)
     s = _total(s_pair)
     big = 1.0 - s
-    ce = _logit_value(x, y, qc)
-    d_ce = _logit_slope(x, y, qc)
+    one = jnp.ones_like(y)
+    ce = _logit_value(x, y, qc, one)
+    d_ce = _logit_slope(x, y, qc, one)
     n_s = jnp.where(nonneg, y, qc)
     n_b = jnp.where(nonneg, qc, y)
     # -log u as a pair.
@@ -423,17 +431,28 @@ def _focal_parts(x, y, gamma):
     nlu_hi, nlu_lo = neg_log(u_safe)
     nl_hi = jnp.where(sure, tail_hi, nlu_hi)
     nl_lo = jnp.where(sure, tail_err + l_lo, nlu_lo - u_err / u_safe)
-    m = pow_neg_log(nl_hi, nl_lo, gamma)
+    # u^gamma below 2^-64 is computed times 2^64 (and the products scaled back), so that
+    # u^gamma * ce stays exact where u^gamma alone would underflow and ce is huge.
+    shift = lax.stop_gradient(jnp.where(gamma * nl_hi > 44.0, 64.0, 0.0))
+    m = pow_neg_log(nl_hi, nl_lo, gamma, shift)
+    if x.dtype != jnp.float32:
+        # XLA's float64 power is correctly rounded where exp(gamma * log u) is not.
+        power = jnp.power(u_safe, gamma) * (1.0 + gamma * u_err / u_safe) * jnp.exp2(shift)
+        m = jnp.where(sure | (u_hi < jnp.finfo(x.dtype).tiny), m, power)
+    unscale = jnp.exp2(-shift)
     is_inf = jnp.isinf(x)
     ce_fin = jnp.where(is_inf, 0.0, ce)  # at +-inf the factor's own slope is 0
-    ratio = big / (n_s + n_b * jnp.exp(jnp.minimum(t, _EXP_CAP)))
-    d_x = m * (d_ce + gamma * ((qc - y) * ratio) * ce_fin)
-    value = safe_mul(m, ce)
+    # d log u / dx = (qc - y) ratio: big / n_s for a right hard label, where the capped
+    # e^|x| only carries the derivative in the labels; s big / u elsewhere (u >= n_b / 2).
+    ex = jnp.exp(jnp.minimum(t, 0.9 * np.log(jnp.finfo(x.dtype).max)))
+    ratio = jnp.where(sure, big / (n_s + n_b * ex), s * big / u_safe)
+    d_x = (m * (d_ce + gamma * ((qc - y) * ratio) * ce_fin)) * unscale
+    value = safe_mul(m, ce) * unscale
     # d/dy = m (d ce/dy + gamma (ce / u) du/dy), d ce/dy = A - B = -x,
     # du/dy = sigma(-x) - sigma(x); ce / u = L(|x|) / s for a right hard label.
     ce_over_u = jnp.where(sure, _softplus_over_sigmoid(t), ce / u_safe)
     du_dy = jnp.where(nonneg, s - big, big - s)
-    d_y = safe_mul(m, -x) + gamma * m * ce_over_u * du_dy
+    d_y = (safe_mul(m, -x) + gamma * m * ce_over_u * du_dy) * unscale
     d_gamma = -safe_mul(value, nl_hi + nl_lo)
     return value, d_x, d_y, d_gamma
 

@@ -38,7 +38,6 @@ _REFERENCES: dict[str, Callable[..., _exact.Reference]] = {
     "focal": _exact.focal,
 }
 _UINT = {2: jnp.uint16, 4: jnp.uint32}
-_F32_TINY = float(np.finfo(np.float32).tiny)
 _ONE_BITS = 0x3F800000  # float32 1.0
 
 
@@ -240,12 +239,24 @@ def _as_float32(opts: dict[str, Any]) -> dict[str, Any]:
     return {k: None if v is None else float(np.float32(v)) for k, v in opts.items()}
 
 
+def _exact_float64(x: jax.Array) -> jax.Array:
+    """``x`` in float64, float32-subnormal values included: a flushing device's convert reads
+    them as 0, so they are rebuilt from their bits (``m 2^-149``)."""
+    if x.dtype == jnp.float64:
+        return x
+    bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    mantissa = (bits & 0x007FFFFF).astype(jnp.float64) * 2.0**-149
+    subnormal = (bits & 0x7F800000) == 0
+    signed = jnp.where((bits >> 31) == 1, -mantissa, mantissa)
+    return jnp.where(subnormal, signed, x.astype(jnp.float64))
+
+
 def chunk_function(sweep: Sweep, n: int, flush: bool) -> Callable[[jax.Array], tuple]:
     """The jittable chunk of ``n`` inputs: ``params -> (ulps[R, 2], x bits[R, 2], y[R, 2],
     count)`` for the R rows of :meth:`Sweep.rows` and (loss, grad); trace it with x64 on.
 
-    ``flush``: the device flushes subnormals; float32-subnormal inputs are scored as the 0 it
-    computes with, and a 0 result for an exact value below the smallest normal as exact.
+    ``flush``: the device flushes subnormals; a 0 result for an exact value below the
+    smallest normal number counts as exact.
     """
     dtype = jnp.dtype(sweep.dtype)
     ref = _REFERENCES[sweep.function]
@@ -253,9 +264,9 @@ def chunk_function(sweep: Sweep, n: int, flush: bool) -> Callable[[jax.Array], t
     def chunk(params: jax.Array) -> tuple[jax.Array, ...]:
         fn = FUNCTIONS[sweep.function]
         x, i, valid = _inputs(sweep, n, params)
-        xr = x.astype(jnp.float64)
-        if flush:
-            xr = jnp.where(jnp.abs(xr) < _F32_TINY, 0.0, xr)
+        # Inputs are scored at their own value, subnormal ones included: the kernel reads a
+        # subnormal probability from its bits, and for logits it rounds to the same result.
+        xr = _exact_float64(x)
         x_bits = lax.bitcast_convert_type(x, _UINT[dtype.itemsize]).astype(jnp.uint32)
         labels = {
             label: _sample_y(label, i) if isinstance(label, str) else jnp.full(x.shape, label)

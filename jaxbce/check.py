@@ -30,9 +30,9 @@ weighted gradient is a difference of two terms, ``w[qc sigmoid(z) - pw q sigmoid
 cancels near ``z = logit(q)``: there ``s = max(|exact|, |w qc sigmoid(z)|, |w pw q
 sigmoid(-z)|)``; for probabilities the terms are ``w q/p`` and ``w qc/(1-p)``, for the focal
 loss its three terms (see :func:`jaxbce._exact.focal`). A NaN input must give NaN (else the
-error is inf); ``±inf`` must give the IEEE limits (loss 0 or inf, a finite gradient). On a
-device that flushes subnormals (XLA:CPU, GPUs; detected), float32-subnormal inputs are scored
-as the 0 the device computes with, and a 0 result where the exact value is below the smallest
+error is inf); ``±inf`` must give the IEEE limits (loss 0 or inf, a finite gradient). Inputs
+are scored at their own values, subnormal ones included. On a device that flushes
+subnormals (XLA:CPU, GPUs; detected), a 0 result where the exact value is below the smallest
 normal counts as exact (it is that value flushed), since no flushing kernel can return more.
 Labels and inputs are taken as the values of their dtype, options (``label_smoothing=0.1``,
 ``gamma=3.7``, ...) as the float32 values a float32 kernel receives.
