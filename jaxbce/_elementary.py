@@ -423,7 +423,7 @@ def pow_neg_log(
         out = _pow_neg_log_f32(nl_hi, nl_lo, gamma, shift)
     else:
         out = jnp.exp(shift * np.log(2.0) - gamma * (nl_hi + nl_lo))
-    return jnp.where(gamma == 0, jnp.exp2(shift), out)
+    return jnp.where(gamma == 0, jnp.where(shift > 0, 2.0**64, 1.0), out)
 
 
 @pow_neg_log.defjvp

@@ -359,7 +359,8 @@ def _cross_entropy(
         kind, kind, predictions, labels,
         weights=weights, pos_weight=pos_weight, where=where, reduction=reduction,
     )  # fmt: skip
-    loss = nll(kind, p.x, p.y, _smoothing(label_smoothing, p.x.dtype), p.pw, p.w)
+    eps = _smoothing(label_smoothing, p.x.dtype)
+    loss = nll(kind, p.x, p.y, eps, p.pw, p.w, reduction != "none")
     return _reduce(loss, p.mask, reduction, axis_name, p.out_dtype)
 
 
