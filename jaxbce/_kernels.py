@@ -55,6 +55,8 @@ from jax import lax
 
 from jaxbce._elementary import (
     Pair,
+    _fast_two_sum,
+    _opaque,
     neg_log,
     neg_log1m,
     pow_neg_log,
@@ -232,17 +234,18 @@ def _neg_log_odds_gap(kind: Kind, x: jax.Array, pw: jax.Array | None) -> tuple[j
 
 
 def smoothed(y: jax.Array, eps: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    """``(q, qc)``: the smoothed label and its complement, each without cancellation.
+    """``(q, qc)``: the smoothed label and its complement, each rounded about once.
 
-    :math:`q = y(1-\\epsilon) + \\epsilon/2` and :math:`\\bar q = (1-y)(1-\\epsilon) +
-    \\epsilon/2` (Keras' convention), exact for hard labels (:math:`\\bar q = \\epsilon/2`
-    at :math:`y = 1`); ``eps=None`` is no smoothing.
+    :math:`q = y(1-\\epsilon) + \\epsilon/2 = y + \\epsilon(\\tfrac12 - y)` and
+    :math:`\\bar q = (1-y) + \\epsilon(y - \\tfrac12)` (Keras' convention), with
+    :math:`1 - y` kept as an exact pair: the small correction is the only rounded term
+    before the sum, so each is within about half an ulp, and exact for hard labels
+    (:math:`\\bar q = \\epsilon/2` at :math:`y = 1`); ``eps=None`` is no smoothing.
     """
-    qc = 1.0 - y
     if eps is None:
-        return y, qc
-    keep, half = 1.0 - eps, 0.5 * eps
-    return y * keep + half, qc * keep + half
+        return y, 1.0 - y
+    qc_hi, qc_lo = _fast_two_sum(_opaque(1.0, y), -y)
+    return y + eps * (0.5 - y), qc_hi + (qc_lo + eps * (y - 0.5))
 
 
 def _label_weights(
