@@ -455,9 +455,10 @@ def _focal_parts(x, y, gamma):
     m = pow_neg_log(nl_hi, nl_lo, gamma, shift)
     if x.dtype != jnp.float32:
         # XLA's float64 power is correctly rounded where exp(gamma * log u) is not.
-        power = jnp.power(u_safe, gamma) * (1.0 + gamma * u_err / u_safe)
+        u_val = jnp.where(sure, s, u_safe)
+        power = jnp.power(u_val, gamma) * jnp.where(sure, 1.0, 1.0 + gamma * u_err / u_safe)
         power = power * jnp.where(shift > 0, 2.0**64, 1.0)
-        m = jnp.where(sure | (u_hi < jnp.finfo(x.dtype).tiny), m, power)
+        m = jnp.where(u_val < jnp.finfo(x.dtype).tiny, m, power)
     unscale = jnp.where(shift > 0, 2.0**-64, 1.0)  # a select: exp2 would not fuse
     is_inf = jnp.isinf(x)
     ce_fin = jnp.where(is_inf, 0.0, ce)  # at +-inf the factor's own slope is 0
