@@ -116,6 +116,17 @@ def split(a: jax.Array) -> Pair:
     return hi, a - hi
 
 
+def exact_mul(a: jax.Array, b: jax.Array) -> Pair:
+    """``a * b`` as a pair: the product of the 12-bit halves' leading parts, exact, and the
+    rest, rounded at about ``2^-36`` of the product (not normalized); ``(a * b, 0)`` in
+    other dtypes."""
+    if not _is_float32(a):
+        return a * b, jnp.zeros_like(a * b)
+    ah, al = split(a)
+    bh, bl = split(b)
+    return ah * bh, (ah * bl + al * bh) + al * bl
+
+
 def _reciprocal(d: jax.Array) -> jax.Array:
     """``1 / d`` to about ``2^-17`` relative for normal ``d > 0``, without a division.
 
@@ -162,7 +173,7 @@ def _exp_neg(
     """``e^-(t + t_lo) = scale * (E_hi + E_lo)`` with ``scale = 2^(shift - k)``, for
     ``0 <= t <= _T_MAX + shift ln 2``.
 
-    ``t_lo``, if given, is at most half an ulp of ``t``; ``shift`` is an integer in [0, 64]
+    ``t_lo``, if given, is at most half an ulp of ``t``; ``shift`` is an integer in [0, 180]
     (0 if not given). ``scale`` is 0 for ``k - shift = 127``.
     """
     k = jnp.round(t * _LOG2E)
@@ -410,7 +421,7 @@ def pow_neg_log(
 ) -> jax.Array:
     """:math:`2^s u^\\gamma = 2^s e^{-\\gamma \\ell}` from :math:`\\ell = -\\log u \\ge 0`
     given as a pair, for :math:`\\gamma \\ge 0` and an integer :math:`s = ` ``shift``
-    in [0, 64] (a scale that keeps a tiny power normal).
+    in [0, 180] (a scale that keeps a tiny power normal; 0 where :math:`\\gamma = 0`).
 
     The product :math:`\\gamma\\ell` is kept as a pair and its exponential evaluated as
     in :func:`softplus_neg_abs`, so the result is within about :math:`2^{-26}` of
@@ -423,7 +434,7 @@ def pow_neg_log(
         out = _pow_neg_log_f32(nl_hi, nl_lo, gamma, shift)
     else:
         out = jnp.exp(shift * np.log(2.0) - gamma * (nl_hi + nl_lo))
-    return jnp.where(gamma == 0, jnp.where(shift > 0, 2.0**64, 1.0), out)
+    return jnp.where(gamma == 0, jnp.where(shift > 0, jnp.inf, 1.0), out)
 
 
 @pow_neg_log.defjvp

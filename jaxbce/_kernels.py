@@ -57,6 +57,7 @@ from jaxbce._elementary import (
     Pair,
     _fast_two_sum,
     _opaque,
+    exact_mul,
     neg_log,
     neg_log1m,
     pow_neg_log,
@@ -389,6 +390,20 @@ def _contract(out: jax.Array, coefficients, tangents) -> jax.Array:
 # ------------------------------------------------------------------ focal
 
 
+def _times_pow2(x: jax.Array, n: jax.Array) -> jax.Array:
+    """``x * 2^n`` for an integer-valued ``n`` in [-180, 180], exact unless the result is
+    subnormal: two factors built from their exponent bits, applied in turn (``2^n`` itself
+    may not be a normal number; ``exp2`` would not be fused where it is read more than once).
+    """
+    half = jnp.trunc(n / 2)
+
+    def factor(e: jax.Array) -> jax.Array:
+        bits = (e.astype(jnp.int32) + 127).astype(jnp.uint32) << 23
+        return lax.bitcast_convert_type(bits, jnp.float32).astype(n.dtype)
+
+    return (x * factor(half)) * factor(n - half)
+
+
 @jax.custom_jvp
 def _softplus_over_sigmoid(t: jax.Array) -> jax.Array:
     """:math:`f(t) = L(t)/\\sigma(-t) = (1 + e^{-t})\\operatorname{log1p}(e^{-t})/e^{-t}`,
@@ -432,9 +447,10 @@ def _focal_parts(x, y, gamma):
     qc = 1.0 - y
     nonneg = x >= 0
     t = -_neg_abs(x)
-    s_pair = sigmoid_neg_abs(t)
-    s = _total(s_pair)
-    big = 1.0 - s
+    s_hi, s_lo = sigmoid_neg_abs(t)
+    b_hi, b_err = _fast_two_sum(_opaque(1.0, x), -s_hi)  # 1 - s as a pair
+    b_lo = b_err - s_lo
+    s, big = s_hi + s_lo, b_hi + b_lo
     one = jnp.ones_like(y)
     ce = _logit_value(x, y, qc, one)
     d_ce = _logit_slope(x, y, qc, one)
@@ -444,35 +460,45 @@ def _focal_parts(x, y, gamma):
     sure = n_b == 0
     l_hi, l_lo = softplus_neg_abs(t)
     tail_hi, tail_err = two_sum(t, l_hi)  # softplus(|x|) = -log s
-    u_hi, u_err = two_sum(n_s * s, n_b * big)
+    # u = n_s s + n_b big to about 2^-34: 1 - y as an exact pair, the leading products
+    # exact (12-bit halves), so that u^gamma does not multiply their roundings by gamma.
+    qc_hi, qc_lo = _fast_two_sum(_opaque(1.0, y), -y)
+    ns_h, nb_h = jnp.where(nonneg, y, qc_hi), jnp.where(nonneg, qc_hi, y)
+    ns_l, nb_l = jnp.where(nonneg, 0.0, qc_lo), jnp.where(nonneg, qc_lo, 0.0)
+    p_hi, p_lo = exact_mul(ns_h, s_hi)
+    q_hi, q_lo = exact_mul(nb_h, b_hi)
+    u_hi, u_err = two_sum(p_hi, q_hi)
+    u_err = u_err + ((p_lo + q_lo) + (ns_h * s_lo + nb_h * b_lo) + (ns_l * s + nb_l * big))
+    u_hi, u_err = _fast_two_sum(u_hi, u_err)
     u_safe = jnp.where(sure, 1.0, u_hi)
     nlu_hi, nlu_lo = neg_log(u_safe)
     nl_hi = jnp.where(sure, tail_hi, nlu_hi)
     nl_lo = jnp.where(sure, tail_err + l_lo, nlu_lo - u_err / u_safe)
-    # u^gamma below 2^-64 is computed times 2^64 (and the products scaled back), so that
-    # u^gamma * ce stays exact where u^gamma alone would underflow and ce is huge.
-    shift = lax.stop_gradient(jnp.where(gamma * nl_hi > 44.0, 64.0, 0.0))
+    # u^gamma below 2^-64 is computed times 2^shift, near 2^-64 (and the products scaled
+    # back), so that u^gamma * ce stays exact where u^gamma alone would underflow.
+    log2_m = lax.stop_gradient(gamma * nl_hi * np.log2(np.e))  # -log2(u^gamma), about
+    shift = jnp.clip(jnp.floor(jnp.where(jnp.isfinite(log2_m), log2_m, 0.0)) - 64.0, 0.0, 180.0)
     m = pow_neg_log(nl_hi, nl_lo, gamma, shift)
     if x.dtype != jnp.float32:
         # XLA's float64 power is correctly rounded where exp(gamma * log u) is not.
         u_val = jnp.where(sure, s, u_safe)
         power = jnp.power(u_val, gamma) * jnp.where(sure, 1.0, 1.0 + gamma * u_err / u_safe)
-        power = power * jnp.where(shift > 0, 2.0**64, 1.0)
+        power = _times_pow2(power, shift)
         m = jnp.where(u_val < jnp.finfo(x.dtype).tiny, m, power)
-    unscale = jnp.where(shift > 0, 2.0**-64, 1.0)  # a select: exp2 would not fuse
     is_inf = jnp.isinf(x)
     ce_fin = jnp.where(is_inf, 0.0, ce)  # at +-inf the factor's own slope is 0
     # d log u / dx = (qc - y) ratio: big / n_s for a right hard label, where the capped
     # e^|x| only carries the derivative in the labels; s big / u elsewhere (u >= n_b / 2).
     ex = jnp.exp(jnp.minimum(t, 0.9 * np.log(jnp.finfo(x.dtype).max)))
-    ratio = jnp.where(sure, big / (n_s + n_b * ex), s * big / u_safe)
-    d_x = (m * (d_ce + gamma * ((qc - y) * ratio) * ce_fin)) * unscale
-    value = safe_mul(m, ce) * unscale
+    u_full = jnp.where(sure, 1.0, u_hi + u_err)  # big / u_full is exactly 1 where u = big
+    ratio = jnp.where(sure, big / (n_s + n_b * ex), s * (big / u_full))
+    d_x = _times_pow2(m * (d_ce + gamma * ((qc - y) * ratio) * ce_fin), -shift)
+    value = _times_pow2(safe_mul(m, ce), -shift)
     # d/dy = m (d ce/dy + gamma (ce / u) du/dy), d ce/dy = A - B = -x,
     # du/dy = sigma(-x) - sigma(x); ce / u = L(|x|) / s for a right hard label.
     ce_over_u = jnp.where(sure, _softplus_over_sigmoid(t), ce / u_safe)
     du_dy = jnp.where(nonneg, s - big, big - s)
-    d_y = (safe_mul(m, -x) + gamma * m * ce_over_u * du_dy) * unscale
+    d_y = _times_pow2(safe_mul(m, -x) + gamma * m * ce_over_u * du_dy, -shift)
     d_gamma = -safe_mul(value, nl_hi + nl_lo)
     return value, d_x, d_y, d_gamma
 

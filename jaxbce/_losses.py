@@ -523,7 +523,8 @@ def sigmoid_focal_loss(
     x, y = p.x, p.y
     loss = focal_term(x, y, jnp.asarray(gamma, x.dtype))
     if alpha is not None:
-        alpha_t = alpha * y + (1.0 - alpha) * (1.0 - y)
+        a = jnp.asarray(alpha, x.dtype)  # in the compute dtype, as every option
+        alpha_t = (1.0 - a) + (2.0 * a - 1.0) * y  # one rounded product: no 1 - y
         if _is_concrete(alpha):
             loss = loss if float(alpha) < 0 else safe_mul(alpha_t, loss)
         else:
