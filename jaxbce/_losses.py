@@ -293,9 +293,17 @@ def _sum_and_count(loss: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, 
     On CPU (:func:`_blocked_sum_and_count`) a fused two-level variadic reduction; on other
     platforms a plain ``jnp.sum``, which their compilers fuse with the loss as it is (and a
     GPU may fuse with the gradient pass beside it). ``lax.platform_dependent`` picks one
-    when the function is lowered, so an exported function carries both.
+    when the function is lowered, so an exported function carries both, and the two must
+    return exactly the same types.
+
+    Under ``shard_map`` a type says which mesh axes a value varies over: a loss computed
+    from sharded inputs varies, an all-ones count or a replicated mask does not. Counting
+    ``ones_like(loss)`` (and the mask together with it) gives the count the loss's type in
+    both branches; XLA folds the ``and`` with ones away.
     """
-    counted = jnp.ones(loss.shape, jnp.bool_) if mask is None else mask
+    counted = jnp.ones_like(loss, jnp.bool_)
+    if mask is not None:
+        counted = counted & mask
 
     def plain(loss, counted):
         count_dtype = jnp.int32 if loss.size < 2**31 else loss.dtype
