@@ -1,4 +1,5 @@
-"""Reduced losses wherever a user may put them: under ``shard_map`` and ``pmap`` on 8 devices.
+"""Reduced losses wherever a user may put them: under ``shard_map`` and ``pmap`` on 8 devices,
+and exported with a symbolic batch size for CPU, CUDA and TPU.
 
 XLA:CPU simulates several devices only if told before JAX starts, so the data-parallel
 cases all run in one subprocess (:data:`_PARALLEL_SCRIPT`) and each test reads the result
@@ -13,6 +14,9 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxbce
@@ -159,3 +163,81 @@ def test_reduced_loss_under_shard_map_and_pmap_matches_one_device(parallel_resul
     # Each case: jit(value_and_grad(shard_map(...))) on a mesh of 8 CPU devices and
     # pmap(value_and_grad(...)), value and gradient within rtol 1e-6 of one device.
     assert parallel_results[case] == "ok", parallel_results[case]
+
+
+# ------------------------------------------------------------- symbolic-batch export
+
+_CHECK_BROADCAST = (
+    "_check_broadcast calls np.broadcast_shapes, which cannot take a symbolic dimension: "
+    "every where=/weights=/pos_weight= argument fails under shape-polymorphic export"
+)
+
+
+def _batch(fn_name, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(batch, 10)) * 3).astype(np.float32)
+    if fn_name == "probs":
+        x = 1 / (1 + np.exp(-x))
+    return x, rng.uniform(size=(batch, 10)) > 0.5, rng.uniform(size=(batch, 10)) > 0.3
+
+
+@pytest.mark.parametrize("fn_name", LOSSES)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize(
+    "masked",
+    [
+        False,
+        pytest.param(
+            True, marks=pytest.mark.xfail(raises=TypeError, strict=True, reason=_CHECK_BROADCAST)
+        ),
+    ],
+)
+def test_exports_with_a_symbolic_batch_and_runs_at_any_batch(fn_name, reduction, masked):
+    fn = LOSSES[fn_name]
+
+    def loss(x, y, m):
+        return fn(x, y, where=m if masked else None, reduction=reduction)
+
+    b = jax.export.symbolic_shape("b")[0]
+    specs = [jax.ShapeDtypeStruct((b, 10), dt) for dt in (jnp.float32, jnp.bool_, jnp.bool_)]
+    value_and_grad = jax.value_and_grad(loss)
+    exported = {
+        name: jax.export.export(jax.jit(g), platforms=["cpu", "cuda", "tpu"])(*specs)
+        for name, g in {"value": loss, "value_and_grad": value_and_grad}.items()
+    }
+    # Batches of 70 and 3000 elements: neither a multiple of any block size.
+    for batch in (7, 300):
+        args = _batch(fn_name, batch)
+        value, grad = jax.jit(value_and_grad)(*args)
+        np.testing.assert_allclose(exported["value"].call(*args), value, rtol=1e-6)
+        got_value, got_grad = exported["value_and_grad"].call(*args)
+        np.testing.assert_allclose(got_value, value, rtol=1e-6)
+        np.testing.assert_allclose(got_grad, grad, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_linear.py: default_chunk_size compares the symbolic batch (max/min), _count "
+    "calls float() on it, and chunks with a mask meet " + _CHECK_BROADCAST,
+)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_linear_loss_exports_with_a_symbolic_batch(reduction):
+    def loss(h, w, y):
+        return jaxbce.linear_sigmoid_binary_cross_entropy(h, w, y, reduction=reduction)
+
+    g = jax.value_and_grad(loss, argnums=(0, 1))
+    b = jax.export.symbolic_shape("b")[0]
+    specs = (
+        jax.ShapeDtypeStruct((b, 8), jnp.float32),
+        jax.ShapeDtypeStruct((8, 10), jnp.float32),
+        jax.ShapeDtypeStruct((b, 10), jnp.bool_),
+    )
+    exp = jax.export.export(jax.jit(g), platforms=["cpu", "cuda", "tpu"])(*specs)
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 10)).astype(np.float32)
+    for batch in (7, 300):
+        h = rng.normal(size=(batch, 8)).astype(np.float32)
+        y = rng.uniform(size=(batch, 10)) > 0.5
+        for a, e in zip(jax.tree.leaves(exp.call(h, w, y)), jax.tree.leaves(jax.jit(g)(h, w, y)),
+                        strict=True):  # fmt: skip
+            np.testing.assert_allclose(a, e, rtol=1e-6, err_msg=f"batch {batch}")
