@@ -261,7 +261,8 @@ def _reduce(
     if mask is None:
         # A static count: the gradient's scale 1/N then does not wait for the reduction,
         # so XLA may compute the value and the gradient in any order, or together.
-        # In the loss dtype: 2^31 elements and more overflow int32.
+        # In the loss dtype: 2^31 elements and more overflow int32. A symbolic size
+        # (jax.export with a symbolic batch) becomes a value computed from the shape.
         n = jnp.asarray(loss.size, loss.dtype)
         if axis_name is not None:
             n = lax.psum(n, axis_name)
@@ -278,17 +279,35 @@ def _sum_and_count(loss: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, 
     """The sum of the loss and the number of included elements, in the loss dtype.
 
     On CPU (:func:`_blocked_sum_and_count`) a fused two-level variadic reduction; on other
-    platforms a plain ``jnp.sum``, which their compilers fuse with the loss as it is (and a
-    GPU may fuse with the gradient pass beside it). ``lax.platform_dependent`` picks one
-    when the function is lowered, so an exported function carries both.
+    platforms a plain ``jnp.sum`` (:func:`_plain_sum_and_count`), which their compilers
+    fuse with the loss as it is (and a GPU may fuse with the gradient pass beside it).
+    ``lax.platform_dependent`` picks one when the function is lowered, so a function
+    exported for several platforms carries both: each must trace for every shape, a
+    symbolic one included, and the two must return exactly the same types.
+
+    Under ``shard_map`` a type says which mesh axes a value varies over: a loss computed
+    from sharded inputs varies, an all-ones count or a replicated mask does not. Counting
+    ``ones_like(loss)`` (and the mask together with it) gives the count the loss's type in
+    both branches; XLA folds the ``and`` with ones away.
     """
-    counted = jnp.ones(loss.shape, jnp.bool_) if mask is None else mask
+    counted = jnp.ones_like(loss, jnp.bool_)
+    if mask is not None:
+        counted = counted & mask
+    return lax.platform_dependent(
+        loss, counted, cpu=_blocked_sum_and_count, default=_plain_sum_and_count
+    )
 
-    def plain(loss, counted):
-        count_dtype = jnp.int32 if loss.size < 2**31 else loss.dtype
-        return jnp.sum(loss), jnp.sum(counted, dtype=count_dtype).astype(loss.dtype)
 
-    return lax.platform_dependent(loss, counted, cpu=_blocked_sum_and_count, default=plain)
+def _plain_sum_and_count(loss: jax.Array, counted: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``jnp.sum`` of the loss and of the boolean ``counted``, the count in the loss dtype.
+
+    The count is exact in int32 below 2^31 elements; beyond, or for a symbolic size that
+    might be beyond, it is summed in the loss dtype, which cannot overflow.
+    """
+    size = loss.size
+    exact = not jax.export.is_symbolic_dim(size) and size < 2**31
+    count = jnp.sum(counted, dtype=jnp.int32 if exact else loss.dtype)
+    return jnp.sum(loss), count.astype(loss.dtype)
 
 
 def _blocked_sum_and_count(loss: jax.Array, counted: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -303,12 +322,23 @@ def _blocked_sum_and_count(loss: jax.Array, counted: jax.Array) -> tuple[jax.Arr
     * two levels: XLA's own reduction adds sequentially, which loses ~1e-3 relative
       accuracy over 2^25 elements, so it only sums blocks of ``SUM_BLOCK`` elements (error
       ~1e-5 at worst) and the N / SUM_BLOCK partial sums are added pairwise by ``jnp.sum``.
+
+    The number of blocks is written out rather than left to ``reshape(-1, SUM_BLOCK)``, so
+    the padded length is visibly a multiple of ``SUM_BLOCK`` when N is a symbolic dimension
+    (``jax.export`` with a symbolic batch size) too.
+
+    A single compensated (TwoSum) reduction would need neither padding nor reshape, but
+    XLA:CPU runs a reduction to one scalar as one chain of dependent additions: a
+    compensated step makes that chain several times longer, and without renormalising at
+    every step the compensation itself loses precision by 2^24 elements.
     """
     flat = loss.reshape(-1)
+    n = flat.shape[0]
+    n_blocks = (n + SUM_BLOCK - 1) // SUM_BLOCK
     # Zero padding to whole blocks fuses into the reduction (two slices would not: the
     # loss would then have two consumers and be written to memory).
-    pad = -flat.size % SUM_BLOCK
-    blocks = (-1, SUM_BLOCK)
+    pad = n_blocks * SUM_BLOCK - n
+    blocks = (n_blocks, SUM_BLOCK)
     sums, counts = _variadic_sum(
         jnp.pad(flat, (0, pad)).reshape(blocks),
         jnp.pad(counted.reshape(-1).astype(jnp.int32), (0, pad)).reshape(blocks),
