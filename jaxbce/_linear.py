@@ -500,7 +500,9 @@ def linear_sigmoid_binary_cross_entropy(
     _check_reduction(reduction)
     _check_scalar_range("label_smoothing", label_smoothing, 0.0, 1.0)
     if chunk_size is None:
-        chunk = default_chunk_size(n_batch, n_labels)
+        # A symbolic batch (jax.export) has no size to plan for: plan for one of 1024 rows.
+        symbolic = jax.export.is_symbolic_dim(n_batch)
+        chunk = default_chunk_size(1024 if symbolic else n_batch, n_labels)
     else:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
             raise TypeError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
@@ -617,6 +619,8 @@ def _vary(x: jax.Array | None, axis_name: Any) -> jax.Array | None:
 def _count(mask: jax.Array | None, shape: tuple[int, int], dtype: Any) -> jax.Array:
     """The number of included elements, as a float (B * L can exceed int32)."""
     if mask is None:
+        if any(jax.export.is_symbolic_dim(d) for d in shape):  # jax.export, symbolic batch
+            return jnp.asarray(shape[0], dtype) * jnp.asarray(shape[1], dtype)
         return jnp.asarray(float(shape[0]) * float(shape[1]), dtype)
     m = _as_2d(mask)
     # Per-row integer counts (at most L each) summed in floating point.

@@ -108,7 +108,7 @@ def _check_broadcast(
     elif not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
         raise TypeError(f"{name} must be a real float or integer array, got dtype {arr.dtype}")
     try:
-        fits = np.broadcast_shapes(arr.shape, shape) == shape
+        fits = jnp.broadcast_shapes(arr.shape, shape) == shape  # symbolic dims too
     except ValueError:
         fits = False
     if not fits:

@@ -167,11 +167,6 @@ def test_reduced_loss_under_shard_map_and_pmap_matches_one_device(parallel_resul
 
 # ------------------------------------------------------------- symbolic-batch export
 
-_CHECK_BROADCAST = (
-    "_check_broadcast calls np.broadcast_shapes, which cannot take a symbolic dimension: "
-    "every where=/weights=/pos_weight= argument fails under shape-polymorphic export"
-)
-
 
 def _batch(fn_name, batch, seed=0):
     rng = np.random.default_rng(seed)
@@ -183,15 +178,7 @@ def _batch(fn_name, batch, seed=0):
 
 @pytest.mark.parametrize("fn_name", LOSSES)
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-@pytest.mark.parametrize(
-    "masked",
-    [
-        False,
-        pytest.param(
-            True, marks=pytest.mark.xfail(raises=TypeError, strict=True, reason=_CHECK_BROADCAST)
-        ),
-    ],
-)
+@pytest.mark.parametrize("masked", [False, True])
 def test_exports_with_a_symbolic_batch_and_runs_at_any_batch(fn_name, reduction, masked):
     fn = LOSSES[fn_name]
 
@@ -215,11 +202,6 @@ def test_exports_with_a_symbolic_batch_and_runs_at_any_batch(fn_name, reduction,
         np.testing.assert_allclose(got_grad, grad, rtol=1e-6, atol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_linear.py: default_chunk_size compares the symbolic batch (max/min), _count "
-    "calls float() on it, and chunks with a mask meet " + _CHECK_BROADCAST,
-)
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_linear_loss_exports_with_a_symbolic_batch(reduction):
     def loss(h, w, y):
