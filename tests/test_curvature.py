@@ -1,0 +1,615 @@
+"""Curvature of every loss (issue 10): first and second derivatives, in every autodiff mode,
+are finite wherever the exact ones are, and float64 second derivatives are accurate.
+
+Each loss is differentiated as users differentiate it, through the public function on scalar
+inputs, ``vmap``-ped over a dense grid: ``grad`` and ``jacfwd`` (and ``jvp`` in ``x``) for
+the first derivatives in the prediction ``x`` and the label ``y``; ``hessian`` (forward over
+reverse), ``jacrev(grad)`` (reverse over reverse) and ``jvp`` of ``grad`` for d2/dx2, and the
+mixed d2/dxdy in both orders (see :func:`_all_modes`). One jitted program per loss option
+set and dtype computes all of them; labels, and the focal ``gamma``, are data of that
+program (the public function takes a traced ``gamma`` through the same ``jnp.asarray`` as a
+concrete one), so that the file compiles 14 programs, not 150.
+
+"Finite where the exact one is finite": an exact value whose magnitude exceeds the dtype's
+largest number counts as not finite (it overflows in any implementation). For logits every
+first and second derivative in ``x`` and the mixed one are bounded by small constants at
+every finite ``x`` (the sigmoids' products decay faster than the softplus grows), so they
+must be finite everywhere; ``d/dy`` grows like ``|x|`` and is classified exactly (mpmath)
+where ``|x| >= 1e30``. For probabilities ``1/p`` and ``1/p^2`` overflow for small ``p``, so
+every ``p < 1e-15`` is classified with mpmath. Subnormal inputs count as the numbers they
+are. At ``x = +-inf`` only ``d/dx`` is required finite (its limit; the loss itself is
+infinite on the wrong side).
+
+Accuracy: float64 second derivatives within ``1e-10`` relative of the closed forms in
+``reference.py`` (200-bit mpmath, themselves checked against ``mpmath.diff`` here) where the
+exact value is a normal float64 number; below the smallest normal number the result must be
+at most ``4 * tiny`` in magnitude (XLA flushes subnormal results to zero).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import mpmath
+import numpy as np
+import pytest
+import reference as ref
+from jax.test_util import check_grads
+
+import jaxbce
+
+LABELS = (0.0, 1.0, 0.3, 1e-6, 1 - 1e-6)
+GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)
+DTYPES = (np.float32, np.float64)
+RTOL_F64 = 1e-10
+INF = float("inf")
+
+
+class Case(NamedTuple):
+    """A loss with one option set: ``loss(x, y, gamma)`` on scalars and its exact derivatives
+    ``exact(x, y, gamma, dtype)`` (a dict with ``dx, dy, dxx, dxy``)."""
+
+    kind: str  # "logits" or "probs"
+    loss: Any
+    exact: Any
+    focal: bool = False
+
+
+def _opt(value, dtype):
+    """An option as the kernel sees it: rounded to the compute dtype."""
+    return float(np.asarray(value, dtype))
+
+
+def _bce_exact(**options):
+    def exact(x, y, gamma, dtype):
+        d = ref.bce_curvature(x, y, **{k: _opt(v, dtype) for k, v in options.items()})
+        return {"dx": d["dz"], "dy": d["dy"], "dxx": d["dzz"], "dxy": d["dzy"]}
+
+    return exact
+
+
+def _probs_exact(**options):
+    def exact(x, y, gamma, dtype):
+        d = ref.bce_probs_curvature(x, y, **{k: _opt(v, dtype) for k, v in options.items()})
+        return {"dx": d["dz"], "dy": d["dy"], "dxx": d["dzz"], "dxy": d["dzy"]}
+
+    return exact
+
+
+def _focal_exact(alpha):
+    def exact(x, y, gamma, dtype):
+        a = None if alpha is None else _opt(alpha, dtype)
+        d = ref.focal_curvature(x, y, alpha=a, gamma=gamma)
+        return {"dx": d["dz"], "dy": d["dy"], "dxx": d["dzz"], "dxy": d["dzy"]}
+
+    return exact
+
+
+SBCE = jaxbce.sigmoid_binary_cross_entropy
+PROBS = jaxbce.binary_cross_entropy
+FOCAL = jaxbce.sigmoid_focal_loss
+
+CASES = {
+    "sigmoid_bce": Case("logits", lambda x, y, g: SBCE(x, y), _bce_exact()),
+    "sigmoid_bce-smoothing": Case(
+        "logits", lambda x, y, g: SBCE(x, y, label_smoothing=0.1), _bce_exact(eps=0.1)
+    ),
+    "sigmoid_bce-pos_weight-weights": Case(
+        "logits",
+        lambda x, y, g: SBCE(x, y, pos_weight=3.5, weights=0.7),
+        _bce_exact(pw=3.5, w=0.7),
+    ),
+    "probs_bce": Case("probs", lambda x, y, g: PROBS(x, y), _probs_exact()),
+    "probs_bce-smoothing": Case(
+        "probs", lambda x, y, g: PROBS(x, y, label_smoothing=0.1), _probs_exact(eps=0.1)
+    ),
+    "focal-alpha_none": Case(
+        "logits", lambda x, y, g: FOCAL(x, y, alpha=None, gamma=g), _focal_exact(None), True
+    ),
+    "focal-alpha_0.25": Case(
+        "logits", lambda x, y, g: FOCAL(x, y, alpha=0.25, gamma=g), _focal_exact(0.25), True
+    ),
+}
+
+
+# ------------------------------------------------------------------------- grids
+
+
+def _logit_edges(dtype) -> list[float]:
+    """Where float32 and float64 exponentials overflow, underflow or go subnormal, and
+    the points of Finding 3 (50, 60, 75, 87)."""
+    return [
+        *(30, 37, 50, 60, 75, 80, 87, 87.3365, 88, 88.7, 88.7228, 89, 100, 103.28, 103.98),
+        *(104, 110, 700, 708.4, 709, 709.78, 710, 744.44, 745.13, 746, 1e3, 1e4),
+        *(1e6, 1e30, float(np.finfo(dtype).max)),
+    ]
+
+
+def _logit_grid(dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, is_reference)``: |x| < 20 every 0.02, 400 log-uniform magnitudes in
+    [1e-30, 1] (Finding 7), 20..1e4 log-spaced, the edges, both signs, +-0 and +-inf; the
+    reference subset (mpmath) holds the edges up to 1e4 and a sample of the rest."""
+    rng = np.random.default_rng(10)
+    dense = np.linspace(-20, 20, 2001)
+    small = 10 ** rng.uniform(-30, 0, 400)
+    wide = np.geomspace(20, 1e4, 300)
+    edges = np.array(_logit_edges(dtype))
+    parts = [
+        (dense, np.arange(dense.size) % 40 == 0),
+        (small, np.arange(small.size) % 20 == 0),
+        (-small, np.arange(small.size) % 20 == 10),
+        (wide, np.arange(wide.size) % 25 == 0),
+        (-wide, np.arange(wide.size) % 25 == 12),
+        (edges, edges <= 1e4),
+        (-edges, edges <= 1e4),
+        (np.array([0.0, -0.0, INF, -INF]), np.array([True, True, False, False])),
+    ]
+    x = np.concatenate([p for p, _ in parts]).astype(dtype)
+    return x, np.concatenate([r for _, r in parts])
+
+
+def _prob_edges(dtype) -> list[float]:
+    """Subnormal, tiny, the clamp at log p = -100, and next to 1 (Finding 4)."""
+    fi = np.finfo(dtype)
+    clamp = np.asarray(np.exp(-100.0), dtype)
+    near_clamp = [np.nextafter(clamp, dtype(0)), clamp, np.nextafter(clamp, dtype(1))]
+    if dtype == np.float32:  # exp(-100) lies between the subnormals 26 and 27 * 2^-149
+        near_clamp = [k * 2.0**-149 for k in (25, 26, 27, 28, 29)]
+    return [
+        *(0.0, 1.0, 1e-45, 1e-40, 3e-39, 1e-38, 1e-30, 1e-20, 1e-10, 1e-5, 0.5),
+        *(float(fi.smallest_subnormal), float(fi.tiny), 1e-300, 1e-200, 1e-160, 1e-150),
+        *(float(v) for v in near_clamp),
+        *(1 - 2.0**-24, 1 - 2.0**-23, 1 - 2.0**-53, 1 - 1e-10, 1 - 1e-6),
+        float(np.nextafter(dtype(1), dtype(0))),
+    ]
+
+
+def _prob_grid(dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``(p, is_reference)``: [0, 1] every 0.001, p and 1 - p log-spaced down to the
+    smallest subnormal and eps/2, and the edges."""
+    fi = np.finfo(dtype)
+    dense = np.linspace(0, 1, 1001)
+    low = np.geomspace(float(fi.smallest_subnormal), 0.5, 400)
+    high = 1 - np.geomspace(float(fi.epsneg), 0.5, 200)
+    edges = np.array(_prob_edges(dtype))
+    parts = [
+        (dense, np.arange(dense.size) % 20 == 0),
+        (low, np.arange(low.size) % 8 == 0),
+        (high, np.arange(high.size) % 8 == 0),
+        (edges, np.ones(edges.size, bool)),
+    ]
+    p = np.concatenate([p for p, _ in parts]).astype(dtype)
+    return p, np.concatenate([r for _, r in parts])
+
+
+def _grid(case: Case, dtype) -> tuple[np.ndarray, np.ndarray]:
+    return _logit_grid(dtype) if case.kind == "logits" else _prob_grid(dtype)
+
+
+# ----------------------------------------------------------------------- programs
+
+QUANTITIES = ("dx", "dy", "dxx", "dxy")
+
+
+def _all_modes(loss):
+    """Every derivative of the scalar ``loss(x, y)`` by every mode: ``{quantity: {mode:
+    value}}``.
+
+    Joint modes differentiate in ``(x, y)`` together, as ``jax.hessian(loss, (0, 1))`` does,
+    so every tangent meets every coefficient; ``jvp`` and ``jvp(grad)`` hold ``y`` fixed, as
+    a Hessian-vector product in the parameters does. The mixed derivative comes in both
+    orders: ``[x,y]`` is d/dy of d/dx, ``[y,x]`` d/dx of d/dy. ``jacrev(grad)`` is built as
+    ``jax.jacrev`` builds it (the VJP of ``grad`` pulled back over the basis), so that the
+    same trace also yields ``grad``: each trace of the loss costs compile time.
+    """
+
+    def derivatives(x, y):
+        one, zero = jnp.ones_like(x), jnp.zeros_like(x)
+        basis = (jnp.stack([one, zero]), jnp.stack([zero, one]))
+        grad = jax.grad(loss, (0, 1))
+        g_rev, pull = jax.vjp(grad, x, y)
+        r = jax.vmap(lambda tx, ty: pull((tx, ty)))(*basis)  # r[j][i]: d/d(arg j) of d/d(arg i)
+        h = jax.hessian(loss, (0, 1))(x, y)  # h[i][j]: d/d(arg j) of d/d(arg i)
+        g_fwd = jax.jacfwd(loss, (0, 1))(x, y)
+        grad_x = jax.grad(loss)
+        g_x, t_xx = jax.jvp(lambda x: grad_x(x, y), (x,), (one,))
+        _, j_x = jax.jvp(lambda x: loss(x, y), (x,), (one,))
+        return {
+            "dx": {"grad": g_rev[0], "grad(x)": g_x, "jacfwd": g_fwd[0], "jvp": j_x},
+            "dy": {"grad": g_rev[1], "jacfwd": g_fwd[1]},
+            "dxx": {"hessian": h[0][0], "jacrev(grad)": r[0][0], "jvp(grad)": t_xx},
+            "dxy": {
+                "hessian[x,y]": h[0][1],
+                "hessian[y,x]": h[1][0],
+                "jacrev(grad)[x,y]": r[1][0],
+                "jacrev(grad)[y,x]": r[0][1],
+            },
+        }
+
+    return derivatives
+
+
+class Sweep(NamedTuple):
+    x: np.ndarray  # predictions
+    y: np.ndarray  # labels
+    gamma: np.ndarray  # focal gamma (0 for the cross-entropies)
+    reference: np.ndarray  # bool: in the mpmath subset
+    got: dict  # {quantity: {mode: array}}
+
+
+@functools.cache
+def sweep(name: str, dtype) -> Sweep:
+    """Every derivative of case ``name`` over its grid x labels (x gammas), cached."""
+    case = CASES[name]
+    x, is_ref = _grid(case, dtype)
+    gammas = GAMMAS if case.focal else (0.0,)
+    grid = [(x, np.full_like(x, y), np.full_like(x, g)) for g in gammas for y in LABELS]
+    xs, ys, gs = (np.concatenate(a) for a in zip(*grid, strict=True))
+    refs = np.tile(is_ref, len(grid))
+    with jax.enable_x64(dtype == np.float64):
+
+        def one(x, y, g):
+            return _all_modes(lambda x, y: case.loss(x, y, g))(x, y)
+
+        got = jax.jit(jax.vmap(one))(xs, ys, gs)
+        got = jax.tree.map(np.asarray, got)
+    return Sweep(xs, ys, gs, refs, got)
+
+
+def _exact_at(name: str, dtype, idx) -> dict:
+    """``{quantity: [mpf]}``: the exact derivatives of case ``name`` at sweep points ``idx``."""
+    s, case = sweep(name, dtype), CASES[name]
+    values = {q: [] for q in QUANTITIES}
+    for i in idx:
+        d = case.exact(s.x[i], s.y[i], float(s.gamma[i]), dtype)
+        for q in QUANTITIES:
+            values[q].append(d[q])
+    return values
+
+
+@functools.cache
+def reference(name: str, dtype) -> tuple[np.ndarray, dict]:
+    """``(index, exact)`` on the mpmath subset of the sweep (a few hundred points a label)."""
+    idx = np.flatnonzero(sweep(name, dtype).reference)
+    return idx, _exact_at(name, dtype, idx)
+
+
+@functools.cache
+def finite_expected(name: str, dtype) -> dict:
+    """``{quantity: bool array}``: where the exact derivative is a finite ``dtype`` number.
+
+    Logits: every finite ``x``, except ``d/dy`` where mpmath says it overflows (only
+    ``|x| >= 1e30`` can); ``x = +-inf`` is left to
+    :func:`test_gradients_are_finite_at_extreme_logits`. Probabilities: finite except where
+    mpmath says ``1/p`` or ``1/p^2`` overflows (only ``p < 1e-15`` can: ``1 - p >= eps/2``).
+    """
+    s = sweep(name, dtype)
+    finite_x = np.isfinite(s.x)
+    expected = {q: finite_x.copy() for q in QUANTITIES}
+    if CASES[name].kind == "probs":
+        idx = np.flatnonzero(s.x < 1e-15)
+    else:
+        idx = np.flatnonzero(finite_x & (np.abs(s.x) >= 1e30))
+    big = mpmath.mpf(float(np.finfo(dtype).max))
+    for q, values in _exact_at(name, dtype, idx).items():
+        expected[q][idx] &= np.array([abs(v) <= big for v in values], bool)
+    return expected
+
+
+def _describe(name: str, dtype, q: str, bad: np.ndarray, got: np.ndarray) -> str:
+    """The failing points with the smallest exact values first (the least excusable)."""
+    s = sweep(name, dtype)
+    idx = np.flatnonzero(bad)
+    sample = idx[np.linspace(0, idx.size - 1, min(idx.size, 60)).astype(int)]
+    exact = _exact_at(name, dtype, sample)[q]
+    order = np.argsort([float(abs(e)) for e in exact])[:4]
+    shown = "; ".join(
+        f"x={s.x[sample[j]]!r} y={s.y[sample[j]]:g} gamma={s.gamma[sample[j]]:g}: "
+        f"got {got[sample[j]]!r}, exact {mpmath.nstr(exact[j], 8)}"
+        for j in order
+    )
+    return f"{idx.size} points, e.g. {shown}"
+
+
+def _select(s: Sweep, x, y, gamma=None) -> np.ndarray:
+    """Indices of the sweep points at predictions ``x`` (rounded to the dtype) and label y."""
+    xs = np.asarray(x, s.x.dtype)
+    mask = np.isin(s.x, xs) & (s.y == np.asarray(y, s.y.dtype))
+    if gamma is not None:
+        mask &= s.gamma == np.asarray(gamma, s.gamma.dtype)
+    return np.flatnonzero(mask)
+
+
+# -------------------------------------------------------------------- the sweeps
+
+SWEEPS = [(n, d) for n in CASES for d in DTYPES]
+SWEEP_IDS = [f"{n}-{np.dtype(d).name}" for n, d in SWEEPS]
+
+
+@pytest.mark.parametrize("name, dtype", SWEEPS, ids=SWEEP_IDS)
+def test_every_derivative_is_finite_where_the_exact_one_is(name, dtype):
+    s = sweep(name, dtype)
+    expected = finite_expected(name, dtype)
+    failures = []
+    for q in QUANTITIES:
+        for mode, got in s.got[q].items():
+            bad = expected[q] & ~np.isfinite(got)
+            if bad.any():
+                failures.append(f"{q} by {mode}: {_describe(name, dtype, q, bad, got)}")
+    assert not failures, "\n".join(failures)
+
+
+AGREEMENT = [(n, np.float64) for n in CASES] + [
+    (n, np.float32) for n in CASES if not CASES[n].focal
+]
+
+
+@pytest.mark.parametrize(
+    "name, dtype", AGREEMENT, ids=[f"{n}-{np.dtype(d).name}" for n, d in AGREEMENT]
+)
+def test_every_mode_computes_the_same_second_derivatives(name, dtype):
+    """Every mode, and both orders of the mixed derivative, give one number at every finite
+    grid point where they are finite (finiteness is the test above's).
+
+    float64: within 2e-10 relative of each other, or 8 * tiny absolute. This is implied by
+    the 1e-10 accuracy claim (below tiny: |got| <= 4 * tiny), so it extends that claim from
+    the mpmath subset to the whole grid. float32, cross-entropies only: within 4 ulps (or
+    4 * tiny), since their second derivatives are sums of terms of one sign
+    (``c sigma(x) sigma(-x)``, ``q/p^2 + qc/(1-p)^2``, ``-(pw sigma(-x) + sigma(x))``,
+    ``-(1/p + 1/(1-p))``); the focal loss' float32 terms cancel, and float32 accuracy is not
+    claimed.
+    """
+    s = sweep(name, dtype)
+    fi = np.finfo(dtype)
+    rtol, atol = (2e-10, 8 * fi.tiny) if dtype == np.float64 else (4 * fi.eps, 4 * fi.tiny)
+    failures = []
+    for q in ("dxx", "dxy"):
+        (first, a), *others = s.got[q].items()
+        for mode, b in others:
+            both = np.isfinite(s.x) & np.isfinite(a) & np.isfinite(b)
+            diff = np.where(both, np.abs(a - b), 0.0)
+            scale = np.maximum(np.abs(a), np.abs(b))
+            bad = both & (diff > rtol * scale) & (diff > atol)
+            if bad.any():
+                worst_rel = np.argmax(np.where(bad, diff / np.maximum(scale, fi.tiny), -1.0))
+                worst_abs = np.argmax(np.where(bad, diff, -1.0))
+                shown = "; ".join(
+                    f"x={s.x[i]!r} y={s.y[i]:g} gamma={s.gamma[i]:g}: {b[i]!r} vs {a[i]!r}"
+                    for i in dict.fromkeys([worst_rel, worst_abs])
+                )
+                failures.append(f"{q}: {mode} != {first} at {bad.sum()} points, e.g. {shown}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_float64_second_derivatives_match_mpmath(name):
+    """Within 1e-10 relative where the exact value is normal; at most 4 * tiny in magnitude
+    where it is below the smallest normal number (2.2e-308)."""
+    s = sweep(name, np.float64)
+    idx, exact = reference(name, np.float64)
+    tiny, big = np.finfo(np.float64).tiny, np.finfo(np.float64).max
+    failures = []
+    for q in ("dxx", "dxy"):
+        ex = np.array([float(e) if abs(e) <= big else np.inf for e in exact[q]])
+        normal = np.abs(ex) >= tiny
+        for mode, got in s.got[q].items():
+            g = got[idx]
+            with np.errstate(invalid="ignore", over="ignore"):
+                err = np.where(normal, np.abs(g - ex) / np.where(normal, np.abs(ex), 1), 0.0)
+            bad = np.where(np.isfinite(ex), np.where(normal, ~(err <= RTOL_F64), 0), 0)
+            bad = bad | (~normal & ~(np.abs(g) <= 4 * tiny))
+            if bad.any():
+                worst = np.argmax(np.where(bad, np.nan_to_num(err, nan=np.inf), -1))
+                i = idx[worst]
+                failures.append(
+                    f"{q} by {mode}: {bad.sum()} of {idx.size} points, worst x={s.x[i]!r} "
+                    f"y={s.y[i]:g} gamma={s.gamma[i]:g}: got {g[worst]!r}, "
+                    f"exact {mpmath.nstr(exact[q][worst], 17)} (rel err {err[worst]:.3g})"
+                )
+    assert not failures, "\n".join(failures)
+
+
+# ------------------------------------------------------------------ the reference
+
+
+def _mp_bce(z, y, pw, w, eps):
+    q, qc = y * (1 - eps) + eps / 2, (1 - y) * (1 - eps) + eps / 2
+    return w * (pw * q * ref.softplus(-z) + qc * ref.softplus(z))
+
+
+def _mp_probs(p, y, eps):
+    q, qc = y * (1 - eps) + eps / 2, (1 - y) * (1 - eps) + eps / 2
+    return -(q * max(mpmath.log(p), -100) + qc * max(mpmath.log(1 - p), -100))
+
+
+def _mp_focal(z, y, alpha, gamma):
+    p = 1 / (1 + mpmath.exp(-z))
+    ce = -(y * mpmath.log(p) + (1 - y) * mpmath.log(1 - p))
+    alpha_t = 1 if alpha is None else alpha * y + (1 - alpha) * (1 - y)
+    return alpha_t * (y * (1 - p) + (1 - y) * p) ** gamma * ce
+
+
+def _reference_pairs():
+    """``(closed_form(x, y), value(x, y) in mpmath, x values)`` for every loss family."""
+    mpf, logits = mpmath.mpf, (-7.5, -0.7, 0.0, 1e-3, 0.4, 3.0, 15.0)
+    probs = (1e-30, 0.01, 0.3, 0.5, 0.9, 0.999)
+    yield (ref.bce_curvature, lambda z, t: _mp_bce(z, t, 1, 1, 0), logits)
+    yield (
+        functools.partial(ref.bce_curvature, pw=3.5, w=0.7, eps=0.1),
+        lambda z, t: _mp_bce(z, t, mpf(3.5), mpf(0.7), mpf(0.1)),
+        logits,
+    )
+    for eps in (0.0, 0.1):
+        value = functools.partial(_mp_probs, eps=mpf(eps))
+        yield (functools.partial(ref.bce_probs_curvature, eps=eps), value, probs)
+    for alpha in (None, 0.25):
+        for gamma in (0.0, 0.5, 2.0, 5.0):
+            a = None if alpha is None else mpf(alpha)
+            value = functools.partial(_mp_focal, alpha=a, gamma=mpf(gamma))
+            closed = functools.partial(ref.focal_curvature, alpha=alpha, gamma=gamma)
+            yield (closed, value, logits)
+
+
+def test_reference_closed_forms_equal_mpmath_diff_of_the_definitions():
+    """The closed forms in ``reference.py`` against numerical differentiation (mpmath.diff at
+    200 bits) of each loss written from its definition, at moderate points."""
+    worst = 0
+    for closed, value, xs in _reference_pairs():
+        for x in xs:
+            for y in (0.0, 1.0, 0.3):
+                exact = closed(x, y)
+                point = (mpmath.mpf(x), mpmath.mpf(y))
+                for q, orders in (("dz", (1, 0)), ("dy", (0, 1)), ("dzz", (2, 0)), ("dzy", (1, 1))):
+                    numeric = mpmath.diff(value, point, orders)
+                    worst = max(worst, abs(exact[q] - numeric) / max(abs(numeric), 1))
+    assert worst < 1e-40, worst
+
+
+# ------------------------------------------------------------------ regressions
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", ["focal-alpha_none", "focal-alpha_0.25"])
+def test_focal_hessian_is_finite_where_the_modulating_factor_underflows(name, dtype):
+    """Finding 3: ``jax.hessian`` of the focal loss was NaN at z = 50, 60, 75, 87 with y = 1
+    (and -z with y = 0) in float32, for every gamma including 0; the exact value is tiny
+    (gamma = 0, alpha = 0.25, z = 50: 4.82e-23) and finite."""
+    s = sweep(name, dtype)
+    idx = np.concatenate([_select(s, [50, 60, 75, 87], 1.0), _select(s, [-50, -60, -75, -87], 0.0)])
+    assert idx.size == 8 * len(GAMMAS)
+    for mode, got in s.got["dxx"].items():
+        # convex there: alpha_t (1 + gamma)^2 sigma(-|z|)^(1 + gamma) >= 0, possibly underflowing
+        bad = idx[~(got[idx] >= 0) | ~np.isfinite(got[idx])]
+        shown = ", ".join(f"(z={s.x[i]:g}, gamma={s.gamma[i]:g}): {got[i]!r}" for i in bad[:8])
+        assert not bad.size, f"{mode}: {bad.size} of {idx.size} points, e.g. {shown}"
+    if dtype == np.float64:
+        # the exact value at (50, 1), gamma = 0: alpha_t sigma(50) sigma(-50)
+        i = _select(s, [50], 1.0, gamma=0.0)[0]
+        alpha_t = 1.0 if name == "focal-alpha_none" else 0.25
+        expected = alpha_t * 1.9287498479639178e-22
+        assert s.got["dxx"]["hessian"][i] == pytest.approx(expected, rel=1e-12)
+
+
+LOGIT_CASES = [n for n in CASES if CASES[n].kind == "logits"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", LOGIT_CASES)
+def test_gradients_are_finite_at_extreme_logits(name, dtype):
+    """optax's test idea: the gradient is finite at +-1e4, +-100, +-88.7, and at +-inf (its
+    limit; there by ``grad`` and by ``jvp`` in x alone, since a joint forward pass in
+    ``(x, y)`` meets the infinite d/dy), and so is the curvature at the finite ones. Every
+    label, every gamma."""
+    s = sweep(name, dtype)
+    failures = []
+
+    def check(what, mode, idx, got):
+        bad = idx[~np.isfinite(got[idx])]
+        failures.extend(
+            f"{what} by {mode} at x={s.x[i]!r} y={s.y[i]:g} gamma={s.gamma[i]:g}: {got[i]!r}"
+            for i in bad
+        )
+
+    for y in LABELS:
+        finite = _select(s, [1e4, -1e4, 100, -100, 88.7, -88.7], y)
+        infinite = _select(s, [INF, -INF], y)
+        for q in QUANTITIES:
+            for mode, got in s.got[q].items():
+                check(q, mode, finite, got)
+        for mode in ("grad", "grad(x)", "jvp"):
+            check("dx", mode, infinite, s.got["dx"][mode])
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:12])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_probs_curvature_through_the_clamped_log(dtype):
+    """Finding 4: d2/dp2 of ``binary_cross_entropy(p, 0)`` is 1/(1-p)^2 = 1 at tiny p (it was
+    NaN for p <= 1e-20), and the mixed derivative d/dp d/dy = -(1/p [log p > -100] +
+    1/(1-p) [log(1-p) > -100]) is -1 at p = 0 and p = 1 (it was NaN), whatever the label."""
+    s = sweep("probs_bce", dtype)
+    tiny_p = _select(s, [0.0, 1e-45, 1e-40, 1e-38, 1e-30, 1e-20], 0.0)
+    assert tiny_p.size >= 5
+    rtol = 4 * np.finfo(dtype).eps
+    for mode, got in s.got["dxx"].items():
+        np.testing.assert_allclose(got[tiny_p], 1.0, rtol=rtol, err_msg=f"{mode} at {s.x[tiny_p]}")
+    for y in LABELS:
+        ends = _select(s, [0.0, 1.0], y)
+        assert ends.size >= 2
+        for mode, got in s.got["dxy"].items():
+            np.testing.assert_allclose(got[ends], -1.0, rtol=rtol, err_msg=f"{mode}, y={y}")
+
+
+@pytest.mark.parametrize("name, keep", [("sigmoid_bce", 1.0), ("sigmoid_bce-smoothing", 0.9)])
+def test_label_derivative_is_minus_the_logit_to_the_last_bits(name, keep):
+    """Finding 7: d loss/dy of the sigmoid cross-entropy is exactly -(1 - eps) z (the two
+    softplus terms differ by exactly z); it had a 19% relative error at z = 1e-7 and 0.14% at
+    1e-5. float32, 1e-30 <= |z| <= 1 (400 log-uniform magnitudes, both signs, every label):
+    within 2^-22 relative (two roundings, of 1 - eps and of the product)."""
+    s = sweep(name, np.float32)
+    small = (np.abs(s.x) >= 1e-30) & (np.abs(s.x) <= 1)
+    assert small.sum() >= 800 * len(LABELS)
+    keep32 = 1.0 - np.float64(np.float32(0.1)) if keep != 1.0 else 1.0
+    expected = -keep32 * s.x[small].astype(np.float64)
+    for mode, got in s.got["dy"].items():
+        rel = np.abs(got[small] - expected) / np.abs(expected)
+        i = np.argmax(rel)
+        assert rel[i] <= 2.0**-22, (
+            f"{mode}: z={s.x[small][i]!r}, y={s.y[small][i]:g}: got {got[small][i]!r}, "
+            f"expected {expected[i]!r} (relative error {rel[i]:.3g}; "
+            f"{(rel > 2.0**-22).sum()} of {rel.size} points over 2^-22)"
+        )
+
+
+# ---------------------------------------------------------------- check_grads
+#
+# jax.test_util.check_grads, order 2, forward and reverse, float64, called eagerly (under jit
+# every transformation it takes compiles anew, which is slower here). Every input is three
+# copies of the points, against labels 0, 1 and soft labels 0.3 (only the soft ones are
+# differentiated: a hard label moved by a finite difference leaves [0, 1]).
+
+EXTREME_LOGITS = np.array([30.0, 50.0, 80.0, -30.0, -50.0, -80.0])
+SOFT = np.full(6, 0.3)
+
+
+def _with_labels(x, soft):
+    return jnp.tile(x, 3), jnp.concatenate([jnp.zeros(6), jnp.ones(6), soft])
+
+
+def _check_grads(f, x, **kw):
+    check_grads(f, (x, SOFT), order=2, modes=["fwd", "rev"], **kw)
+
+
+def test_check_grads_sigmoid_bce_at_extreme_logits(x64):
+    def f(z, y):
+        zz, yy = _with_labels(z, y)
+        options = {"pos_weight": 3.5, "weights": 0.7, "label_smoothing": 0.1}
+        return jnp.concatenate([SBCE(zz, yy), SBCE(zz, yy, **options)])
+
+    _check_grads(f, EXTREME_LOGITS, eps=1e-6)
+
+
+def test_check_grads_focal_at_extreme_logits(x64):
+    """The default (gamma 2, alpha 0.25) and gamma 0.5 without alpha, whose modulating
+    factor's derivative u^(gamma - 1) grows without bound where u = 1 - p_t underflows."""
+
+    def f(z, y):
+        zz, yy = _with_labels(z, y)
+        return jnp.concatenate([FOCAL(zz, yy), FOCAL(zz, yy, alpha=None, gamma=0.5)])
+
+    _check_grads(f, EXTREME_LOGITS, eps=1e-6)
+
+
+def test_check_grads_probs_bce_near_0_and_1(x64):
+    """p = 1e-10 with steps of 1e-14 (truncation (1e-4)^2), and p = 1 - 1e-10 with steps of
+    1e-13: next to 1, p is resolved only to 1.1e-16, which quantises each step to ~5e-4 of
+    itself, hence rtol 2e-3 there."""
+
+    def f(p, y):
+        pp, yy = _with_labels(p, y)
+        return jnp.concatenate([PROBS(pp, yy), PROBS(pp, yy, label_smoothing=0.1)])
+
+    _check_grads(f, np.full(6, 1e-10), eps=1e-14)
+    _check_grads(f, np.full(6, 1 - 1e-10), eps=1e-13, rtol=2e-3)
