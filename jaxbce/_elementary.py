@@ -351,7 +351,7 @@ def neg_log(p: jax.Array) -> Pair:
 @neg_log.defjvp
 def _neg_log_jvp(primals, tangents):
     (p,), (dp,) = primals, tangents
-    return neg_log(p), (-dp / p, jnp.zeros_like(dp))
+    return neg_log(p), (-quotient(dp, p), jnp.zeros_like(dp))
 
 
 @jax.custom_jvp
@@ -433,7 +433,8 @@ def pow_neg_log(
     if _is_float32(nl_hi):
         out = _pow_neg_log_f32(nl_hi, nl_lo, gamma, shift)
     else:
-        out = jnp.exp(shift * np.log(2.0) - gamma * (nl_hi + nl_lo))
+        inf = jnp.isinf(nl_hi)
+        out = jnp.where(inf, 0.0, jnp.exp(shift * np.log(2.0) - gamma * (nl_hi + nl_lo)))
     return jnp.where(gamma == 0, jnp.where(shift > 0, jnp.inf, 1.0), out)
 
 
@@ -462,7 +463,9 @@ def quotient(num: jax.Array, p: jax.Array) -> jax.Array:
     subnormal = (bits & 0x7F800000) == 0
     m = jnp.where(subnormal, (bits & 0x007FFFFF).astype(jnp.float32), 1.0)
     small = ((num * 2.0**23) / m) * 2.0**126
-    return jnp.where(subnormal & (m != 0), small, num / p)
+    # Each branch divides by a stand-in where it is not taken: reverse mode sends a zero
+    # cotangent through the other branch too, and 0 * (1/0) would be NaN.
+    return jnp.where(subnormal & (m != 0), small, num / jnp.where(subnormal, 1.0, p))
 
 
 @quotient.defjvp

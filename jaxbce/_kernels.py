@@ -163,7 +163,8 @@ def _unclamped(p: jax.Array) -> jax.Array:
     if p.dtype == jnp.float32:
         # exp(-100) = 26.53 * 2^-149: the float32 values above it are the bit patterns > 26.
         return lax.bitcast_convert_type(p, jnp.int32) > 26
-    return p > np.exp(-LOG_CLAMP)
+    # Elsewhere by the log itself: fl(exp(-100)) is above exp(-100) in float64.
+    return (p > 0) & (-jnp.log(jnp.where(p > 0, p, 1.0)) < LOG_CLAMP)
 
 
 def _probs_pairs(p: jax.Array) -> tuple[Pair, Pair, jax.Array, jax.Array]:
@@ -191,16 +192,14 @@ def _probs_value(p: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
 def _probs_slope(p: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
     """:math:`-\\pi q/p + \\bar q/(1-p)`, 0 through a clamped log.
 
-    A term whose label weight is 0 is skipped with a stand-in argument rather than
-    multiplied by 0, so its derivatives (:math:`1/p^2` overflows for tiny p) cannot turn
-    into ``0 * inf`` either.
+    :math:`\\pi q/p` is :func:`~jaxbce._elementary.quotient`, whose derivative is
+    :math:`(d(\\pi q) - (\\pi q/p)\\,dp)/p`: it never forms :math:`1/p^2`, which
+    overflows for tiny p and would turn a zero label weight into ``0 * inf``.
     """
     _, _, in_a, in_b = _probs_pairs(p)
-    use_a = in_a & (pq != 0)
-    use_b = in_b & (qc != 0)
-    d_a = jnp.where(use_a, -quotient(pq, jnp.where(use_a, p, 1.0)), 0.0)
-    r_hi, r_lo = recip_one_minus(jnp.where(use_b, p, 0.0))
-    d_b = (jnp.where(use_b, r_hi, 0.0), jnp.where(use_b, r_lo, 0.0))
+    d_a = jnp.where(in_a, -quotient(pq, jnp.where(in_a, p, 1.0)), 0.0)
+    r_hi, r_lo = recip_one_minus(jnp.where(in_b, p, 0.0))
+    d_b = (jnp.where(in_b, r_hi, 0.0), jnp.where(in_b, r_lo, 0.0))
     return jnp.where(jnp.isnan(p), p, _add_scaled(d_a, qc, d_b))
 
 
@@ -227,7 +226,9 @@ def _neg_log_odds_gap(kind: Kind, x: jax.Array, pw: jax.Array | None) -> tuple[j
     For logits :math:`A - B = -x` exactly, so :math:`\\pi A - B = (\\pi - 1)A - x`.
     """
     if kind == "logits":
-        a = _add_scaled(jnp.maximum(-x, 0.0), jnp.ones_like(x), softplus_neg_abs(-_neg_abs(x)))
+        a = _add_scaled(
+            jnp.where(x >= 0, 0.0, -x), jnp.ones_like(x), softplus_neg_abs(-_neg_abs(x))
+        )
         return a, (-x if pw is None else (pw - 1.0) * a - x)
     pair_a, pair_b, _, _ = _probs_pairs(x)
     a, b = _total(pair_a), _total(pair_b)
@@ -472,8 +473,12 @@ def _focal_parts(x, y, gamma):
     u_hi, u_err = _fast_two_sum(u_hi, u_err)
     u_safe = jnp.where(sure, 1.0, u_hi)
     nlu_hi, nlu_lo = neg_log(u_safe)
+    # For a right hard label, -log u = softplus(|x|) - log(n_s + n_b e^|x|): the log is of
+    # 1 there, but it carries the label derivative of log u (e^|x| capped, finite).
+    ex = jnp.exp(jnp.minimum(t, 0.9 * np.log(jnp.finfo(x.dtype).max)))
+    tail_lo = jnp.where(jnp.isinf(t), 0.0, tail_err + l_lo) - jnp.log(n_s + n_b * ex)
     nl_hi = jnp.where(sure, tail_hi, nlu_hi)
-    nl_lo = jnp.where(sure, tail_err + l_lo, nlu_lo - u_err / u_safe)
+    nl_lo = jnp.where(sure, tail_lo, nlu_lo - u_err / u_safe)
     # u^gamma below 2^-64 is computed times 2^shift, near 2^-64 (and the products scaled
     # back), so that u^gamma * ce stays exact where u^gamma alone would underflow.
     log2_m = lax.stop_gradient(gamma * nl_hi * np.log2(np.e))  # -log2(u^gamma), about
@@ -482,14 +487,20 @@ def _focal_parts(x, y, gamma):
     if x.dtype != jnp.float32:
         # XLA's float64 power is correctly rounded where exp(gamma * log u) is not.
         u_val = jnp.where(sure, s, u_safe)
-        power = jnp.power(u_val, gamma) * jnp.where(sure, 1.0, 1.0 + gamma * u_err / u_safe)
-        power = _times_pow2(power, shift)
-        m = jnp.where(u_val < jnp.finfo(x.dtype).tiny, m, power)
+        small = u_val < jnp.finfo(x.dtype).tiny
+        power = jnp.power(jnp.where(small, 1.0, u_val), gamma)  # no 0^(gamma - 1) behind
+        # u = s (n_s + n_b e^|x|) for a right hard label: the second factor is 1 there,
+        # but its power carries the label derivative of u^gamma.
+        power = power * jnp.where(
+            sure,
+            jnp.power(jnp.where(sure, n_s + n_b * ex, 1.0), gamma),
+            1.0 + gamma * u_err / u_safe,
+        )
+        m = jnp.where(small, m, _times_pow2(power, shift))
     is_inf = jnp.isinf(x)
     ce_fin = jnp.where(is_inf, 0.0, ce)  # at +-inf the factor's own slope is 0
     # d log u / dx = (qc - y) ratio: big / n_s for a right hard label, where the capped
     # e^|x| only carries the derivative in the labels; s big / u elsewhere (u >= n_b / 2).
-    ex = jnp.exp(jnp.minimum(t, 0.9 * np.log(jnp.finfo(x.dtype).max)))
     u_full = jnp.where(sure, 1.0, u_hi + u_err)  # big / u_full is exactly 1 where u = big
     ratio = jnp.where(sure, big / (n_s + n_b * ex), s * (big / u_full))
     d_x = _times_pow2(m * (d_ce + gamma * ((qc - y) * ratio) * ce_fin), -shift)
