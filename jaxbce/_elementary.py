@@ -218,16 +218,22 @@ def _scaled(scale: jax.Array, pair: Pair) -> Pair:
     return scale * pair[0], scale * pair[1]
 
 
-def _softplus_neg_abs_f32(t: jax.Array) -> Pair:
-    # log1p(e) = 2 artanh(w), w = e / (2 + e) = 2^-k W, W = E / (2 + e): W is computed
-    # unscaled, so that no intermediate is subnormal before the final scaling.
+def _exp_over(t: jax.Array, c: float) -> tuple[jax.Array, Pair]:
+    """``(2^-k, W)`` with ``e^-t / (c + e^-t) = 2^-k W``: the quotient taken unscaled, so
+    that no intermediate is subnormal before the caller's final scaling."""
     e_hi, e_lo, scale = _exp_neg(jnp.minimum(t, _T_MAX))
     x_hi, x_lo = scale * e_hi, scale * e_lo
-    two = _opaque(2.0, t)
-    m_hi = two + x_hi
-    m_lo = (x_hi - (m_hi - two)) + x_lo
-    w0 = e_hi * _reciprocal(m_hi)
-    w = _divide((e_hi, e_lo), (m_hi, m_lo), w0, 0.5 * (1.0 - scale * w0))  # 2/(2+e) = 1-w
+    c_opaque = _opaque(c, t)
+    d_hi = c_opaque + x_hi
+    d_lo = (x_hi - (d_hi - c_opaque)) + x_lo
+    w0 = e_hi * _reciprocal(d_hi)
+    # 1 / (c + e) = (1 - w) / c: the reciprocal the correction needs, from w itself.
+    return scale, _divide((e_hi, e_lo), (d_hi, d_lo), w0, (1.0 - scale * w0) / c)
+
+
+def _softplus_neg_abs_f32(t: jax.Array) -> Pair:
+    # log1p(e) = 2 artanh(w), w = e / (2 + e) = 2^-k W.
+    scale, w = _exp_over(t, 2.0)
     wr = scale * (w[0] + w[1])
     v = wr * wr
     tail = 2.0 * (w[0] + w[1]) * v * _poly(v, _T)
@@ -235,14 +241,8 @@ def _softplus_neg_abs_f32(t: jax.Array) -> Pair:
 
 
 def _sigmoid_neg_abs_f32(t: jax.Array) -> Pair:
-    # sigma(-t) = e / (1 + e) = 2^-k E / (1 + e), the quotient taken unscaled.
-    e_hi, e_lo, scale = _exp_neg(jnp.minimum(t, _T_MAX))
-    x_hi, x_lo = scale * e_hi, scale * e_lo
-    one = _opaque(1.0, t)
-    d_hi = one + x_hi
-    d_lo = (x_hi - (d_hi - one)) + x_lo
-    s0 = e_hi * _reciprocal(d_hi)
-    s = _divide((e_hi, e_lo), (d_hi, d_lo), s0, 1.0 - scale * s0)  # 1/(1+e) = 1 - sigma
+    # sigma(-t) = e / (1 + e) = 2^-k S.
+    scale, s = _exp_over(t, 1.0)
     return _scaled(scale, s)
 
 
