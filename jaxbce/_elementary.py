@@ -47,8 +47,8 @@ Products that must be exact are formed from halves of 12 bits split with an inte
 (:func:`split`), whose partial products are exact: a compiler that contracts ``a * b + c``
 into a fused multiply-add (XLA:CPU and GPUs do) computes the same numbers. Dekker's
 ``two_prod`` is not used: it is wrong when only some uses of ``fl(a * b)`` are contracted.
-Additions are Knuth's :func:`two_sum` and Dekker's :func:`_fast_two_sum`, with the
-constants in them hidden from XLA's simplifier (:func:`_opaque`). No division is used:
+Additions are Knuth's :func:`two_sum` and Dekker's :func:`fast_two_sum`, with the
+constants in them hidden from XLA's simplifier (:func:`opaque`). No division is used:
 XLA does not fuse a division whose result is read more than once, and would write it to
 memory. Subnormal intermediates flush to zero on XLA's backends; results below the
 smallest normal number are within one unit of that number.
@@ -99,7 +99,7 @@ def two_sum(a: jax.Array, b: jax.Array) -> Pair:
     return s, (a - (s - bb)) + (b - bb)
 
 
-def _fast_two_sum(a: jax.Array, b: jax.Array) -> Pair:
+def fast_two_sum(a: jax.Array, b: jax.Array) -> Pair:
     """:func:`two_sum` for ``|a| >= |b|`` (Dekker), three operations instead of six."""
     s = a + b
     return s, b - (s - a)
@@ -158,7 +158,7 @@ def _divide(num: Pair, den: Pair, q0: jax.Array, inv_den: jax.Array) -> Pair:
     dh, dl = split(den[0])
     dl = dl + den[1]
     residual = ((num[0] - qh * dh) - ql * dh) + (num[1] - (qh + ql) * dl)
-    return _fast_two_sum(qh, ql + residual * inv_den)
+    return fast_two_sum(qh, ql + residual * inv_den)
 
 
 def _artanh2(w: Pair) -> Pair:
@@ -179,15 +179,15 @@ def _exp_neg(
     k = jnp.round(t * _LOG2E)
     # t - k C1 is exact, k C2 < 2e-4; where |t - k C1| < |k C2| the sum is tiny and the
     # three-operation two_sum's error is far below 2^-30 of E.
-    r_hi, r_lo = _fast_two_sum(t - k * _LN2_HI, -(k * _LN2_LO))
+    r_hi, r_lo = fast_two_sum(t - k * _LN2_HI, -(k * _LN2_LO))
     if t_lo is not None:
         r_lo = r_lo + t_lo
     rh, rl = split(r_hi)
     sq_hi, sq_lo = rh * rh, rl * (2.0 * rh + rl)  # r_hi^2, the first term exact
-    s1, e1 = _fast_two_sum(_opaque(1.0, t), -r_hi)
-    e_hi, e2 = _fast_two_sum(s1, 0.5 * sq_hi)
+    s1, e1 = fast_two_sum(opaque(1.0, t), -r_hi)
+    e_hi, e2 = fast_two_sum(s1, 0.5 * sq_hi)
     tail = (r_hi * (sq_hi + sq_lo)) * _poly(r_hi, _Q) + 0.5 * sq_lo - r_lo * (1.0 - r_hi)
-    e_hi, e_lo = _fast_two_sum(e_hi, (e1 + e2) + tail)  # |e_lo| <= ulp(e_hi) / 2
+    e_hi, e_lo = fast_two_sum(e_hi, (e1 + e2) + tail)  # |e_lo| <= ulp(e_hi) / 2
     exponent = 127 - k.astype(jnp.int32)
     if shift is not None:
         exponent = exponent + shift
@@ -196,7 +196,7 @@ def _exp_neg(
     return e_hi, e_lo, scale
 
 
-def _opaque(value: float, like: jax.Array) -> jax.Array:
+def opaque(value: float, like: jax.Array) -> jax.Array:
     """The constant ``value`` hidden from XLA's algebraic simplifier.
 
     The simplifier reassociates constants: it rewrites ``(2 + x) - 2`` to ``x``, which is
@@ -223,9 +223,9 @@ def _exp_over(t: jax.Array, c: float) -> tuple[jax.Array, Pair]:
     that no intermediate is subnormal before the caller's final scaling."""
     e_hi, e_lo, scale = _exp_neg(jnp.minimum(t, _T_MAX))
     x_hi, x_lo = scale * e_hi, scale * e_lo
-    c_opaque = _opaque(c, t)
-    d_hi = c_opaque + x_hi
-    d_lo = (x_hi - (d_hi - c_opaque)) + x_lo
+    copaque = opaque(c, t)
+    d_hi = copaque + x_hi
+    d_lo = (x_hi - (d_hi - copaque)) + x_lo
     w0 = e_hi * _reciprocal(d_hi)
     # 1 / (c + e) = (1 - w) / c: the reciprocal the correction needs, from w itself.
     return scale, _divide((e_hi, e_lo), (d_hi, d_lo), w0, (1.0 - scale * w0) / c)
@@ -237,7 +237,7 @@ def _softplus_neg_abs_f32(t: jax.Array) -> Pair:
     wr = scale * (w[0] + w[1])
     v = wr * wr
     tail = 2.0 * (w[0] + w[1]) * v * _poly(v, _T)
-    return _scaled(scale, _fast_two_sum(2.0 * w[0], 2.0 * w[1] + tail))
+    return _scaled(scale, fast_two_sum(2.0 * w[0], 2.0 * w[1] + tail))
 
 
 def _sigmoid_neg_abs_f32(t: jax.Array) -> Pair:
@@ -299,7 +299,7 @@ def _neg_log_f32(p: jax.Array) -> Pair:
     f = lax.bitcast_convert_type(bits - (m << 23), jnp.float32)
     mf = m.astype(jnp.float32)
     num = f - 1.0  # exact (Sterbenz)
-    den = two_sum(f, _opaque(1.0, p))
+    den = two_sum(f, opaque(1.0, p))
     w0 = num * _reciprocal(den[0])
     w = _divide((num, jnp.zeros_like(num)), den, w0, 0.5 * (1.0 - w0))  # 2/(f+1) = 1 - w
     a_hi, a_lo = _artanh2(w)
@@ -314,7 +314,7 @@ def _neg_log1m_f32(p: jax.Array) -> Pair:
     upper_hi, upper_lo = _neg_log_f32(jnp.where(p >= 0.5, 1.0 - p, 0.5))
     # p < 1/2: -log1p(-p) = -2 artanh(-p / (2 - p)), 1 / (2 - p) ~ (1 + w) / 2.
     pc = jnp.where(p < 0.5, p, 0.0)
-    two = _opaque(2.0, p)
+    two = opaque(2.0, p)
     m_hi = two - pc
     m_lo = (two - m_hi) - pc
     w0 = -pc * _reciprocal(m_hi)
@@ -386,8 +386,8 @@ def recip_one_minus(p: jax.Array) -> Pair:
     """
     if not _is_float32(p):
         return 1.0 / (1.0 - p), jnp.zeros_like(p)
-    one = _opaque(1.0, p)
-    m_hi, m_lo = _fast_two_sum(one, -p)
+    one = opaque(1.0, p)
+    m_hi, m_lo = fast_two_sum(one, -p)
     r0 = _reciprocal(m_hi)
     return _divide((one, jnp.zeros_like(p)), (m_hi, m_lo), r0, r0)
 
@@ -407,7 +407,7 @@ def _pow_neg_log_f32(
     # gamma * nl as a pair: the 12-bit halves' partial products are exact.
     gh, gl = split(jnp.broadcast_to(gamma, nl_hi.shape))
     lh, ll = split(jnp.where(inf, 0.0, nl_hi))
-    y_hi, y_lo = _fast_two_sum(gh * lh, (gh * ll + gl * lh) + gl * ll + gamma * nl_lo)
+    y_hi, y_lo = fast_two_sum(gh * lh, (gh * ll + gl * lh) + gl * ll + gamma * nl_lo)
     big = inf | (y_hi > _T_MAX + shift * _LN2_HI)
     e_hi, e_lo, scale = _exp_neg(
         jnp.where(big, 0.0, y_hi), jnp.where(big, 0.0, y_lo), shift.astype(jnp.int32)

@@ -55,11 +55,11 @@ from jax import lax
 
 from jaxbce._elementary import (
     Pair,
-    _fast_two_sum,
-    _opaque,
     exact_mul,
+    fast_two_sum,
     neg_log,
     neg_log1m,
+    opaque,
     pow_neg_log,
     quotient,
     recip_one_minus,
@@ -102,31 +102,6 @@ def _total(pair: Pair) -> jax.Array:
 
 
 # ----------------------------------------------------------------- logits
-
-
-class LogitTerms:
-    """The stable pieces of :math:`\\sigma` and :math:`\\log\\sigma` at a logit, rounded.
-
-    With :math:`t = |z|`, :math:`L = \\operatorname{log1p}(e^{-t})` and
-    :math:`s = \\sigma(-t)` (each within a float32 ulp): ``softplus_neg`` :math:`=
-    \\operatorname{softplus}(-z)`, ``softplus_pos`` :math:`= \\operatorname{softplus}(z)`,
-    ``sigmoid_small`` :math:`= s`, ``sigmoid_big`` :math:`= \\sigma(t) = 1 - s`, and
-    ``sigmoid_pos``/``sigmoid_neg`` :math:`= \\sigma(\\pm z)`. At :math:`z = \\pm\\infty`
-    they take their IEEE limits.
-    """
-
-    def __init__(self, z: jax.Array):
-        nonneg = z >= 0
-        t = -_neg_abs(z)
-        log1p_e = _total(softplus_neg_abs(t))
-        small = _total(sigmoid_neg_abs(t))
-        big = 1.0 - small
-        self.abs = t
-        self.softplus_neg = jnp.where(nonneg, log1p_e, t + log1p_e)  # -log sigmoid(z)
-        self.softplus_pos = jnp.where(nonneg, t + log1p_e, log1p_e)  # -log sigmoid(-z)
-        self.sigmoid_pos = jnp.where(nonneg, big, small)  # sigmoid(z)
-        self.sigmoid_neg = jnp.where(nonneg, small, big)  # sigmoid(-z)
-        self.sigmoid_big, self.sigmoid_small = big, small
 
 
 def _logit_value(
@@ -246,7 +221,7 @@ def smoothed(y: jax.Array, eps: jax.Array | None) -> tuple[jax.Array, jax.Array]
     """
     if eps is None:
         return y, 1.0 - y
-    qc_hi, qc_lo = _fast_two_sum(_opaque(1.0, y), -y)
+    qc_hi, qc_lo = fast_two_sum(opaque(1.0, y), -y)
     return y + eps * (0.5 - y), qc_hi + (qc_lo + eps * (y - 0.5))
 
 
@@ -449,7 +424,7 @@ def _focal_parts(x, y, gamma):
     nonneg = x >= 0
     t = -_neg_abs(x)
     s_hi, s_lo = sigmoid_neg_abs(t)
-    b_hi, b_err = _fast_two_sum(_opaque(1.0, x), -s_hi)  # 1 - s as a pair
+    b_hi, b_err = fast_two_sum(opaque(1.0, x), -s_hi)  # 1 - s as a pair
     b_lo = b_err - s_lo
     s, big = s_hi + s_lo, b_hi + b_lo
     one = jnp.ones_like(y)
@@ -463,14 +438,14 @@ def _focal_parts(x, y, gamma):
     tail_hi, tail_err = two_sum(t, l_hi)  # softplus(|x|) = -log s
     # u = n_s s + n_b big to about 2^-34: 1 - y as an exact pair, the leading products
     # exact (12-bit halves), so that u^gamma does not multiply their roundings by gamma.
-    qc_hi, qc_lo = _fast_two_sum(_opaque(1.0, y), -y)
+    qc_hi, qc_lo = fast_two_sum(opaque(1.0, y), -y)
     ns_h, nb_h = jnp.where(nonneg, y, qc_hi), jnp.where(nonneg, qc_hi, y)
     ns_l, nb_l = jnp.where(nonneg, 0.0, qc_lo), jnp.where(nonneg, qc_lo, 0.0)
     p_hi, p_lo = exact_mul(ns_h, s_hi)
     q_hi, q_lo = exact_mul(nb_h, b_hi)
     u_hi, u_err = two_sum(p_hi, q_hi)
     u_err = u_err + ((p_lo + q_lo) + (ns_h * s_lo + nb_h * b_lo) + (ns_l * s + nb_l * big))
-    u_hi, u_err = _fast_two_sum(u_hi, u_err)
+    u_hi, u_err = fast_two_sum(u_hi, u_err)
     u_safe = jnp.where(sure, 1.0, u_hi)
     nlu_hi, nlu_lo = neg_log(u_safe)
     # For a right hard label, -log u = softplus(|x|) - log(n_s + n_b e^|x|): the log is of
