@@ -201,9 +201,8 @@ def _neg_log_odds_gap(kind: Kind, x: jax.Array, pw: jax.Array | None) -> tuple[j
     For logits :math:`A - B = -x` exactly, so :math:`\\pi A - B = (\\pi - 1)A - x`.
     """
     if kind == "logits":
-        a = _add_scaled(
-            jnp.where(x >= 0, 0.0, -x), jnp.ones_like(x), softplus_neg_abs(-_neg_abs(x))
-        )
+        one, zero = jnp.ones_like(x), jnp.zeros_like(x)
+        a = _logit_value(x, one, zero, one)  # softplus(-x): the kernel with y = 1
         return a, (-x if pw is None else (pw - 1.0) * a - x)
     pair_a, pair_b, _, _ = _probs_pairs(x)
     a, b = _total(pair_a), _total(pair_b)
@@ -436,15 +435,14 @@ def _focal_parts(x, y, gamma):
     sure = n_b == 0
     l_hi, l_lo = softplus_neg_abs(t)
     tail_hi, tail_err = two_sum(t, l_hi)  # softplus(|x|) = -log s
-    # u = n_s s + n_b big to about 2^-34: 1 - y as an exact pair, the leading products
-    # exact (12-bit halves), so that u^gamma does not multiply their roundings by gamma.
-    qc_hi, qc_lo = fast_two_sum(opaque(1.0, y), -y)
-    ns_h, nb_h = jnp.where(nonneg, y, qc_hi), jnp.where(nonneg, qc_hi, y)
+    # u = n_s s + n_b big to about 2^-34: 1 - y's rounding error added back, the leading
+    # products exact (12-bit halves), so that u^gamma does not multiply roundings by gamma.
+    qc_lo = fast_two_sum(opaque(1.0, y), -y)[1]
     ns_l, nb_l = jnp.where(nonneg, 0.0, qc_lo), jnp.where(nonneg, qc_lo, 0.0)
-    p_hi, p_lo = exact_mul(ns_h, s_hi)
-    q_hi, q_lo = exact_mul(nb_h, b_hi)
+    p_hi, p_lo = exact_mul(n_s, s_hi)
+    q_hi, q_lo = exact_mul(n_b, b_hi)
     u_hi, u_err = two_sum(p_hi, q_hi)
-    u_err = u_err + ((p_lo + q_lo) + (ns_h * s_lo + nb_h * b_lo) + (ns_l * s + nb_l * big))
+    u_err = u_err + ((p_lo + q_lo) + (n_s * s_lo + n_b * b_lo) + (ns_l * s + nb_l * big))
     u_hi, u_err = fast_two_sum(u_hi, u_err)
     u_safe = jnp.where(sure, 1.0, u_hi)
     nlu_hi, nlu_lo = neg_log(u_safe)
