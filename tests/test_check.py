@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from known_gaps import assert_within_bounds_but_for_known_gaps
 
 from jaxbce import _exact, _sweep, check
 
@@ -192,34 +193,9 @@ def test_nan_inputs_must_give_nan(monkeypatch):
     assert result.loss.ulps == np.inf and result.loss.x.startswith("nan(0x7fc0")
 
 
-#: Rows of the quick check still above the issue's bound on this kernel, with the worst
-#: (loss, grad) ulps measured when they were recorded: a regression past these fails, and
-#: `python -m jaxbce.check` keeps reporting them as NO. The hard-label and low-precision
-#: rows, every focal hard-label row and most soft rows are within their bounds and are
-#: held to them.
-KNOWN_GAPS = {
-    ("sigmoid_bce", "pos_weight=3.5 weights=0.7", "float32", "soft"): (2.5, 4.2),
-    ("sigmoid_bce", "pos_weight=0.25 weights=1.5", "float32", "soft"): (2.5, 3.5),
-    ("bce", "label_smoothing=0.1", "float32", "soft"): (2.0, 2.2),
-    ("focal", "gamma=0.5 alpha=0.6", "float32", "soft"): (4.0, 4.9),
-    ("focal", "gamma=2.0 alpha=None", "float32", "soft"): (4.0, 4.6),
-    ("focal", "gamma=2.0 alpha=0.25", "float32", "soft"): (4.0, 4.7),
-    ("focal", "gamma=2.0 alpha=0.6", "float32", "soft"): (4.0, 4.5),
-}
-
-
 def test_quick_check_is_within_bounds_but_for_the_recorded_gaps():
     # The verdict on jaxbce itself: every row of the quick check (both cross-entropies in
     # every dtype and option set, the focal loss at every gamma and alpha) within its bound,
     # or, for a recorded gap, within the figures measured for it.
     results = _sweep.run(check.sweeps(exhaustive=False), chunk_log2=20, workers=1, progress=False)
-    seen = set()
-    for r in results:
-        key = (r.sweep.function, r.variant.text, r.sweep.dtype, _sweep.label_name(r.label))
-        limit = KNOWN_GAPS.get(key)
-        if limit is None:
-            assert r.ok, check._row(r)
-        else:
-            seen.add(key)
-            assert r.loss.ulps <= limit[0] and r.grad.ulps <= limit[1], check._row(r)
-    assert seen == set(KNOWN_GAPS), set(KNOWN_GAPS) - seen
+    assert_within_bounds_but_for_known_gaps(results)

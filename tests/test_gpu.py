@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
+from known_gaps import assert_within_bounds_but_for_known_gaps
 
 import jaxbce
-from jaxbce import check
+from jaxbce import _sweep, check
 
 pytestmark = pytest.mark.gpu
 
@@ -21,11 +22,13 @@ def test_a_gpu_is_what_runs_these():
     assert jax.default_backend() == "gpu", jax.devices()
 
 
-def test_self_check_passes_on_the_gpu(capsys):
-    status = check.main([])
-    out = capsys.readouterr().out
-    print(out)
-    assert status == 0, out
+def test_quick_check_on_the_gpu_is_within_bounds_but_for_the_recorded_gaps():
+    # The CPU verdict (tests/test_check.py), on the GPU's own arithmetic: XLA:GPU contracts
+    # products into FMAs, flushes subnormals and has its own exp and log.
+    results = _sweep.run(check.sweeps(exhaustive=False), chunk_log2=22, workers=1, progress=False)
+    for r in results:
+        print(check._row(r))
+    assert_within_bounds_but_for_known_gaps(results)
 
 
 @pytest.mark.parametrize("label_dtype", [jnp.float32, jnp.bool_])

@@ -1,0 +1,34 @@
+"""The rows of the self-check still above their bounds, shared by the CPU and GPU verdicts."""
+
+from __future__ import annotations
+
+from jaxbce import _sweep, check
+
+#: Rows of the quick check still above the issue's bound on this kernel, with the worst
+#: (loss, grad) ulps measured when they were recorded: a regression past these fails, and
+#: `python -m jaxbce.check` keeps reporting them as NO. The hard-label and low-precision
+#: rows, every focal hard-label row and most soft rows are within their bounds and are
+#: held to them.
+KNOWN_GAPS = {
+    ("sigmoid_bce", "pos_weight=3.5 weights=0.7", "float32", "soft"): (2.5, 4.2),
+    ("sigmoid_bce", "pos_weight=0.25 weights=1.5", "float32", "soft"): (2.5, 3.5),
+    ("bce", "label_smoothing=0.1", "float32", "soft"): (2.0, 2.2),
+    ("focal", "gamma=0.5 alpha=0.6", "float32", "soft"): (4.0, 4.9),
+    ("focal", "gamma=2.0 alpha=None", "float32", "soft"): (4.0, 4.6),
+    ("focal", "gamma=2.0 alpha=0.25", "float32", "soft"): (4.0, 4.7),
+    ("focal", "gamma=2.0 alpha=0.6", "float32", "soft"): (4.0, 4.5),
+}
+
+
+def assert_within_bounds_but_for_known_gaps(results: list[_sweep.Result]) -> None:
+    """Every row within its bound, or, for a recorded gap, within the figures measured for it."""
+    seen = set()
+    for r in results:
+        key = (r.sweep.function, r.variant.text, r.sweep.dtype, _sweep.label_name(r.label))
+        limit = KNOWN_GAPS.get(key)
+        if limit is None:
+            assert r.ok, check._row(r)
+        else:
+            seen.add(key)
+            assert r.loss.ulps <= limit[0] and r.grad.ulps <= limit[1], check._row(r)
+    assert seen == set(KNOWN_GAPS), set(KNOWN_GAPS) - seen
