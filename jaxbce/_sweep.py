@@ -240,15 +240,26 @@ def _as_float32(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _exact_float64(x: jax.Array) -> jax.Array:
-    """``x`` in float64, float32-subnormal values included: a flushing device's convert reads
-    them as 0, so they are rebuilt from their bits (``m 2^-149``)."""
+    """``x`` in float64, decoded from its bits.
+
+    Decoding the bits, not converting, reads the value the dtype holds: a flushing device's
+    convert reads float32 subnormals as 0, and XLA:GPU, allowed excess precision, skips the
+    rounding of a bfloat16 or float16 result that the same program converts to float64.
+    """
     if x.dtype == jnp.float64:
         return x
-    bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
-    mantissa = (bits & 0x007FFFFF).astype(jnp.float64) * 2.0**-149
-    subnormal = (bits & 0x7F800000) == 0
-    signed = jnp.where((bits >> 31) == 1, -mantissa, mantissa)
-    return jnp.where(subnormal, signed, x.astype(jnp.float64))
+    info = jnp.finfo(x.dtype)
+    m, e_bits = info.nmant, info.nexp
+    bits = lax.bitcast_convert_type(x, _UINT[x.dtype.itemsize]).astype(jnp.uint32)
+    mantissa = (bits & ((1 << m) - 1)).astype(jnp.int64)
+    exponent = ((bits >> m) & ((1 << e_bits) - 1)).astype(jnp.int32)
+    bias = (1 << (e_bits - 1)) - 1
+    normal = exponent > 0
+    significand = jnp.where(normal, mantissa + (1 << m), mantissa).astype(jnp.float64)
+    value = jnp.ldexp(significand, jnp.maximum(exponent, 1) - bias - m)
+    special = exponent == (1 << e_bits) - 1
+    value = jnp.where(special, jnp.where(mantissa == 0, jnp.inf, jnp.nan), value)
+    return jnp.where((bits >> (8 * x.dtype.itemsize - 1)) == 1, -value, value)
 
 
 def chunk_function(sweep: Sweep, n: int, flush: bool) -> Callable[[jax.Array], tuple]:
@@ -280,8 +291,8 @@ def chunk_function(sweep: Sweep, n: int, flush: bool) -> Callable[[jax.Array], t
                 loss, grad = _value_and_grad(fn, opts, x, y)
             exact_loss, exact_grad, floor = ref(xr, y.astype(jnp.float64), **_as_float32(opts))
             for err in (
-                _exact.ulp_error(loss, exact_loss, dtype, flush=flush),
-                _exact.ulp_error(grad, exact_grad, dtype, floor, flush=flush),
+                _exact.ulp_error(_exact_float64(loss), exact_loss, dtype, flush=flush),
+                _exact.ulp_error(_exact_float64(grad), exact_grad, dtype, floor, flush=flush),
             ):
                 worst, at = _worst(err, valid)
                 out.append((worst, x_bits[at], y[at].astype(jnp.float64)))
