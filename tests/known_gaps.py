@@ -32,6 +32,9 @@ KNOWN_GAPS_GPU = {
     ("focal", "gamma=2.0 alpha=0.25", "float32", "soft"): (4.0, 5.2),
     ("focal", "gamma=2.0 alpha=0.6", "float32", "hard"): (4.0, 4.1),
     ("focal", "gamma=2.0 alpha=0.6", "float32", "soft"): (4.0, 4.7),
+    # z = +-88, where the result is subnormal: the GPU keeps subnormals; not yet explained.
+    ("sigmoid_bce", "-", "bfloat16", "y=0"): (0.52, 0.52),
+    ("sigmoid_bce", "-", "bfloat16", "y=1"): (0.52, 0.52),
 }
 
 

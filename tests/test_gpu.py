@@ -31,12 +31,18 @@ def test_quick_check_on_the_gpu_is_within_bounds_but_for_the_recorded_gaps():
     assert_within_bounds_but_for_known_gaps(results)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="XLA:GPU splits the gradient fusion at most shapes: 1 x 4N temp bytes with float32 "
+    "labels, 2 x 4N with bool (docs/results/memory-probe-gpu.txt; none at (4096, 16384))",
+)
 @pytest.mark.parametrize("label_dtype", [jnp.float32, jnp.bool_])
 def test_value_and_grad_of_mean_needs_no_n_sized_temporary_on_gpu(label_dtype):
     z = jnp.zeros((4096, 4096), jnp.float32)
     y = jnp.zeros((4096, 4096), label_dtype)
-    f = jax.jit(jax.value_and_grad(lambda z, y: jaxbce.sigmoid_binary_cross_entropy(
-        z, y, reduction="mean")))  # fmt: skip
+    f = jax.jit(
+        jax.value_and_grad(lambda z, y: jaxbce.sigmoid_binary_cross_entropy(z, y, reduction="mean"))
+    )
     ours = f.lower(z, y).compile().memory_analysis().temp_size_in_bytes
     g = jax.jit(jax.value_and_grad(lambda z, y: optax.sigmoid_binary_cross_entropy(z, y).mean()))
     theirs = g.lower(z, y.astype(jnp.float32)).compile().memory_analysis().temp_size_in_bytes
