@@ -4,14 +4,17 @@ The public functions are pure and jit-able; options are keyword-only::
 
     import jaxbce
     loss = jaxbce.sigmoid_binary_cross_entropy(logits, labels, reduction="mean")
+
+The modules behind them are private: ``_kernels`` (the elementwise kernel and its
+derivatives, on ``_elementary``'s faithfully rounded float32 functions), ``_losses`` (the
+public losses), ``_checks`` (argument checks), ``_reductions`` (masks, sums and means) and
+``_linear`` (the fused linear loss). ``python -m jaxbce.check`` is the numerical self-check.
 """
 
-from jaxbce._kernels import nll, nll_bwd, nll_fwd, nll_vjp
-from jaxbce._linear import default_chunk_size, linear_sigmoid_binary_cross_entropy
+from jaxbce._checks import with_value_checks
+from jaxbce._linear import linear_sigmoid_binary_cross_entropy
 from jaxbce._losses import (
-    REDUCTIONS,
     binary_cross_entropy,
-    checked,
     sigmoid_binary_cross_entropy,
     sigmoid_focal_loss,
 )
@@ -19,15 +22,9 @@ from jaxbce._losses import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "REDUCTIONS",
     "binary_cross_entropy",
-    "checked",
-    "default_chunk_size",
     "linear_sigmoid_binary_cross_entropy",
-    "nll",
-    "nll_bwd",
-    "nll_fwd",
-    "nll_vjp",
     "sigmoid_binary_cross_entropy",
     "sigmoid_focal_loss",
+    "with_value_checks",
 ]

@@ -38,8 +38,6 @@ are masked out, so they contribute exactly 0 to the value and every gradient.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -49,25 +47,13 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
-from jaxbce._losses import (
-    _RUNTIME_CHECKS,
-    _as_array,
-    _check_broadcast,
-    _check_labels,
-    _check_predictions,
-    _check_reduction,
-    _check_scalar_range,
-    _check_unit_interval_values,
-    _compute_dtype,
-    _is_concrete,
-    _value_check,
-    sigmoid_binary_cross_entropy,
-)
+from jaxbce import _checks as checks
+from jaxbce._losses import sigmoid_binary_cross_entropy
 
 #: Target number of elements of one (B, C) chunk of logits when ``chunk_size=None``.
 DEFAULT_CHUNK_ELEMENTS = 2**20
-#: Automatic chunk sizes are multiples of 128 columns in [512, 4096] (best on CPU, measured
-#: at B = 128 to 4096: a chunk of logits that stays in cache beats one that does not).
+#: Automatic chunk sizes are multiples of 128 columns in [512, 4096]: on CPU a chunk of
+#: logits that stays in cache beats one that does not.
 _CHUNK_ALIGN, _CHUNK_MIN, _CHUNK_MAX = 128, 512, 4096
 
 
@@ -175,30 +161,21 @@ def _chunk_loss(
     not with the loss's own ``reduction="sum"``: on XLA:CPU the latter's one-pass (sum,
     count) reduction accumulates sequentially, about 1e-6 relative error over a 1M-element
     chunk (3e-3 over 16M elements), where ``jnp.sum``'s tree is at 2e-8. Writing one
-    chunk's loss to memory is cheap, and it measured faster too.
+    chunk's loss to memory is cheap.
     """
     eps = s.label_smoothing if label_smoothing is None else label_smoothing
-    with _no_runtime_checks():
+    # The labels and label_smoothing were checked once, whole, before the loop: a check in
+    # here would see one (B, C) chunk and report a flat index into it, not the user's.
+    with checks.runtime_checks(False):
         loss = sigmoid_binary_cross_entropy(
-            logits, labels,
-            weights=weights, pos_weight=pos_weight, label_smoothing=eps, where=mask,
-        )  # fmt: skip
+            logits,
+            labels,
+            weights=weights,
+            pos_weight=pos_weight,
+            label_smoothing=eps,
+            where=mask,
+        )
     return jnp.sum(loss)
-
-
-@contextlib.contextmanager
-def _no_runtime_checks() -> Iterator[None]:
-    """Traces without :func:`jaxbce.checked`'s run-time checks.
-
-    The labels and ``label_smoothing`` are checked once, whole, before the loop: a check
-    inside it would see one (B, C) chunk and report a flat index into that chunk, not into
-    the user's labels.
-    """
-    token = _RUNTIME_CHECKS.set(False)
-    try:
-        yield
-    finally:
-        _RUNTIME_CHECKS.reset(token)
 
 
 # ------------------------------------------------------------------ the custom_vjp
@@ -215,9 +192,14 @@ def _loop_value(s: _Static, a: _Args) -> jax.Array:
         w_c = lax.dynamic_slice_in_dim(a.kernel, start, s.chunk, axis=1)
         logits = _chunk_logits(s, a, w_c, _columns(s, a.bias, start))
         loss = _chunk_loss(
-            s, _chunk_mask(s, a, i, start), logits, _chunk_labels(s, a, start),
-            _columns(s, a.pos_weight, start), _columns(s, a.weights, start), a.label_smoothing,
-        )  # fmt: skip
+            s,
+            _chunk_mask(s, a, i, start),
+            logits,
+            _chunk_labels(s, a, start),
+            _columns(s, a.pos_weight, start),
+            _columns(s, a.weights, start),
+            a.label_smoothing,
+        )
         return total + loss
 
     return lax.fori_loop(0, s.n_chunks, body, _zeros((), s.dtype, a.features))
@@ -233,7 +215,7 @@ _fused_sum = jax.custom_vjp(_fused_sum_impl, nondiff_argnums=(0,))
 def _zeros(shape: tuple[int, ...], dtype: Any, like: jax.Array) -> jax.Array:
     """Zeros that vary over the same ``shard_map`` axes as ``like`` (loop carries must)."""
     z = jnp.zeros(shape, dtype)
-    axes = tuple(_varying_axes(like) - _varying_axes(z))
+    axes = tuple(checks.varying_axes(like) - checks.varying_axes(z))
     return lax.pcast(z, axes, to="varying") if axes else z
 
 
@@ -329,15 +311,6 @@ _fused_sum.defvjp(_fused_sum_fwd, _fused_sum_bwd, symbolic_zeros=True)
 
 
 # --------------------------------------------------------------------- public API
-
-
-def _varying_axes(x: jax.Array) -> frozenset[Any]:
-    """The manual (shard_map) mesh axes along which ``x`` differs between devices."""
-    aval = jax.typeof(x)
-    mat = getattr(aval, "manual_axis_type", None)
-    if mat is not None:
-        return frozenset(mat.varying)
-    return frozenset(getattr(aval, "vma", ()))
 
 
 def _as_2d(x: jax.Array | None) -> jax.Array | None:
@@ -441,8 +414,8 @@ def linear_sigmoid_binary_cross_entropy(
       Training*, 2024 (fused linear cross-entropy); Bhatia et al., *The Extreme
       Classification Repository*, 2016.
     """
-    h = _check_predictions("features", features)
-    w_mat = _check_predictions("kernel", kernel)
+    h = checks.check_predictions("features", features)
+    w_mat = checks.check_predictions("kernel", kernel)
     if h.ndim != 2:
         raise ValueError(
             f"features must have shape (batch, in_features), got shape {h.shape}; "
@@ -459,7 +432,7 @@ def linear_sigmoid_binary_cross_entropy(
     shape = (n_batch, n_labels)
     b_vec = None
     if bias is not None:
-        b_vec = _check_predictions("bias", bias)
+        b_vec = checks.check_predictions("bias", bias)
         if b_vec.ndim > 1 or not (b_vec.ndim == 0 or b_vec.shape[0] in (1, n_labels)):
             raise ValueError(
                 f"bias must have shape ({n_labels},) (one per kernel column) or be a scalar, "
@@ -470,35 +443,36 @@ def linear_sigmoid_binary_cross_entropy(
     axes = () if axis_name is None else _axis_tuple(axis_name)
     # The mesh axes that split the kernel's columns (sparse indices are offset along them):
     # those of ``axis_name`` that the kernel varies over; the others split the batch.
-    label_axes = tuple(a for a in axes if a in _varying_axes(w_mat))
+    label_axes = tuple(a for a in axes if a in checks.varying_axes(w_mat))
     n_total = n_labels * (lax.axis_size(label_axes) if label_axes else 1)
 
-    y = _as_array("labels", labels)
+    y = checks.as_array("labels", labels)
     sparse = jnp.issubdtype(y.dtype, jnp.integer)
     if sparse:
-        _check_sparse_labels(y, h.shape, n_labels, n_total, label_axes)
+        checks.check_sparse_labels(y, h.shape, n_labels, n_total, label_axes)
         if jnp.iinfo(y.dtype).bits < 32:
             # Row numbers, chunk starts and L itself must fit the indices' dtype: in int8,
             # row 200 and column 300 do not (and would wrap round to other elements).
             y = y.astype(jnp.int32)
     else:
-        y = _check_labels(y, shape, "features @ kernel")
-    pw = _check_broadcast("pos_weight", pos_weight, shape)
-    wt = _check_broadcast("weights", weights, shape)
-    mask = _check_broadcast("where", where, shape, boolean=True)
+        y = checks.check_labels(y, shape, "features @ kernel")
+    pw = checks.check_broadcast("pos_weight", pos_weight, shape)
+    wt = checks.check_broadcast("weights", weights, shape)
+    mask = checks.check_broadcast("where", where, shape, boolean=True)
     if not sparse:
-        # Checked here, whole (concrete ones at once, traced ones only inside ``checked``), so
-        # that a bad label is reported by its flat index into ``labels``, as in eager mode.
+        # Checked here, whole (concrete ones at once, traced ones only inside
+        # ``with_value_checks``), so that a bad label is reported by its flat index into
+        # ``labels``, as in eager mode.
         full_mask = None if mask is None else jnp.broadcast_to(mask, shape)
-        _check_unit_interval_values("labels", y, full_mask)
+        checks.check_unit_interval_values("labels", y, full_mask)
     if reduction == "none":
         raise ValueError(
             'reduction="none" is not supported by the fused linear loss: it would build the '
             f'(batch, labels) = {shape} loss matrix this function exists to avoid; use "sum" '
             'or "mean", or sigmoid_binary_cross_entropy on the logits'
         )
-    _check_reduction(reduction)
-    _check_scalar_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    checks.check_reduction(reduction)
+    checks.check_scalar_range("label_smoothing", label_smoothing, 0.0, 1.0)
     if chunk_size is None:
         # A symbolic batch (jax.export) has no size to plan for: plan for one of 1024 rows.
         symbolic = jax.export.is_symbolic_dim(n_batch)
@@ -511,8 +485,8 @@ def linear_sigmoid_binary_cross_entropy(
         chunk = int(min(chunk_size, n_labels))
 
     out_dtype = jnp.result_type(h, w_mat) if b_vec is None else jnp.result_type(h, w_mat, b_vec)
-    dt = _compute_dtype(out_dtype)
-    eps_static = float(label_smoothing) if _is_concrete(label_smoothing) else None
+    dt = checks.compute_dtype(out_dtype)
+    eps_static = float(label_smoothing) if checks.is_concrete(label_smoothing) else None
     eps_arr = None if eps_static is not None else jnp.asarray(label_smoothing, dt)
 
     offset = None
@@ -523,7 +497,7 @@ def linear_sigmoid_binary_cross_entropy(
         def in_range() -> jax.Array:
             return (y < n_total).ravel()
 
-        _value_check(
+        checks.value_check(
             (y,),
             lambda: jnp.all(in_range()),
             f"sparse label indices must be below the number of labels ({n_total}); "
@@ -533,10 +507,16 @@ def linear_sigmoid_binary_cross_entropy(
         )
 
     args = _Args(
-        features=h, kernel=w_mat, bias=b_vec, labels=y,
-        pos_weight=_as_2d(pw), weights=_as_2d(wt), where=_as_2d(mask),
-        label_smoothing=eps_arr, offset=offset,
-    )  # fmt: skip
+        features=h,
+        kernel=w_mat,
+        bias=b_vec,
+        labels=y,
+        pos_weight=_as_2d(pw),
+        weights=_as_2d(wt),
+        where=_as_2d(mask),
+        label_smoothing=eps_arr,
+        offset=offset,
+    )
     if axis_name is not None:
         # Every input becomes device-varying before the custom_vjp, so the loop is purely
         # local; the transposes of these casts psum the gradients of replicated inputs.
@@ -562,57 +542,11 @@ def _axis_tuple(axis_name: Any) -> tuple[Any, ...]:
     return axis_name if isinstance(axis_name, tuple) else (axis_name,)
 
 
-def _check_sparse_labels(
-    y: jax.Array,
-    features_shape: tuple[int, int],
-    n_labels: int,
-    n_total: int,
-    label_axes: tuple[Any, ...],
-) -> None:
-    """Integer labels must be (B, K) indices, with K unlike any L they could be dense for,
-    and the same on every device that holds other columns of the kernel."""
-    n_batch = features_shape[0]
-    if y.ndim != 2 or y.shape[0] != n_batch:
-        raise ValueError(
-            f"sparse labels (integer indices) must have shape (batch, K) = ({n_batch}, K) "
-            f"to match features of shape {features_shape}, got shape {y.shape}"
-        )
-    k = y.shape[1]
-    if k in (n_labels, n_total):
-        # Dense 0/1 labels read as indices would make 0 positive and drop 1 (L = 1) or mark
-        # columns 0 and 1 of every row: a wrong loss, not an error. So K = L is never guessed.
-        if not label_axes:
-            what = f"the number of labels L = {n_labels} (kernel columns)"
-        elif k == n_labels:
-            what = (
-                f"the number of label columns of this device's kernel shard ({n_labels}; "
-                f"{n_total} over the mesh axes {label_axes})"
-            )
-        else:
-            what = f"the number of labels over the mesh axes {label_axes} ({n_total})"
-        raise ValueError(
-            f"labels of shape {y.shape} and dtype {y.dtype} are ambiguous: integer labels are "
-            f"read as sparse positive indices of shape (batch, K), and K = {k} is also {what}, "
-            "so they could be a dense 0/1 matrix. Pass dense labels as bool or float "
-            "(labels.astype(bool)); pass sparse indices with K != L by padding them with a "
-            "column of -1 (jnp.pad(labels, ((0, 0), (0, 1)), constant_values=-1))"
-        )
-    split = tuple(a for a in label_axes if a in _varying_axes(y))
-    if split:
-        # Each device would count only the positives among its own slice of the indices.
-        raise ValueError(
-            f"sparse labels hold global label indices and must be the same on every device "
-            f"of the mesh axes {label_axes} that split the kernel's columns, but they vary "
-            f"over {split}: pass them whole there (a PartitionSpec that names none of "
-            f"{split}), or pass dense bool/float labels split like the kernel"
-        )
-
-
 def _vary(x: jax.Array | None, axis_name: Any) -> jax.Array | None:
     if x is None:
         return None
     axes = _axis_tuple(axis_name)
-    missing = tuple(a for a in axes if a not in _varying_axes(x))
+    missing = tuple(a for a in axes if a not in checks.varying_axes(x))
     return lax.pcast(x, missing, to="varying") if missing else x
 
 

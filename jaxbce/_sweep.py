@@ -383,9 +383,12 @@ def run(
     for k, s in enumerate(sweeps):
         for r, (variant, label) in enumerate(s.rows()):
             loss, grad = (
-                Worst(float(best[k][r, j]), _format_value(int(at_x[k][r, j]), s.dtype),
-                      str(np.float32(at_y[k][r, j])))
+                Worst(
+                    float(best[k][r, j]),
+                    _format_value(int(at_x[k][r, j]), s.dtype),
+                    str(np.float32(at_y[k][r, j])),
+                )
                 for j in (0, 1)
-            )  # fmt: skip
+            )
             results.append(Result(s, variant, label, counts[k], loss, grad))
     return results

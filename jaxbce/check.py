@@ -7,14 +7,13 @@ and of the gradient, the input where each occurs, the bound and whether it holds
 The exit status is 1 if anything is out of bounds: run it on a new accelerator before
 trusting it.
 
-Inputs. The default check (quick: under a minute on 2 CPU cores) takes every 2^12-th float32
-bit pattern (2^10-th for probabilities in [0, 1]; a hashed offset inside each stride, so not
-only mantissa 0), 2^20 uniform logits in [-20, 20], every bfloat16 and float16 bit pattern,
-and 1e5 drawn (input, label) pairs per soft-label, option and focal case. ``--exhaustive``
-(8 to 9 minutes on 2 CPU cores) takes every float32 bit pattern (logits: all 2^32, NaNs and
-infinities included; probabilities: every one in [0, 1], -0 included) and 1e8 / 1e7 drawn
-pairs per option / focal case. Inputs are generated on the device and each chunk is reduced
-there to (worst error, its input).
+Inputs. The default check (quick) takes every 2^12-th float32 bit pattern (2^10-th for
+probabilities in [0, 1]; a hashed offset inside each stride, so not only mantissa 0), 2^20
+uniform logits in [-20, 20], every bfloat16 and float16 bit pattern, and 1e5 drawn (input,
+label) pairs per soft-label, option and focal case. ``--exhaustive`` takes every float32 bit
+pattern (logits: all 2^32, NaNs and infinities included; probabilities: every one in [0, 1],
+-0 included) and 1e8 / 1e7 drawn pairs per option / focal case. Inputs are generated on the
+device and each chunk is reduced there to (worst error, its input).
 
 Reference. float64 on the device (``jax.enable_x64``) by textbook stable formulas, never
 jaxbce's code (:mod:`jaxbce._exact`): its rounding is about 2^-29 of a float32 ulp, exact
@@ -255,11 +254,25 @@ def sweeps(
     if stride_log2 is not None:
         stride = stride_log2
     out = [
-        Sweep("sigmoid_bce", "float32", "patterns", (0.0, 1.0), HARD,
-              ranges=F32_ALL, stride_log2=12 if stride is None else stride),
-        Sweep("bce", "float32", "patterns", (0.0, 1.0), HARD,
-              ranges=F32_PROBS, stride_log2=10 if stride is None else stride),
-    ]  # fmt: skip
+        Sweep(
+            "sigmoid_bce",
+            "float32",
+            "patterns",
+            (0.0, 1.0),
+            HARD,
+            ranges=F32_ALL,
+            stride_log2=12 if stride is None else stride,
+        ),
+        Sweep(
+            "bce",
+            "float32",
+            "patterns",
+            (0.0, 1.0),
+            HARD,
+            ranges=F32_PROBS,
+            stride_log2=10 if stride is None else stride,
+        ),
+    ]
     if not exhaustive:
         out.append(Sweep("sigmoid_bce", "float32", "band", (0.0, 1.0), HARD, size=2**20))
     for dtype in ("bfloat16", "float16"):
@@ -288,8 +301,11 @@ def select(all_sweeps: list[Sweep], pattern: str | None, dtypes: list[str]) -> l
         if rows:
             variants = tuple(v for v in s.variants if any(v == rv for rv, _ in rows))
             labels = tuple(lab for lab in s.labels if any(lab == rl for _, rl in rows))
-            out.append(Sweep(s.function, s.dtype, s.source, labels, variants,
-                             s.size, s.ranges, s.stride_log2))  # fmt: skip
+            out.append(
+                Sweep(
+                    s.function, s.dtype, s.source, labels, variants, s.size, s.ranges, s.stride_log2
+                )
+            )
     return out
 
 
@@ -355,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="chunks in flight (default: CPU cores)")
     parser.add_argument("--out", metavar="FILE", help="also write the report to FILE")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     out = open(args.out, "w") if args.out else None
     try:
         return _report(args, out)
@@ -374,15 +390,22 @@ def _report(args: argparse.Namespace, out: TextIO | None) -> int:
     on_cpu = dev.platform == "cpu"
     kind = " (exhaustive)" if args.exhaustive else ""
     flush = "yes" if device_flushes_subnormals() else "no"
-    emit(f"jaxbce self-check{kind} on {dev.platform} ({dev.device_kind}), jax {jax.__version__},"
-         f" subnormals flushed: {flush}")  # fmt: skip
+    emit(
+        f"jaxbce self-check{kind} on {dev.platform} ({dev.device_kind}), jax {jax.__version__},"
+        f" subnormals flushed: {flush}"
+    )
     for line in _LEGEND:
         emit(line)
     chosen = select(
-        sweeps(exhaustive=args.exhaustive, samples=args.samples,
-               focal_samples=args.focal_samples, stride_log2=args.stride_log2),
-        args.only, args.dtypes,
-    )  # fmt: skip
+        sweeps(
+            exhaustive=args.exhaustive,
+            samples=args.samples,
+            focal_samples=args.focal_samples,
+            stride_log2=args.stride_log2,
+        ),
+        args.only,
+        args.dtypes,
+    )
     t0 = time.perf_counter()
     # The float64 grid and check_grads are compile-bound: they run beside the sweeps.
     with ThreadPoolExecutor(1) as background:

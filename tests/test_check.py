@@ -100,9 +100,14 @@ def test_bit_pattern_chunks_cover_every_pattern_exactly_once(dtype, ranges, n):
 
 def test_strided_patterns_take_one_per_stride_with_varied_low_bits():
     sweep = _sweep.Sweep(
-        "sigmoid_bce", "float32", "patterns", (1.0,), check.HARD,
-        ranges=((0, 2**20),), stride_log2=12,
-    )  # fmt: skip
+        "sigmoid_bce",
+        "float32",
+        "patterns",
+        (1.0,),
+        check.HARD,
+        ranges=((0, 2**20),),
+        stride_log2=12,
+    )
     bits = _chunk_bits(sweep, 2**7)
     np.testing.assert_array_equal(bits >> 12, np.arange(2**8))
     assert len(np.unique(bits & 0xFFF)) > 200

@@ -121,9 +121,14 @@ def test_matches_unfused_float64(x64, options, sparse, chunk_size, reduction, wi
 
     def fused(h, w, b, *vals):
         return linear_sigmoid_binary_cross_entropy(
-            h, w, labels, bias=b, reduction=reduction, chunk_size=chunk_size,
+            h,
+            w,
+            labels,
+            bias=b,
+            reduction=reduction,
+            chunk_size=chunk_size,
             **{**opts, **dict(zip(diff, vals, strict=True))},
-        )  # fmt: skip
+        )
 
     def unfused(h, w, b, *vals):
         return _unfused(h, w, b, dense, reduction, **{**opts, **dict(zip(diff, vals, strict=True))})
@@ -320,9 +325,13 @@ def test_temporary_memory_is_a_small_fraction_and_independent_of_labels():
     def temp_bytes(fn, n_labels):
         shapes = [
             jax.ShapeDtypeStruct(s, t)
-            for s, t in [((batch, d), jnp.float32), ((d, n_labels), jnp.float32),
-                         ((n_labels,), jnp.float32), ((batch, n_labels), jnp.bool_)]
-        ]  # fmt: skip
+            for s, t in [
+                ((batch, d), jnp.float32),
+                ((d, n_labels), jnp.float32),
+                ((n_labels,), jnp.float32),
+                ((batch, n_labels), jnp.bool_),
+            ]
+        ]
         compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2))).lower(*shapes).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
@@ -351,17 +360,17 @@ def test_default_chunk_size():
 
 
 def test_runtime_checks_under_checkify():
-    """Soft labels outside [0, 1] and sparse indices >= L are reported by jaxbce.checked."""
+    """Soft labels outside [0, 1] and sparse indices >= L are reported by jaxbce.with_value_checks."""
     h, w, _, idx, dense = _problem()
     h, w = np.float32(h), np.float32(w)
-    fn = jax.jit(jaxbce.checked(linear_sigmoid_binary_cross_entropy))
+    fn = jax.jit(jaxbce.with_value_checks(linear_sigmoid_binary_cross_entropy))
     bad = np.where(dense, 1.5, 0.0).astype(np.float32)
     with pytest.raises(checkify.JaxRuntimeError, match=r"labels must lie in \[0, 1\]"):
         fn(h, w, bad)[0].throw()
     with pytest.raises(checkify.JaxRuntimeError, match="below the number of labels"):
         fn(h, w, np.int32(np.where(idx >= 0, idx + L, -1)))[0].throw()
     fn(h, w, np.int32(idx))[0].throw()  # valid: nothing raised
-    # Concrete labels are checked at once; traced ones outside checked carry no effect.
+    # Concrete labels are checked at once; traced ones outside with_value_checks carry no effect.
     with pytest.raises(ValueError, match="below the number of labels"):
         linear_sigmoid_binary_cross_entropy(h, w, np.int32(np.where(idx >= 0, idx + L, -1)))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\]"):
@@ -397,8 +406,8 @@ BAD_LABEL_CASES = [(False, 13), (False, 89), (False, 220), (True, 13), (True, 39
 
 
 @pytest.mark.parametrize(("sparse", "flat"), BAD_LABEL_CASES)
-def test_checked_names_the_bad_label_as_eager_does(sparse, flat):
-    """Under jit(checked(...)), of the loss and of its gradient, a label outside [0, 1] or a
+def test_value_checks_name_the_bad_label_as_eager_does(sparse, flat):
+    """Under jit(with_value_checks(...)), of the loss and of its gradient, a label outside [0, 1] or a
     sparse index >= L is named by its flat index into ``labels`` and its value, in the very
     words of the eager ValueError, whichever chunk it falls in. An excluded bad label (flat
     index 3, where=False) comes first and is not reported."""
@@ -419,7 +428,7 @@ def test_checked_names_the_bad_label_as_eager_does(sparse, flat):
     with pytest.raises(ValueError, match=rf"flat index {flat}, is") as eager:
         fn(h, w, labels)
     for f in (fn, jax.grad(fn)):
-        err, _ = jax.jit(jaxbce.checked(f))(h, w, labels)
+        err, _ = jax.jit(jaxbce.with_value_checks(f))(h, w, labels)
         with pytest.raises(checkify.JaxRuntimeError, match=re.escape(str(eager.value))):
             err.throw()
 
@@ -513,8 +522,11 @@ def _run_on_eight_devices(script: str) -> None:
     }
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip().endswith("OK")
 
@@ -615,9 +627,23 @@ def test_example_trains_and_writes_metrics(tmp_path):
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     metrics = example.main(
-        ["--out", str(tmp_path), "--steps", "12", "--labels", "1000", "--batch-size", "64",
-         "--train-examples", "512", "--test-examples", "128", "--scale-labels", "0"]
-    )  # fmt: skip
+        [
+            "--out",
+            str(tmp_path),
+            "--steps",
+            "12",
+            "--labels",
+            "1000",
+            "--batch-size",
+            "64",
+            "--train-examples",
+            "512",
+            "--test-examples",
+            "128",
+            "--scale-labels",
+            "0",
+        ]
+    )
     assert json.loads((tmp_path / "metrics.json").read_text())["fused"]["p@1"] >= 0
     for name in ("fused", "unfused"):
         curve = metrics["loss_curves"][name]

@@ -284,11 +284,11 @@ def test_focal_gamma_must_be_non_negative():
 
 
 @pytest.mark.parametrize("fn", FUNCTIONS)
-def test_labels_outside_unit_interval_are_caught_under_jit_with_checked(fn):
+def test_labels_outside_unit_interval_are_caught_under_jit_with_value_checks(fn):
     x, y = _inputs(fn, (3, 4))
     bad = y.copy()
     bad[1, 2] = 1.5
-    f = jax.jit(jaxbce.checked(functools.partial(fn, reduction="mean")))
+    f = jax.jit(jaxbce.with_value_checks(functools.partial(fn, reduction="mean")))
     err, _ = f(x, y)
     err.throw()  # no error for valid labels
     err, _ = f(x, bad)
@@ -297,12 +297,12 @@ def test_labels_outside_unit_interval_are_caught_under_jit_with_checked(fn):
     # ...unless the offending element is masked out.
     mask = np.ones((3, 4), bool)
     mask[1, 2] = False
-    g = jax.jit(jaxbce.checked(lambda x, y: fn(x, y, where=mask, reduction="mean")))
+    g = jax.jit(jaxbce.with_value_checks(lambda x, y: fn(x, y, where=mask, reduction="mean")))
     g(x, bad)[0].throw()
 
 
 def test_traced_label_smoothing_is_checked_under_checkify():
-    f = jax.jit(jaxbce.checked(lambda z, y, e: BCE(z, y, label_smoothing=e, reduction="sum")))
+    f = jax.jit(jaxbce.with_value_checks(lambda z, y, e: BCE(z, y, label_smoothing=e, reduction="sum")))
     f(jnp.zeros(3), jnp.zeros(3), 0.1)[0].throw()
     with pytest.raises(Exception, match="label_smoothing must be in"):
         f(jnp.zeros(3), jnp.zeros(3), 1.5)[0].throw()
@@ -331,7 +331,7 @@ def test_concrete_labels_outside_unit_interval_raise_at_once(fn):
     [{}, {"label_smoothing": "traced"}, {"where": "traced", "weights": "traced"}],
     ids=["plain", "traced-smoothing", "traced-mask-weights"],
 )
-def test_traces_carry_no_effect_outside_checked(fn, options):
+def test_traces_carry_no_effect_outside_with_value_checks(fn, options):
     """A checkify check would put an effect in every jaxpr around the loss and take the
     caller's jit off JAX's C++ dispatch path (a small train step: 107 us a call, not 45)."""
     x, y = _inputs(fn, (3, 4))
@@ -533,8 +533,9 @@ def test_value_and_grad_of_mean_needs_no_n_sized_temporary(label_dtype, kwargs):
     ours = _temp_bytes(jax.value_and_grad(f), z, y)
     optax_bytes = _temp_bytes(
         jax.value_and_grad(lambda z, y: optax.sigmoid_binary_cross_entropy(z, y).mean()),
-        z, y.astype(jnp.float32),
-    )  # fmt: skip
+        z,
+        y.astype(jnp.float32),
+    )
     n_bytes = z.size * 4
     # Nothing N-sized: only the N / 512 partial sums and counts of the two-level reduction.
     assert ours <= 2 * 4 * z.size // 512 + 1024, f"{ours} temporary bytes (N*4 = {n_bytes})"
@@ -655,8 +656,9 @@ def test_axis_name_makes_sum_and_mean_global_under_shard_map_and_pmap():
 @pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 1.0, 2.0, 3.3])
 @pytest.mark.parametrize("y", [0.0, 1.0, 0.3])
 def test_focal_float32_within_a_few_ulp_of_mpmath(gamma, y):
-    z = np.array([-100, -50, -30, -20, -17, -5, -1, -1e-3, 0, 1e-3, 1, 5, 17, 20, 30, 50, 100],
-                 np.float32)  # fmt: skip
+    z = np.array(
+        [-100, -50, -30, -20, -17, -5, -1, -1e-3, 0, 1e-3, 1, 5, 17, 20, 30, 50, 100], np.float32
+    )
     f = jax.jit(jax.vmap(jax.value_and_grad(lambda z, y: FOCAL(z, y, alpha=0.25, gamma=gamma))))
     got_l, got_g = map(np.asarray, f(z, np.full_like(z, y)))
     worst_l = worst_g = 0.0

@@ -36,9 +36,7 @@ WHERES = ("none", "sharded", "replicated", "closed")
 #: "axis_name": the loss reduces globally itself; "local": it reduces locally and the user
 #: adds lax.psum ("sum") or lax.pmean ("mean").
 MODES = ("axis_name", "local")
-CASES = [
-    "-".join(c) for c in itertools.product(LOSSES, ("sum", "mean"), WHERES, MODES)
-]  # fmt: skip
+CASES = ["-".join(c) for c in itertools.product(LOSSES, ("sum", "mean"), WHERES, MODES)]
 
 _PARALLEL_SCRIPT = textwrap.dedent(
     """
@@ -151,8 +149,10 @@ _PARALLEL_SCRIPT = textwrap.dedent(
 def parallel_results():
     out = subprocess.run(
         [sys.executable, "-c", _PARALLEL_SCRIPT, json.dumps(CASES)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULTS ")]
     assert out.returncode == 0 and lines, out.stderr[-3000:]
     return json.loads(lines[-1].removeprefix("RESULTS "))
@@ -220,6 +220,7 @@ def test_linear_loss_exports_with_a_symbolic_batch(reduction):
     for batch in (7, 300):
         h = rng.normal(size=(batch, 8)).astype(np.float32)
         y = rng.uniform(size=(batch, 10)) > 0.5
-        for a, e in zip(jax.tree.leaves(exp.call(h, w, y)), jax.tree.leaves(jax.jit(g)(h, w, y)),
-                        strict=True):  # fmt: skip
+        for a, e in zip(
+            jax.tree.leaves(exp.call(h, w, y)), jax.tree.leaves(jax.jit(g)(h, w, y)), strict=True
+        ):
             np.testing.assert_allclose(a, e, rtol=1e-6, err_msg=f"batch {batch}")

@@ -1,0 +1,266 @@
+"""Argument checks of the public losses, at trace time, and the opt-in run-time value checks.
+
+The losses check shapes, dtypes and options when they are traced, with errors that name the
+argument, what was seen and what was expected. Values that can only be seen at run time
+(labels outside [0, 1], a traced ``label_smoothing``) raise a ``ValueError`` at once when the
+arrays are concrete (eager calls); traced ones are checked only inside
+:func:`with_value_checks`, which traces the function with :func:`jax.experimental.checkify`
+``debug_check`` s. They are not emitted otherwise: a checkify check puts an error effect into
+the jaxpr, and a jaxpr with effects takes every ``jit`` around it off JAX's fast C++
+dispatch path.
+
+This is the internal interface of the checks for :mod:`jaxbce._losses` and
+:mod:`jaxbce._linear`; only :func:`with_value_checks` is public.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+from jax.typing import ArrayLike
+
+from jaxbce._reductions import REDUCTIONS
+
+#: The errors that :func:`with_value_checks` turns on: the library's own value checks.
+CHECKED_ERRORS = checkify.user_checks
+
+#: True while :func:`with_value_checks` traces a function: only then are traced values
+#: checked.
+_RUNTIME_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "jaxbce_runtime_checks", default=False
+)
+
+
+@contextlib.contextmanager
+def runtime_checks(enabled: bool) -> Iterator[None]:
+    """Turns the run-time value checks on or off for the functions traced inside."""
+    token = _RUNTIME_CHECKS.set(enabled)
+    try:
+        yield
+    finally:
+        _RUNTIME_CHECKS.reset(token)
+
+
+def is_concrete(value: Any) -> bool:
+    return not isinstance(value, jax.core.Tracer)
+
+
+def as_array(name: str, value: ArrayLike) -> jax.Array:
+    try:
+        return jnp.asarray(value)
+    except TypeError as err:
+        raise TypeError(f"{name} must be an array, got {type(value).__name__}") from err
+
+
+def check_predictions(name: str, value: ArrayLike) -> jax.Array:
+    x = as_array(name, value)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        kind = "complex" if jnp.issubdtype(x.dtype, jnp.complexfloating) else "non-floating"
+        raise TypeError(
+            f"{name} must have a real floating dtype (float16, bfloat16, float32, float64), "
+            f"got {kind} dtype {x.dtype}"
+        )
+    return x
+
+
+def check_labels(labels: ArrayLike, shape: tuple[int, ...], pred_name: str) -> jax.Array:
+    y = as_array("labels", labels)
+    if not (
+        jnp.issubdtype(y.dtype, jnp.floating)
+        or jnp.issubdtype(y.dtype, jnp.integer)
+        or y.dtype == jnp.bool_
+    ):
+        raise TypeError(f"labels must be float, integer or bool, got dtype {y.dtype}")
+    if y.shape != shape:
+        hint = ""
+        if len(y.shape) != len(shape):
+            hint = (
+                " (reshape or squeeze explicitly: a (B, 1) array against a (B,) one"
+                " would broadcast to (B, B))"
+            )
+        raise ValueError(
+            f"labels shape {y.shape} must equal {pred_name} shape {shape}; "
+            f"labels are never broadcast{hint}"
+        )
+    return y
+
+
+def check_broadcast(
+    name: str, value: ArrayLike | None, shape: tuple[int, ...], *, boolean: bool = False
+) -> jax.Array | None:
+    if value is None:
+        return None
+    arr = as_array(name, value)
+    if boolean:
+        if arr.dtype != jnp.bool_:
+            raise TypeError(f"{name} must be a boolean mask, got dtype {arr.dtype}")
+    elif not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
+        raise TypeError(f"{name} must be a real float or integer array, got dtype {arr.dtype}")
+    try:
+        fits = jnp.broadcast_shapes(arr.shape, shape) == shape  # symbolic dims too
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name} of shape {arr.shape} does not broadcast to the loss shape {shape}"
+        )
+    return arr
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def value_check(
+    checked_values: tuple[Any, ...],
+    ok: Callable[[], Any],
+    message: str,
+    *details: Callable[[], Any],
+) -> None:
+    """Asserts ``ok()``: a ``ValueError`` now if ``checked_values`` are concrete, else a
+    run-time check, emitted only while :func:`with_value_checks` traces (nothing otherwise).
+
+    ``message`` has one ``{}`` per entry of ``details``: functions computing the offending
+    values, called only when they are needed.
+    """
+    if all(is_concrete(v) for v in checked_values):
+        # Concrete values may still meet a trace (inside jit or hessian): evaluate them now.
+        with jax.ensure_compile_time_eval():
+            if not bool(ok()):
+                raise ValueError(message.format(*(np.asarray(d()).item() for d in details)))
+    elif _RUNTIME_CHECKS.get():
+        checkify.debug_check(ok(), message, *(d() for d in details))
+
+
+def check_scalar_range(name: str, value: Any, low: float, high: float) -> None:
+    """Checks a scalar option against [low, high]: now if concrete, else when checks are on."""
+    if jnp.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
+    value_check(
+        (value,),
+        lambda: (value >= low) & (value <= high),
+        f"{name} must be in [{low}, {high}], got {{}}",
+        lambda: value,
+    )
+
+
+def check_unit_interval_values(name: str, arr: jax.Array, mask: jax.Array | None) -> None:
+    """Checks that no included value is outside [0, 1]: now if concrete, else when checks are on.
+
+    A NaN is not reported: it propagates to the loss, as a NaN logit does.
+    """
+    if arr.dtype == jnp.bool_ or arr.size == 0:
+        return
+
+    def flat_ok() -> jax.Array:
+        ok = ~((arr < 0) | (arr > 1))
+        return (ok if mask is None else ok | ~mask).ravel()
+
+    value_check(
+        (arr, mask),
+        lambda: jnp.all(flat_ok()),
+        f"{name} must lie in [0, 1]; the first value outside, at flat index {{}}, is {{}}",
+        lambda: jnp.argmin(flat_ok()),
+        lambda: arr.ravel()[jnp.argmin(flat_ok())],
+    )
+
+
+def varying_axes(x: jax.Array) -> frozenset[Any]:
+    """The manual (shard_map) mesh axes along which ``x`` differs between devices."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", ()))
+
+
+def check_sparse_labels(
+    y: jax.Array,
+    features_shape: tuple[int, int],
+    n_labels: int,
+    n_total: int,
+    label_axes: tuple[Any, ...],
+) -> None:
+    """Integer labels must be (B, K) indices, with K unlike any L they could be dense for,
+    and the same on every device that holds other columns of the kernel."""
+    n_batch = features_shape[0]
+    if y.ndim != 2 or y.shape[0] != n_batch:
+        raise ValueError(
+            f"sparse labels (integer indices) must have shape (batch, K) = ({n_batch}, K) "
+            f"to match features of shape {features_shape}, got shape {y.shape}"
+        )
+    k = y.shape[1]
+    if k in (n_labels, n_total):
+        # Dense 0/1 labels read as indices would make 0 positive and drop 1 (L = 1) or mark
+        # columns 0 and 1 of every row: a wrong loss, not an error. So K = L is never guessed.
+        if not label_axes:
+            what = f"the number of labels L = {n_labels} (kernel columns)"
+        elif k == n_labels:
+            what = (
+                f"the number of label columns of this device's kernel shard ({n_labels}; "
+                f"{n_total} over the mesh axes {label_axes})"
+            )
+        else:
+            what = f"the number of labels over the mesh axes {label_axes} ({n_total})"
+        raise ValueError(
+            f"labels of shape {y.shape} and dtype {y.dtype} are ambiguous: integer labels are "
+            f"read as sparse positive indices of shape (batch, K), and K = {k} is also {what}, "
+            "so they could be a dense 0/1 matrix. Pass dense labels as bool or float "
+            "(labels.astype(bool)); pass sparse indices with K != L by padding them with a "
+            "column of -1 (jnp.pad(labels, ((0, 0), (0, 1)), constant_values=-1))"
+        )
+    split = tuple(a for a in label_axes if a in varying_axes(y))
+    if split:
+        # Each device would count only the positives among its own slice of the indices.
+        raise ValueError(
+            f"sparse labels hold global label indices and must be the same on every device "
+            f"of the mesh axes {label_axes} that split the kernel's columns, but they vary "
+            f"over {split}: pass them whole there (a PartitionSpec that names none of "
+            f"{split}), or pass dense bool/float labels split like the kernel"
+        )
+
+
+def compute_dtype(dtype: Any) -> Any:
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def with_value_checks(fn: Callable[..., Any]) -> Callable[..., tuple[checkify.Error, Any]]:
+    """Wraps a jaxbce loss so that its run-time value checks raise under ``jit``.
+
+    Labels outside [0, 1], probabilities outside [0, 1], a traced ``label_smoothing`` or
+    ``gamma`` out of range and sparse label indices out of range cannot be seen when the
+    arrays are traced. Concrete arrays are checked at once (a ``ValueError``); traced ones
+    only while ``with_value_checks`` traces ``fn``, so that plain jitted code carries no checkify
+    effect and keeps JAX's fast dispatch::
+
+        loss_fn = jax.jit(jaxbce.with_value_checks(jaxbce.sigmoid_binary_cross_entropy))
+        err, loss = loss_fn(logits, labels)
+        err.throw()  # JaxRuntimeError naming the first bad label
+
+    A function that was already jitted and called outside ``with_value_checks`` keeps its cached
+    trace, which has no checks: wrap the plain function (as above), not a jitted one.
+
+    Args:
+      fn: any jaxbce loss, or a function that calls one.
+
+    Returns:
+      ``checkify.checkify(fn)`` traced with the checks on: a function returning
+      ``(error, result)``.
+    """
+    checkified = checkify.checkify(fn, errors=CHECKED_ERRORS)
+
+    @functools.wraps(fn)
+    def with_checks(*args: Any, **kwargs: Any) -> tuple[checkify.Error, Any]:
+        with runtime_checks(True):
+            return checkified(*args, **kwargs)
+
+    return with_checks

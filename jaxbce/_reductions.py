@@ -1,0 +1,145 @@
+"""Reductions of an elementwise loss: masking, sum and mean, local or across devices.
+
+One function, :func:`reduce_loss`, serves every loss: it masks, sums in the compute dtype
+(on CPU by a blocked variadic reduction that stays exact over 2^25 elements and writes no
+N-sized temporary), divides by the number of included elements for ``"mean"``, adds over a
+mapped axis when given ``axis_name``, and casts back to the predictions' dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Reduction = Literal["none", "sum", "mean"]
+REDUCTIONS: tuple[str, ...] = ("none", "sum", "mean")
+
+
+def reduce_loss(
+    loss: jax.Array,
+    mask: jax.Array | None,
+    reduction: str,
+    axis_name: Any,
+    out_dtype: Any,
+) -> jax.Array:
+    """Masks, reduces (in the compute dtype) and casts back to the predictions' dtype."""
+    if mask is not None:
+        loss = jnp.where(mask, loss, 0.0)
+    if reduction == "none":
+        return loss.astype(out_dtype)
+    total, count = sum_and_count(loss, mask)
+    if axis_name is not None:
+        total, count = lax.psum((total, count), axis_name)
+    # "+ 0 * count" keeps the count alive, and with it XLA:CPU's fused reduction (below).
+    total = total + 0.0 * count
+    if reduction == "sum":
+        return total.astype(out_dtype)
+    if mask is None:
+        # A static count: the gradient's scale 1/N then does not wait for the reduction,
+        # so XLA may compute the value and the gradient in any order, or together.
+        # In the loss dtype: 2^31 elements and more overflow int32. A symbolic size
+        # (jax.export with a symbolic batch) becomes a value computed from the shape.
+        n = jnp.asarray(loss.size, loss.dtype)
+        if axis_name is not None:
+            n = lax.psum(n, axis_name)
+        return (total / jnp.maximum(n, 1.0)).astype(out_dtype)  # an empty batch's mean is 0
+    # An all-excluded batch has total 0 and count 0: its mean is 0, not NaN.
+    return (total / jnp.maximum(count, 1.0)).astype(out_dtype)
+
+
+#: Elements summed sequentially before the partial sums are added pairwise.
+SUM_BLOCK = 512
+
+
+def sum_and_count(loss: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """The sum of the loss and the number of included elements, in the loss dtype.
+
+    On CPU (:func:`_blocked_sum_and_count`) a fused two-level variadic reduction; on other
+    platforms a plain ``jnp.sum`` (:func:`_plain_sum_and_count`), which their compilers
+    fuse with the loss as it is (and a GPU may fuse with the gradient pass beside it).
+    ``lax.platform_dependent`` picks one when the function is lowered, so a function
+    exported for several platforms carries both: each must trace for every shape, a
+    symbolic one included, and the two must return exactly the same types.
+
+    Under ``shard_map`` a type says which mesh axes a value varies over: a loss computed
+    from sharded inputs varies, an all-ones count or a replicated mask does not. Counting
+    ``ones_like(loss)`` (and the mask together with it) gives the count the loss's type in
+    both branches; XLA folds the ``and`` with ones away.
+    """
+    counted = jnp.ones_like(loss, jnp.bool_)
+    if mask is not None:
+        counted = counted & mask
+    return lax.platform_dependent(
+        loss, counted, cpu=_blocked_sum_and_count, default=_plain_sum_and_count
+    )
+
+
+def _plain_sum_and_count(loss: jax.Array, counted: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``jnp.sum`` of the loss and of the boolean ``counted``, the count in the loss dtype.
+
+    The count is exact in int32 below 2^31 elements; beyond, or for a symbolic size that
+    might be beyond, it is summed in the loss dtype, which cannot overflow.
+    """
+    size = loss.size
+    exact = not jax.export.is_symbolic_dim(size) and size < 2**31
+    count = jnp.sum(counted, dtype=jnp.int32 if exact else loss.dtype)
+    return jnp.sum(loss), count.astype(loss.dtype)
+
+
+def _blocked_sum_and_count(loss: jax.Array, counted: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """XLA:CPU's sum of the loss and of the boolean ``counted``, reading the loss once.
+
+    Two choices keep this both exact and free of N-sized temporaries:
+
+    * a variadic (sum, count) reduction rather than ``jnp.sum``: XLA:CPU hands a plain float
+      sum to an XNNPACK fusion that cannot take the selects of the loss, so the elementwise
+      loss would first be written to memory; the variadic reduction stays an ordinary XLA
+      fusion that computes the loss on the fly;
+    * two levels: XLA's own reduction adds sequentially, which loses ~1e-3 relative
+      accuracy over 2^25 elements, so it only sums blocks of ``SUM_BLOCK`` elements (error
+      ~1e-5 at worst) and the N / SUM_BLOCK partial sums are added pairwise by ``jnp.sum``.
+
+    The number of blocks is written out rather than left to ``reshape(-1, SUM_BLOCK)``, so
+    the padded length is visibly a multiple of ``SUM_BLOCK`` when N is a symbolic dimension
+    (``jax.export`` with a symbolic batch size) too.
+
+    A single compensated (TwoSum) reduction would need neither padding nor reshape, but
+    XLA:CPU runs a reduction to one scalar as one chain of dependent additions: a
+    compensated step makes that chain several times longer, and without renormalising at
+    every step the compensation itself loses precision by 2^24 elements.
+    """
+    flat = loss.reshape(-1)
+    n = flat.shape[0]
+    n_blocks = (n + SUM_BLOCK - 1) // SUM_BLOCK
+    # Zero padding to whole blocks fuses into the reduction (two slices would not: the
+    # loss would then have two consumers and be written to memory).
+    pad = n_blocks * SUM_BLOCK - n
+    blocks = (n_blocks, SUM_BLOCK)
+    sums, counts = _variadic_sum(
+        jnp.pad(flat, (0, pad)).reshape(blocks),
+        jnp.pad(counted.reshape(-1).astype(jnp.int32), (0, pad)).reshape(blocks),
+    )
+    return jnp.sum(sums), jnp.sum(counts)
+
+
+@jax.custom_jvp
+def _variadic_sum(loss: jax.Array, counted: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Sums ``loss`` and ``counted`` over their last axis in one variadic reduction."""
+    total, count = lax.reduce(
+        (loss, counted),
+        (jnp.zeros((), loss.dtype), jnp.int32(0)),
+        lambda a, b: (a[0] + b[0], a[1] + b[1]),
+        (loss.ndim - 1,),
+    )
+    return total, count.astype(loss.dtype)
+
+
+@_variadic_sum.defjvp
+def _variadic_sum_jvp(primals, tangents):
+    # JAX's own JVP of a variadic reduce with an integer operand fails; the sum is linear
+    # and the count constant.
+    total, count = _variadic_sum(*primals)
+    return (total, count), (jnp.sum(tangents[0], axis=-1), 0.0 * count)
