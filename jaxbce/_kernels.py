@@ -46,7 +46,7 @@ its relative accuracy at :math:`x \\to 0`, where :math:`A` and :math:`B` are bot
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -101,33 +101,83 @@ def _total(pair: Pair) -> jax.Array:
     return pair[0] + pair[1]
 
 
+class LabelWeights(NamedTuple):
+    """The weights of the two terms, ``pq = w pw q`` and ``qc = w qc``, and ``c = pq + qc``.
+
+    ``lo`` is ``None`` for plain labels (no smoothing, ``pos_weight`` or weights): then
+    ``pq = y``, ``qc = 1 - y`` (rounded once) and ``c = 1``. With any option each weight is
+    an unevaluated pair ``hi + lo`` good to about ``2^-44``, so that forming it adds no
+    rounding to the loss or its slope.
+    """
+
+    pq: jax.Array
+    qc: jax.Array
+    c: jax.Array
+    lo: tuple[jax.Array, jax.Array, jax.Array] | None = None
+
+
+def _times(a: jax.Array, hi: jax.Array, lo: jax.Array | None) -> Pair:
+    """``a * (hi + lo)`` as a normalized pair (``|lo| <= ulp(hi) / 2``, about), so that a
+    product of two such pairs may drop ``lo * lo``: ``fl(a * hi)`` and the rest."""
+    p_hi, p_lo = exact_mul(a, hi)
+    return fast_two_sum(p_hi, p_lo if lo is None else p_lo + a * lo)
+
+
+def _plus(a: Pair, b: Pair) -> Pair:
+    s, err = two_sum(a[0], b[0])
+    return fast_two_sum(s, err + (a[1] + b[1]))
+
+
+def _pair_value(a: Pair, t: jax.Array, c: Pair, f: Pair) -> jax.Array:
+    """``a t + c f`` rounded once: ``a``, ``c`` label-weight pairs, ``f`` a function pair."""
+    p_hi, p_lo = _times(t, a[0], a[1])
+    m_hi, m_lo = _times(f[0], c[0], c[1])
+    s, err = two_sum(p_hi, m_hi)
+    rest = err + ((p_lo + m_lo) + c[0] * f[1])
+    return jnp.where(jnp.isfinite(s), s + rest, s)
+
+
 # ----------------------------------------------------------------- logits
 
 
-def _logit_value(
-    x: jax.Array, pq: jax.Array, qc: jax.Array, c: jax.Array, exact: bool = True
-) -> jax.Array:
+def _logit_value(x: jax.Array, lw: LabelWeights, exact: bool = True) -> jax.Array:
     """:math:`\\pi q\\operatorname{softplus}(-x) + \\bar q\\operatorname{softplus}(x)
     = a|x| + c L(|x|)`, two non-negative terms, the second added to the first exactly.
 
-    ``c = pq + qc``, passed in: the caller knows it exactly where the sum would round.
-    ``exact=False`` takes :math:`L` from XLA's ``log1p(exp(-t))`` (within 3 ulp): for a
-    value that is only summed, whose sum's own rounding is larger, at half the cost."""
+    ``exact=False`` takes :math:`L` from XLA's ``log1p(exp(-t))`` (within 3 ulp) and the
+    weights rounded: for a value that is only summed, whose sum's own rounding is larger,
+    at half the cost."""
     nonneg = x >= 0
     t = -_neg_abs(x)
-    a = jnp.where(nonneg, qc, pq)
-    if not exact:
-        return safe_mul(a, t) + c * jnp.log1p(jnp.exp(-t))
-    return _add_scaled(safe_mul(a, t), c, softplus_neg_abs(t))
+    a = jnp.where(nonneg, lw.qc, lw.pq)
+    if not exact or lw.lo is None:
+        c = lw.c if lw.lo is None else lw.c + lw.lo[2]
+        if not exact:
+            return safe_mul(a, t) + c * jnp.log1p(jnp.exp(-t))
+        return _add_scaled(safe_mul(a, t), c, softplus_neg_abs(t))
+    pq_lo, qc_lo, c_lo = lw.lo
+    finite_t = jnp.where(jnp.isinf(t), 0.0, t)  # a * inf would be split into inf - inf
+    value = _pair_value(
+        (a, jnp.where(nonneg, qc_lo, pq_lo)), finite_t, (lw.c, c_lo), softplus_neg_abs(t)
+    )
+    return jnp.where(jnp.isinf(t), safe_mul(a, t), value)
 
 
-def _logit_slope(x: jax.Array, pq: jax.Array, qc: jax.Array, c: jax.Array) -> jax.Array:
+def _logit_slope(x: jax.Array, lw: LabelWeights) -> jax.Array:
     """:math:`\\bar q\\sigma(x) - \\pi q\\sigma(-x)`: :math:`\\bar q - c s` for
     :math:`x \\ge 0`, :math:`c s - \\pi q` otherwise, :math:`s = \\sigma(-|x|)`."""
     nonneg = x >= 0
     t = -_neg_abs(x)
-    base = jnp.where(nonneg, qc, -pq)
-    return _add_scaled(base, jnp.where(nonneg, -c, c), sigmoid_neg_abs(t))
+    base = jnp.where(nonneg, lw.qc, -lw.pq)
+    sign = jnp.where(nonneg, -1.0, 1.0)
+    if lw.lo is None:
+        return _add_scaled(base, sign * lw.c, sigmoid_neg_abs(t))
+    pq_lo, qc_lo, c_lo = lw.lo
+    s_hi, s_lo = sigmoid_neg_abs(t)
+    m_hi, m_lo = _times(s_hi, sign * lw.c, sign * c_lo)
+    r, err = two_sum(base, m_hi)
+    rest = err + ((jnp.where(nonneg, qc_lo, -pq_lo) + m_lo) + sign * lw.c * s_lo)
+    return jnp.where(jnp.isfinite(r), r + rest, r)
 
 
 # ------------------------------------------------------------------ probs
@@ -157,14 +207,20 @@ def _probs_pairs(p: jax.Array) -> tuple[Pair, Pair, jax.Array, jax.Array]:
     return a, b, in_a, in_b
 
 
-def _probs_value(p: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
+def _probs_value(p: jax.Array, lw: LabelWeights) -> jax.Array:
     a, b, _, _ = _probs_pairs(p)
-    s, err = two_sum(pq * a[0], qc * b[0])
-    value = s + (err + (pq * a[1] + qc * b[1]))
+    if lw.lo is None:
+        s, err = two_sum(lw.pq * a[0], lw.qc * b[0])
+        value = s + (err + (lw.pq * a[1] + lw.qc * b[1]))
+    else:
+        pq_lo, qc_lo, _ = lw.lo
+        m_a, m_b = _times(a[0], lw.pq, pq_lo), _times(b[0], lw.qc, qc_lo)
+        s, err = two_sum(m_a[0], m_b[0])
+        value = s + (err + ((m_a[1] + m_b[1]) + (lw.pq * a[1] + lw.qc * b[1])))
     return jnp.where(jnp.isnan(p), p, value)
 
 
-def _probs_slope(p: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
+def _probs_slope(p: jax.Array, lw: LabelWeights) -> jax.Array:
     """:math:`-\\pi q/p + \\bar q/(1-p)`, 0 through a clamped log.
 
     :math:`\\pi q/p` is :func:`~jaxbce._elementary.quotient`, whose derivative is
@@ -172,27 +228,33 @@ def _probs_slope(p: jax.Array, pq: jax.Array, qc: jax.Array) -> jax.Array:
     overflows for tiny p and would turn a zero label weight into ``0 * inf``.
     """
     _, _, in_a, in_b = _probs_pairs(p)
-    d_a = jnp.where(in_a, -quotient(pq, jnp.where(in_a, p, 1.0)), 0.0)
+    p_a = jnp.where(in_a, p, 1.0)
+    d_a = jnp.where(in_a, -quotient(lw.pq, p_a), 0.0)
     r_hi, r_lo = recip_one_minus(jnp.where(in_b, p, 0.0))
     d_b = (jnp.where(in_b, r_hi, 0.0), jnp.where(in_b, r_lo, 0.0))
-    return jnp.where(jnp.isnan(p), p, _add_scaled(d_a, qc, d_b))
+    if lw.lo is None:
+        return jnp.where(jnp.isnan(p), p, _add_scaled(d_a, lw.qc, d_b))
+    pq_lo, qc_lo, _ = lw.lo
+    d_a_lo = jnp.where(in_a, -quotient(pq_lo, p_a), 0.0)
+    m_hi, m_lo = _times(d_b[0], lw.qc, qc_lo)
+    r, err = two_sum(d_a, m_hi)
+    slope = r + (err + ((d_a_lo + m_lo) + lw.qc * d_b[1]))
+    return jnp.where(jnp.isnan(p), p, jnp.where(jnp.isfinite(r), slope, r))
 
 
 # ------------------------------------------------------------------ kernel
 
 
-def _value(
-    kind: Kind, x: jax.Array, pq: jax.Array, qc: jax.Array, c: jax.Array, exact: bool = True
-) -> jax.Array:
-    """``pq * A(x) + qc * B(x)``; ``c = pq + qc``; ``exact`` as in :func:`_logit_value`."""
+def _value(kind: Kind, x: jax.Array, lw: LabelWeights, exact: bool = True) -> jax.Array:
+    """``pq * A(x) + qc * B(x)``; ``exact`` as in :func:`_logit_value`."""
     if kind == "logits":
-        return _logit_value(x, pq, qc, c, exact)
-    return _probs_value(x, pq, qc)
+        return _logit_value(x, lw, exact)
+    return _probs_value(x, lw)
 
 
-def _slope(kind: Kind, x: jax.Array, pq: jax.Array, qc: jax.Array, c: jax.Array) -> jax.Array:
-    """:math:`\\partial_x (pq A + qc B)`; ``c = pq + qc``."""
-    return _logit_slope(x, pq, qc, c) if kind == "logits" else _probs_slope(x, pq, qc)
+def _slope(kind: Kind, x: jax.Array, lw: LabelWeights) -> jax.Array:
+    """:math:`\\partial_x (pq A + qc B)`."""
+    return _logit_slope(x, lw) if kind == "logits" else _probs_slope(x, lw)
 
 
 def _neg_log_odds_gap(kind: Kind, x: jax.Array, pw: jax.Array | None) -> tuple[jax.Array, ...]:
@@ -202,7 +264,7 @@ def _neg_log_odds_gap(kind: Kind, x: jax.Array, pw: jax.Array | None) -> tuple[j
     """
     if kind == "logits":
         one, zero = jnp.ones_like(x), jnp.zeros_like(x)
-        a = _logit_value(x, one, zero, one)  # softplus(-x): the kernel with y = 1
+        a = _logit_value(x, LabelWeights(one, zero, one))  # softplus(-x): the kernel, y = 1
         return a, (-x if pw is None else (pw - 1.0) * a - x)
     pair_a, pair_b, _, _ = _probs_pairs(x)
     a, b = _total(pair_a), _total(pair_b)
@@ -226,20 +288,36 @@ def smoothed(y: jax.Array, eps: jax.Array | None) -> tuple[jax.Array, jax.Array]
 
 def _label_weights(
     y: jax.Array, eps: jax.Array | None, pw: jax.Array | None, w: jax.Array | None
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(pq, qc, c)``: the weights of A and B, ``w pw q`` and ``w qc``, and their sum.
+) -> LabelWeights:
+    """The weights of A and B, ``w pw q`` and ``w qc``, and their sum ``c``.
 
     The element weight is folded in here rather than multiplied into the loss, so a large
-    term cannot overflow before ``w`` scales it down, and one rounding is saved. The sum
-    is :math:`w(1 + (\\pi - 1)q)` (:math:`q + \\bar q = 1` exactly), so it is exactly
-    ``w`` without ``pos_weight``, with or without smoothing.
+    term cannot overflow before ``w`` scales it down. Plain labels keep the one-rounding
+    weights ``(y, 1 - y, 1)``. With an option every weight is carried as a pair: ``1 - y``
+    and ``1/2 - y`` exactly, the products by ``eps``, ``pw`` and ``w`` as exact products
+    plus a rounded remainder, and ``c = pq + qc`` as an exact sum (without ``pos_weight``
+    it is exactly ``w``, since :math:`q + \\bar q = 1`).
     """
-    q, qc = smoothed(y, eps)
-    pq = q if pw is None else pw * q
-    c = jnp.ones_like(y) if pw is None else 1.0 + (pw - 1.0) * q
-    if w is None:
-        return pq, qc, c
-    return w * pq, w * qc, w * c
+    if eps is None and pw is None and w is None:
+        return LabelWeights(y, 1.0 - y, jnp.ones_like(y))
+    qc = fast_two_sum(opaque(1.0, y), -y)  # 1 - y, exact for y in [0, 1]
+    q: tuple[jax.Array, jax.Array | None] = (y, None)
+    if eps is not None:
+        half_gap = two_sum(opaque(0.5, y), -y)  # 1/2 - y exactly
+        m = _times(eps, *half_gap)
+        q = _plus((y, jnp.zeros_like(y)), m)
+        qc = _plus(qc, (-m[0], -m[1]))
+    pq = q if pw is None else _times(pw, *q)
+    if pw is None:
+        c: tuple[jax.Array, jax.Array | None] = (jnp.ones_like(y), None)
+    else:
+        c = _plus(pq, qc)  # type: ignore[arg-type]
+    if w is not None:
+        pq, qc = _times(w, *pq), _times(w, *qc)
+        c = (w, None) if pw is None else _times(w, *c)
+    zero = jnp.zeros_like(y)
+    lows = tuple(zero if lo is None else lo for lo in (pq[1], qc[1], c[1]))
+    return LabelWeights(pq[0], qc[0], c[0], lows)  # type: ignore[arg-type]
 
 
 Residuals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array | None]
@@ -269,7 +347,7 @@ def nll_fwd(
     Returns:
       ``(loss, residuals)``.
     """
-    loss = _value(kind, x, *_label_weights(y, eps, pw, w))
+    loss = _value(kind, x, _label_weights(y, eps, pw, w))
     return loss, (x, y, eps, pw, w)
 
 
@@ -288,11 +366,11 @@ def _jacobian(kind: Kind, res: Residuals) -> Residuals:
     x, y, eps, pw, w = res
     q, _ = smoothed(y, eps)
     a, gap = _neg_log_odds_gap(kind, x, pw)
-    d_x = _slope(kind, x, *_label_weights(y, eps, pw, w))
+    d_x = _slope(kind, x, _label_weights(y, eps, pw, w))
     d_y = gap if eps is None else (1.0 - eps) * gap
     d_eps = None if eps is None else (0.5 - y) * gap
     d_pw = None if pw is None else q * a
-    d_w = None if w is None else _value(kind, x, *_label_weights(y, eps, pw, None))
+    d_w = None if w is None else _value(kind, x, _label_weights(y, eps, pw, None))
     if w is not None:
         d_y, d_eps, d_pw = (None if c is None else w * c for c in (d_y, d_eps, d_pw))
     return d_x, d_y, d_eps, d_pw, d_w
@@ -333,7 +411,7 @@ def nll(kind: Kind, x, y, eps, pw, w, summed: bool = False) -> jax.Array:
     Returns:
       The elementwise loss, shaped like ``x``.
     """
-    loss = _value(kind, x, *_label_weights(y, eps, pw, w), exact=not summed)
+    loss = _value(kind, x, _label_weights(y, eps, pw, w), exact=not summed)
     return loss
 
 
@@ -427,8 +505,8 @@ def _focal_parts(x, y, gamma):
     b_lo = b_err - s_lo
     s, big = s_hi + s_lo, b_hi + b_lo
     one = jnp.ones_like(y)
-    ce = _logit_value(x, y, qc, one)
-    d_ce = _logit_slope(x, y, qc, one)
+    ce = _logit_value(x, LabelWeights(y, qc, one))
+    d_ce = _logit_slope(x, LabelWeights(y, qc, one))
     n_s = jnp.where(nonneg, y, qc)
     n_b = jnp.where(nonneg, qc, y)
     # -log u as a pair.

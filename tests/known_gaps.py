@@ -12,9 +12,6 @@ from jaxbce import _sweep, check
 #: rows, every focal hard-label row and most soft rows are within their bounds and are
 #: held to them.
 KNOWN_GAPS = {
-    ("sigmoid_bce", "pos_weight=3.5 weights=0.7", "float32", "soft"): (2.5, 4.2),
-    ("sigmoid_bce", "pos_weight=0.25 weights=1.5", "float32", "soft"): (2.5, 3.5),
-    ("bce", "label_smoothing=0.1", "float32", "soft"): (2.0, 2.2),
     ("focal", "gamma=0.5 alpha=0.6", "float32", "soft"): (4.0, 4.9),
     ("focal", "gamma=2.0 alpha=None", "float32", "soft"): (4.0, 4.6),
     ("focal", "gamma=2.0 alpha=0.25", "float32", "soft"): (4.0, 4.7),
@@ -26,6 +23,9 @@ KNOWN_GAPS = {
 #: it meets (`docs/results/check-exhaustive-gpu.txt` has the exhaustive figures).
 KNOWN_GAPS_GPU = {
     **KNOWN_GAPS,
+    # Measured before the label weights became exact pairs (which closed these rows on the
+    # CPU): not yet re-measured on a GPU.
+    ("sigmoid_bce", "pos_weight=3.5 weights=0.7", "float32", "soft"): (2.5, 4.2),
     ("sigmoid_bce", "pos_weight=0.25 weights=1.5", "float32", "soft"): (2.7, 3.5),
     ("bce", "label_smoothing=0.1", "float32", "soft"): (2.1, 2.8),
     ("focal", "gamma=0.5 alpha=0.25", "float32", "soft"): (4.0, 4.1),
