@@ -11,6 +11,7 @@ in CI too.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ sys.path.insert(0, str(EXAMPLES))
 import binary_classifier  # noqa: E402
 import multilabel_classifier  # noqa: E402
 from common import input_pipeline, models  # noqa: E402
+from common.config import ConfigError, TrainConfig, fit_batch_to_data  # noqa: E402
 
 # A short run: 40 steps, history every 10, checkpoints at 20 and 40.
 SHORT = ["--steps", "40", "--eval-every", "10", "--checkpoint-every", "20"]
@@ -175,24 +177,88 @@ def test_batch_rows_is_a_function_of_seed_and_step() -> None:
     )
 
 
-def test_user_data_csv_and_npz(tmp_path: Path) -> None:
-    """--data reads features and label columns; the multi-label script takes several labels."""
+def write_user_csv(path: Path, rows: int, labels: list[str]) -> None:
+    """A CSV as a user would write one: features f0..f2, 0/1 label columns, learnable labels."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 3))
-    y = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0], axis=1).astype(int)
-    path = tmp_path / "mine.csv"
+    x = rng.normal(size=(rows, 3))
+    y = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0], axis=1).astype(int)[:, : len(labels)]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["f0", "f1", "f2", "label_a", "label_b"])
+        writer.writerow(["f0", "f1", "f2", *labels])
         writer.writerows([[*map(float, xi), *yi] for xi, yi in zip(x, y, strict=True)])
-    metrics = multilabel_classifier.main(
-        ["--data", str(path), "--steps", "60", "--batch-size", "32", "--out", str(tmp_path / "a")]
-    )
-    assert set(metrics["per_label"]) == {"label_a", "label_b"}
-    assert metrics["test_macro_roc_auc"] > 0.95
 
+
+SMALL_CSV = {
+    # 150 rows: 90 train. The binary default batch (64) fits; the multi-label one (128) shrinks.
+    "binary": (binary_classifier, ["label"], 64, "test_roc_auc"),
+    "multilabel": (multilabel_classifier, ["label_a", "label_b"], 90, "test_macro_roc_auc"),
+}
+
+
+@pytest.mark.parametrize("case", SMALL_CSV)
+def test_default_flags_train_on_a_small_csv(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's 150-row CSV with the default flags: the default batch shrinks to the data."""
+    script, labels, batch_size, key = SMALL_CSV[case]
+    path = tmp_path / "mine.csv"
+    write_user_csv(path, 150, labels)
+    metrics = script.main(["--data", str(path), "--out", str(tmp_path / "out")])
+
+    err = capsys.readouterr().err
+    note = "note: the default --batch-size 128 is more than the 90 training rows; using 90"
+    assert err.count(note) == (batch_size == 90), err[-3000:]
+    assert "error" not in err, err[-3000:]
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["batch_size"] == batch_size
+    assert metrics["rows"] == {"train": 90, "val": 30, "test": 30}
+    assert metrics[key] > 0.95, metrics
+    if script is multilabel_classifier:
+        assert set(metrics["per_label"]) == set(labels)
+
+
+@pytest.mark.parametrize("script", [binary_classifier, multilabel_classifier])
+def test_explicit_batch_size_larger_than_the_data_is_an_error(
+    script: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mine.csv"
+    write_user_csv(path, 150, ["label"])
+    argv = ["--data", str(path), "--batch-size", "128", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: --batch-size 128 exceeds the 90 training rows" in err
+    assert "expected at most 90" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_size_fits_rows_and_devices() -> None:
+    """A default batch shrinks to the rows, then to a multiple of the devices; an explicit one
+    that does not fit is an error that names the flag."""
+    default = TrainConfig(
+        steps=1, batch_size=128, lr=1e-3, weight_decay=0.0, hidden=1, out=Path("unused")
+    )
+    shrinking = dataclasses.replace(default, shrink_batch=True)
+    assert fit_batch_to_data(shrinking, 1000, 8).batch_size == 128
+    assert fit_batch_to_data(shrinking, 90, 1).batch_size == 90
+    assert fit_batch_to_data(shrinking, 90, 8).batch_size == 88
+    assert fit_batch_to_data(shrinking, 1000, 3).batch_size == 126
+    assert not fit_batch_to_data(shrinking, 90, 1).shrink_batch
+    with pytest.raises(ConfigError, match=r"5 training rows .* 8 devices; expected at least 8"):
+        fit_batch_to_data(shrinking, 5, 8)
+    assert fit_batch_to_data(default, 128, 8).batch_size == 128
+    with pytest.raises(ConfigError, match="--batch-size 128 exceeds the 90 training rows"):
+        fit_batch_to_data(default, 90, 1)
+    with pytest.raises(ConfigError, match="--batch-size 128 is not a multiple of the 3 devices"):
+        fit_batch_to_data(default, 1000, 3)
+
+
+def test_user_data_npz(tmp_path: Path) -> None:
+    """--data reads arrays x and y from an .npz (CSV files: the small-data tests above)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
     npz = tmp_path / "mine.npz"
-    np.savez(npz, x=x, y=y[:, 0])
+    np.savez(npz, x=x, y=(x[:, 0] > 0).astype(int))
     metrics = binary_classifier.main(
         ["--data", str(npz), "--steps", "60", "--batch-size", "32", "--out", str(tmp_path / "b")]
     )

@@ -2,7 +2,7 @@
 
 A script builds its parser with :func:`add_common_flags`, turns the parsed flags into its
 config with :func:`config_from_flags` and hands that to :func:`prepare_run`, which checks it,
-sets up the devices, loads the data and claims ``--out``. A
+sets up the devices, loads the data, fits the batch size to them and claims ``--out``. A
 problem the user can fix ends the program with :func:`fail`: one line, exit status 2.
 """
 
@@ -22,10 +22,11 @@ from common.config import (
     ConfigError,
     TrainConfig,
     check_train_config,
+    fit_batch_to_data,
     recorded_settings,
 )
 from common.input_pipeline import DataError, Dataset
-from common.sharding import make_mesh
+from common.sharding import is_main_process, make_mesh
 
 Config = TypeVar("Config", bound=TrainConfig)
 
@@ -61,8 +62,9 @@ def add_common_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) -> 
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=defaults.batch_size,
-        help="global batch size; must be a multiple of the number of devices",
+        default=None,
+        help=f"global batch size; must be a multiple of the number of devices (default "
+        f"{defaults.batch_size}, or fewer to fit the training rows)",
     )
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (AdamW)")
     parser.add_argument(
@@ -109,13 +111,16 @@ def config_from_flags(args: argparse.Namespace, defaults: Config) -> Config:
       defaults: The script's default config.
 
     Returns:
-      ``defaults`` with every field that has a flag set from it.
+      ``defaults`` with every field that has a flag set from it. Without ``--batch-size``, the
+      default batch size is kept and marked ``shrink_batch``: it may shrink to the data.
     """
     given = {
         field.name: getattr(args, field.name)
         for field in dataclasses.fields(defaults)
         if hasattr(args, field.name)
     }
+    if given["batch_size"] is None:
+        given.update(batch_size=defaults.batch_size, shrink_batch=True)
     return dataclasses.replace(defaults, **given)
 
 
@@ -124,28 +129,34 @@ def prepare_run(
 ) -> tuple[Config, Mesh, Dataset]:
     """Checks the config, sets up the devices, loads the data and claims ``config.out``.
 
-    Every problem a user can fix ends the program with a one-line error (exit status 2).
+    A default batch size larger than the training rows shrinks to them, with a note on stderr;
+    an explicit one that does not fit is an error. Every problem a user can fix ends the
+    program with a one-line error (exit status 2).
 
     Args:
       config: The run's config, from :func:`config_from_flags`.
       load_data: The script's loader, called with ``config.data`` and ``config.seed``.
 
     Returns:
-      ``(config, mesh, data)``.
+      ``(config, mesh, data)``, the config with the batch size to use.
     """
     try:
         check_train_config(config)
         mesh = make_mesh(config.multi_host)
-        if config.batch_size % mesh.size:
-            raise ConfigError(
-                f"--batch-size {config.batch_size} is not a multiple of the {mesh.size} devices"
-            )
         data = load_data(config.data, config.seed)
-        if config.batch_size > len(data.train):
-            raise ConfigError(
-                f"--batch-size {config.batch_size} exceeds the {len(data.train)} training rows"
+        fitted = fit_batch_to_data(config, len(data.train), mesh.size)
+        if fitted.batch_size != config.batch_size and is_main_process():
+            reason = (
+                f"more than the {len(data.train)} training rows"
+                if config.batch_size > len(data.train)
+                else f"not a multiple of the {mesh.size} devices"
             )
-        check_out_dir(config.out, recorded_settings(config))
+            print(
+                f"{Path(sys.argv[0]).name}: note: the default --batch-size {config.batch_size} "
+                f"is {reason}; using {fitted.batch_size}",
+                file=sys.stderr,
+            )
+        check_out_dir(fitted.out, recorded_settings(fitted))
     except (ConfigError, DataError) as e:
         fail(str(e))
-    return config, mesh, data
+    return fitted, mesh, data

@@ -34,6 +34,9 @@ class TrainConfig:
       checkpoint_every: Save a checkpoint every this many steps (a multiple of ``eval_every``).
       data: A CSV or ``.npz`` to train on instead of the bundled data.
       multi_host: Call ``jax.distributed.initialize()`` before using the devices.
+      shrink_batch: ``batch_size`` is a default, not the user's choice: it shrinks to the
+        training rows (and to a multiple of the device count) where it does not fit, instead of
+        being an error.
     """
 
     steps: int
@@ -48,10 +51,12 @@ class TrainConfig:
     checkpoint_every: int = 100
     data: Path | None = None
     multi_host: bool = False
+    shrink_batch: bool = False
 
 
-# Settings that do not change what a run computes; a resumed run may differ in these.
-RUN_ONLY = ("out", "multi_host")
+# Settings that do not change what a run computes; a resumed run may differ in these. (The
+# batch size a default shrank to is recorded, so whether it was a default does not matter.)
+RUN_ONLY = ("out", "multi_host", "shrink_batch")
 
 
 def as_json(config: Any) -> dict[str, Any]:
@@ -66,7 +71,7 @@ def recorded_settings(config: TrainConfig) -> dict[str, Any]:
     """The settings that determine what a run computes, sorted by name (``config.json``).
 
     Args:
-      config: The run's config.
+      config: The run's config, its batch size resolved.
 
     Returns:
       A dict of setting name to value, without the settings listed in ``RUN_ONLY``.
@@ -101,3 +106,40 @@ def check_train_config(config: TrainConfig) -> None:
             f"--checkpoint-every ({config.checkpoint_every}) must be a multiple of "
             f"--eval-every ({config.eval_every}) so that a resumed history is exact"
         )
+
+
+def fit_batch_to_data(config: TrainConfig, train_rows: int, devices: int) -> TrainConfig:
+    """The config with a batch size that the training rows and the devices can honour.
+
+    An explicit batch size must be a multiple of the device count and at most the number of
+    training rows. A default one (``shrink_batch``) is lowered to the largest multiple of the
+    device count that fits in the training rows, where it does not already fit.
+
+    Args:
+      config: The run's config.
+      train_rows: Number of training rows.
+      devices: Number of devices the batch is split over.
+
+    Returns:
+      The config with the batch size to use and ``shrink_batch`` False.
+
+    Raises:
+      ConfigError: An explicit batch size that does not fit, or fewer training rows than
+        devices.
+    """
+    size = config.batch_size
+    if config.shrink_batch:
+        size = min(size, train_rows) // devices * devices
+        if size < 1:
+            raise ConfigError(
+                f"{train_rows} training rows cannot fill a batch split over {devices} devices; "
+                f"expected at least {devices} rows"
+            )
+    elif size % devices:
+        raise ConfigError(f"--batch-size {size} is not a multiple of the {devices} devices")
+    elif size > train_rows:
+        raise ConfigError(
+            f"--batch-size {size} exceeds the {train_rows} training rows; expected at most "
+            f"{train_rows} (or leave --batch-size out to use a batch that fits)"
+        )
+    return dataclasses.replace(config, batch_size=size, shrink_batch=False)
