@@ -14,6 +14,8 @@
 - ``plots``: the figures, as PNG bytes.
 - ``outputs``: the files a run writes to ``--out``, each written atomically.
 
-Imports go one way: ``cli`` and ``train`` at the top, ``config``, ``models`` and ``plots`` at
-the bottom; nothing imports ``cli``.
+Imports go one way, with no cycles: ``config``, ``input_pipeline``, ``models``, ``metrics`` and
+``plots`` import nothing from this package; ``sharding`` builds on the first two, ``outputs`` on
+``plots`` and ``sharding``, ``checkpoints`` on ``outputs``; ``train`` and ``cli`` are the top,
+and nothing here imports them.
 """
