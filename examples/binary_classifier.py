@@ -20,36 +20,34 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-from _common import (
-    MLP,
-    Batch,
-    DataError,
-    Dataset,
-    add_common_flags,
-    batch_of,
-    best_threshold,
-    binary_metrics,
-    fit,
-    is_main_process,
-    loss_and_probabilities,
-    make_transform,
-    padded_batch,
-    positive_weight,
-    prepare_run,
-    put_replicated,
-    read_table,
-    replicate,
-    split_and_standardise,
-    write_outputs,
-)
+from common import input_pipeline, sharding
+from common.cli import add_common_flags, config_from_flags, prepare_run
+from common.config import TrainConfig
+from common.input_pipeline import Dataset
+from common.metrics import best_threshold, binary_metrics
+from common.models import MLP
+from common.outputs import write_outputs
+from common.sharding import Batch
+from common.train import fit, make_transform
 from flax import nnx
 
 import jaxbce
+
+DEFAULTS = TrainConfig(
+    steps=300,
+    batch_size=64,
+    lr=3e-3,
+    weight_decay=0.5,
+    hidden=32,
+    out=Path("runs/binary_classifier"),
+)
+"""The settings of a run without flags."""
 
 
 def load_data(path: Path | None, seed: int) -> Dataset:
@@ -64,7 +62,7 @@ def load_data(path: Path | None, seed: int) -> Dataset:
       The standardised splits; ``y`` has shape ``[n]``.
 
     Raises:
-      DataError: The file is unusable; the message says where and why.
+      input_pipeline.DataError: The file is unusable; the message says where and why.
     """
     if path is None:
         from sklearn.datasets import load_breast_cancer
@@ -74,14 +72,14 @@ def load_data(path: Path | None, seed: int) -> Dataset:
         x, y = raw.data, (raw.target == 0).astype(np.float32)[:, None]
         features, labels = list(raw.feature_names), ["malignant"]
     else:
-        x, y, features, labels = read_table(path)
+        x, y, features, labels = input_pipeline.read_table(path)
         if y.shape[1] != 1:
-            raise DataError(
+            raise input_pipeline.DataError(
                 f"{path}: {y.shape[1]} label columns ({', '.join(labels)}); the binary "
                 "example needs exactly one (use multilabel_classifier.py for several)"
             )
     y = y[:, 0]
-    train, val, test = split_and_standardise(x, y, strata=y, seed=seed)
+    train, val, test = input_pipeline.split_and_standardise(x, y, strata=y, seed=seed)
     return Dataset(train, val, test, features, labels)
 
 
@@ -125,77 +123,79 @@ def eval_step(
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_flags(
-        parser,
-        steps=300,
-        batch_size=64,
-        lr=3e-3,
-        weight_decay=0.5,
-        hidden=32,
-        out="runs/binary_classifier",
-    )
+    add_common_flags(parser, DEFAULTS)
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(
+    argv: list[str] | None = None, *, after_step: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Trains, evaluates and writes ``metrics.json``, ``history.csv``, plots and parameters.
 
     Args:
       argv: Command-line flags (default: ``sys.argv[1:]``).
+      after_step: Passed to :func:`~common.train.fit`: called with the steps done after each.
 
     Returns:
       The metrics written to ``metrics.json``.
     """
     started = time.perf_counter()
     args = build_parser().parse_args(argv)
-    mesh, data = prepare_run(args, load_data)
+    config, mesh, data = prepare_run(config_from_flags(args, DEFAULTS), load_data)
 
-    model = MLP(data.train.x.shape[1], args.hidden, 1, rngs=nnx.Rngs(args.seed))
-    optimizer = nnx.Optimizer(model, make_transform(args), wrt=nnx.Param)
-    replicate(mesh, model, optimizer)
-    weight = positive_weight(data.train)
-    pos_weight = put_replicated(mesh, weight) if args.pos_weight else None
-    val, test = padded_batch(mesh, data.val), padded_batch(mesh, data.test)
+    model = MLP(data.train.x.shape[1], config.hidden, 1, rngs=nnx.Rngs(config.seed))
+    optimizer = nnx.Optimizer(model, make_transform(config), wrt=nnx.Param)
+    sharding.replicate(mesh, model, optimizer)
+    weight = input_pipeline.positive_weight(data.train)
+    pos_weight = sharding.put_replicated(mesh, weight) if config.pos_weight else None
+    val, test = sharding.padded_batch(mesh, data.val), sharding.padded_batch(mesh, data.test)
 
     def evaluate() -> dict[str, float]:
-        loss, probability = loss_and_probabilities(eval_step(model, val, pos_weight), len(data.val))
+        loss, probability = sharding.loss_and_probabilities(
+            eval_step(model, val, pos_weight), len(data.val)
+        )
         return {
             "val_loss": loss,
             "val_roc_auc": binary_metrics(data.val.y, probability, 0.5)["roc_auc"],
         }
 
     history = fit(
-        args,
+        config,
         train_rows=len(data.train),
         nodes={"model": model, "optimizer": optimizer},
         train_step=lambda rows: {
-            "train_loss": train_step(model, optimizer, batch_of(mesh, data.train, rows), pos_weight)
+            "train_loss": train_step(
+                model, optimizer, sharding.batch_of(mesh, data.train, rows), pos_weight
+            )
         },
         evaluate=evaluate,
+        after_step=after_step,
     )
 
-    _, p_val = loss_and_probabilities(eval_step(model, val, pos_weight), len(data.val))
-    test_loss, p_test = loss_and_probabilities(eval_step(model, test, pos_weight), len(data.test))
+    _, p_val = sharding.loss_and_probabilities(eval_step(model, val, pos_weight), len(data.val))
+    test_loss, p_test = sharding.loss_and_probabilities(
+        eval_step(model, test, pos_weight), len(data.test)
+    )
     threshold = best_threshold(data.val.y, p_val)
     metrics: dict[str, Any] = {
         **{f"test_{k}": v for k, v in binary_metrics(data.test.y, p_test, threshold).items()},
         "test_loss": test_loss,
         "val_roc_auc": binary_metrics(data.val.y, p_val, threshold)["roc_auc"],
-        "pos_weight": float(weight) if args.pos_weight else None,
+        "pos_weight": float(weight) if config.pos_weight else None,
         "label": data.label_names[0],
         "rows": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "devices": mesh.size,
-        "steps": args.steps,
+        "steps": config.steps,
         "seconds": time.perf_counter() - started,
     }
     curves = {data.label_names[0]: (data.test.y, p_test)}
-    write_outputs(args.out, metrics=metrics, history=history, curves=curves, model=model)
-    if is_main_process():
+    write_outputs(config.out, metrics=metrics, history=history, curves=curves, model=model)
+    if sharding.is_main_process():
         print(
             f"test ROC-AUC {metrics['test_roc_auc']:.4f}"
             f"  AP {metrics['test_average_precision']:.4f}"
             f"  accuracy {metrics['test_accuracy']:.4f}  F1 {metrics['test_f1']:.4f}"
-            f"  (threshold {threshold:.3f} from validation)  -> {args.out}"
+            f"  (threshold {threshold:.3f} from validation)  -> {config.out}"
         )
     return metrics
 

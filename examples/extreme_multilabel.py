@@ -28,16 +28,18 @@ datasets. Run::
 and read ``runs/extreme/metrics.json``.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: a dataclass with string annotations looks its
+# module up in sys.modules, where a file loaded by its path (tests/test_linear.py loads this
+# one with importlib) is not.
 import argparse
-import json
+import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,15 +50,38 @@ from flax import nnx
 import jaxbce
 from jaxbce._linear import linear_sigmoid_binary_cross_entropy
 
+# The examples' shared package sits beside this file. A script run as ``python examples/...``
+# finds it anyway; a file loaded by its path, as tests/test_linear.py loads this one, does not.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common.config import ConfigError, as_json, check_at_least_one
+from common.input_pipeline import Split
+from common.outputs import write_json
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtremeConfig:
+    """What a run of this script does (the flags, one field each; see ``--help``)."""
+
+    out: Path
+    steps: int = 150
+    seed: int = 0
+    labels: int = 2**14
+    features: int = 64
+    hidden: int = 128
+    batch_size: int = 256
+    lr: float = 3e-3
+    train_examples: int = 8192
+    test_examples: int = 1024
+    max_positives: int = 8
+    mean_positives: float = 3.0
+    zipf: float = 1.0
+    noise: float = 0.3
+    no_baseline: bool = False
+    scale_batch: int = 4096
+    scale_labels: int = 2**20
+
+
 # ------------------------------------------------------------------------------------- data
-
-
-class Dataset(NamedTuple):
-    """Examples with sparse multi-label targets."""
-
-    x: np.ndarray  # (n, n_features) float32 inputs
-    positives: np.ndarray  # (n, max_positives) int32 label indices, padded with -1
-    frequency: np.ndarray  # (n_labels,) float64: each label's sampling probability
 
 
 def make_extreme_data(
@@ -70,7 +95,7 @@ def make_extreme_data(
     noise: float,
     seed: int,
     split: int,
-) -> Dataset:
+) -> Split:
     """Synthetic extreme-classification data with power-law label frequencies.
 
     The generator, step by step:
@@ -90,7 +115,7 @@ def make_extreme_data(
        easily for the labels that are seen often.
 
     The positives are stored as extreme-classification data is: (n, ``max_positives``)
-    indices padded with -1.
+    indices padded with -1, the sparse labels of a :class:`~common.input_pipeline.Split`.
 
     Args:
       n: number of examples.
@@ -104,7 +129,8 @@ def make_extreme_data(
       split: seed of the examples themselves (0 for training, 1 for test data, say).
 
     Returns:
-      A :class:`Dataset`.
+      A split with ``x`` float32 (n, ``n_features``), ``y`` the int32 positive indices and
+      ``mask`` where ``y`` is a label rather than padding.
     """
     rng = np.random.default_rng(seed)
     rank_weight = np.arange(1, n_labels + 1, dtype=np.float64) ** -zipf_exponent
@@ -127,7 +153,7 @@ def make_extreme_data(
     x = (prototypes[np.where(valid, positives, 0)] * valid[..., None]).sum(axis=1)
     x /= np.sqrt(valid.sum(axis=1, keepdims=True))
     x += noise * data_rng.normal(size=x.shape) / math.sqrt(n_features)
-    return Dataset(x.astype(np.float32), positives, frequency)
+    return Split(x=x.astype(np.float32), y=positives, mask=valid)
 
 
 # ------------------------------------------------------------------------------------ model
@@ -205,22 +231,22 @@ def make_train_step(graphdef: Any, loss_fn: LossFn) -> Callable[..., tuple[Any, 
     return train_step
 
 
-def build(args: argparse.Namespace, n_labels: int, abstract: bool = False) -> tuple[Any, Any]:
+def build(config: ExtremeConfig, n_labels: int, abstract: bool = False) -> tuple[Any, Any]:
     """The split ``(model, optimizer)``: graph definition and state (abstract if asked)."""
 
     def make() -> tuple[ExtremeClassifier, nnx.Optimizer]:
-        prior = args.mean_positives / n_labels
+        prior = config.mean_positives / n_labels
         model = ExtremeClassifier(
-            args.features, args.hidden, n_labels, prior, rngs=nnx.Rngs(args.seed)
+            config.features, config.hidden, n_labels, prior, rngs=nnx.Rngs(config.seed)
         )
-        return model, nnx.Optimizer(model, optax.adam(args.lr), wrt=nnx.Param)
+        return model, nnx.Optimizer(model, optax.adam(config.lr), wrt=nnx.Param)
 
     pair = nnx.eval_shape(make) if abstract else make()
     return nnx.split(pair)
 
 
 def precision_at(
-    model_state: tuple[Any, Any], data: Dataset, ks: Sequence[int], batch: int = 256
+    model_state: tuple[Any, Any], data: Split, ks: Sequence[int], batch: int = 256
 ) -> dict[str, float]:
     """precision@k: the fraction of the k top-scored labels that are positives, averaged."""
     graphdef, state = model_state
@@ -229,23 +255,23 @@ def precision_at(
     hits = {k: 0.0 for k in ks}
     for start in range(0, data.x.shape[0], batch):
         pred = np.asarray(top(data.x[start : start + batch]))
-        pos = data.positives[start : start + batch]
+        pos = data.y[start : start + batch]
         is_hit = (pred[:, :, None] == pos[:, None, :]).any(axis=2)  # (rows, max k)
         for k in ks:
             hits[k] += float(is_hit[:, :k].sum()) / k
     return {f"p@{k}": hits[k] / data.x.shape[0] for k in ks}
 
 
-def popularity_baseline(train: Dataset, test: Dataset, ks: Sequence[int]) -> dict[str, float]:
+def popularity_baseline(train: Split, test: Split, ks: Sequence[int]) -> dict[str, float]:
     """precision@k of always predicting the labels most frequent in the training data."""
-    counts = np.bincount(train.positives[train.positives >= 0], minlength=train.frequency.size)
+    counts = np.bincount(train.y[train.mask])
     top = np.argsort(-counts, kind="stable")[: max(ks)]
-    is_hit = (top[None, :, None] == test.positives[:, None, :]).any(axis=2)
+    is_hit = (top[None, :, None] == test.y[:, None, :]).any(axis=2)
     return {f"p@{k}": float(is_hit[:, :k].sum(axis=1).mean()) / k for k in ks}
 
 
 def compile_step(
-    train_step: Any, state: Any, batch: int, args: argparse.Namespace
+    train_step: Any, state: Any, batch: int, config: ExtremeConfig
 ) -> tuple[Any, dict[str, int]]:
     """Compiles one training step for these shapes; returns it and its memory in bytes.
 
@@ -254,8 +280,8 @@ def compile_step(
     """
     shapes = (
         jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state),
-        jax.ShapeDtypeStruct((batch, args.features), jnp.float32),
-        jax.ShapeDtypeStruct((batch, args.max_positives), jnp.int32),
+        jax.ShapeDtypeStruct((batch, config.features), jnp.float32),
+        jax.ShapeDtypeStruct((batch, config.max_positives), jnp.int32),
     )
     compiled = train_step.lower(*shapes).compile()
     m = compiled.memory_analysis()
@@ -282,39 +308,47 @@ def float64_loss(graphdef: Any, state: Any, x: np.ndarray, positives: np.ndarray
     return float(np.sum(np.logaddexp(0.0, z) - y * z) / x.shape[0])
 
 
-def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def train_and_evaluate(config: ExtremeConfig) -> dict[str, Any]:
     """Trains the fused and the unfused model on the same batches and measures both."""
 
-    def make(n: int, split: int) -> Dataset:
+    def make(n: int, split: int) -> Split:
         return make_extreme_data(
-            n, n_features=args.features, n_labels=args.labels, max_positives=args.max_positives,
-            mean_positives=args.mean_positives, zipf_exponent=args.zipf, noise=args.noise,
-            seed=args.seed, split=split,
-        )  # fmt: skip
+            n,
+            n_features=config.features,
+            n_labels=config.labels,
+            max_positives=config.max_positives,
+            mean_positives=config.mean_positives,
+            zipf_exponent=config.zipf,
+            noise=config.noise,
+            seed=config.seed,
+            split=split,
+        )
 
-    train, test = make(args.train_examples, 0), make(args.test_examples, 1)
+    train, test = make(config.train_examples, 0), make(config.test_examples, 1)
     ks = (1, 5)
     results: dict[str, Any] = {}
     losses: dict[str, list[float]] = {}
-    batch_rng = np.random.default_rng(args.seed + 1)
-    order = [batch_rng.integers(0, args.train_examples, args.batch_size) for _ in range(args.steps)]
-    variants = {"fused": fused_loss} if args.no_baseline else {
-        "fused": fused_loss, "unfused": unfused_loss,
-    }  # fmt: skip
+    batch_rng = np.random.default_rng(config.seed + 1)
+    order = [
+        batch_rng.integers(0, config.train_examples, config.batch_size) for _ in range(config.steps)
+    ]
+    variants: dict[str, LossFn] = {"fused": fused_loss}
+    if not config.no_baseline:
+        variants["unfused"] = unfused_loss
     for name, loss_fn in variants.items():
-        graphdef, state = build(args, args.labels)
+        graphdef, state = build(config, config.labels)
         if "first_loss_float64" not in results:
             first = order[0]
             results["first_loss_float64"] = float64_loss(
-                graphdef, state, train.x[first], train.positives[first]
+                graphdef, state, train.x[first], train.y[first]
             )
         step, memory = compile_step(
-            make_train_step(graphdef, loss_fn), state, args.batch_size, args
+            make_train_step(graphdef, loss_fn), state, config.batch_size, config
         )
         losses[name] = []
         start = time.perf_counter()
         for rows in order:
-            state, loss = step(state, train.x[rows], train.positives[rows])
+            state, loss = step(state, train.x[rows], train.y[rows])
             losses[name].append(loss)
         jax.block_until_ready(state)
         seconds = time.perf_counter() - start
@@ -324,13 +358,13 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             "first_loss": losses[name][0],
             "first_loss_relative_error": abs(losses[name][0] / results["first_loss_float64"] - 1),
             "final_loss": float(np.mean(losses[name][-10:])),
-            "seconds_per_step": seconds / args.steps,
+            "seconds_per_step": seconds / config.steps,
             "step_memory": memory,
         }
         print(
             f"{name:8s} p@1 {results[name]['p@1']:.3f}  p@5 {results[name]['p@5']:.3f}  "
             f"loss {losses[name][0]:.2f} -> {results[name]['final_loss']:.2f}  "
-            f"{1e3 * seconds / args.steps:.1f} ms/step  "
+            f"{1e3 * seconds / config.steps:.1f} ms/step  "
             f"step temporaries {memory['temp_bytes'] / 2**20:.1f} MiB"
         )
     results["popularity_baseline"] = popularity_baseline(train, test, ks)
@@ -341,16 +375,16 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             results["fused"]["step_memory"]["temp_bytes"]
             / results["unfused"]["step_memory"]["temp_bytes"]
         )
-    if args.scale_labels:
-        scale: dict[str, Any] = {"batch": args.scale_batch, "labels": args.scale_labels}
+    if config.scale_labels:
+        scale: dict[str, Any] = {"batch": config.scale_batch, "labels": config.scale_labels}
         for name, loss_fn in variants.items():
-            graphdef, state = build(args, args.scale_labels, abstract=True)
+            graphdef, state = build(config, config.scale_labels, abstract=True)
             step = make_train_step(graphdef, loss_fn)
-            scale[name] = compile_step(step, state, args.scale_batch, args)[1]
+            scale[name] = compile_step(step, state, config.scale_batch, config)[1]
         results["step_memory_at_scale"] = scale
         for name in variants:
             print(
-                f"at batch {args.scale_batch}, {args.scale_labels} labels: {name} step "
+                f"at batch {config.scale_batch}, {config.scale_labels} labels: {name} step "
                 f"temporaries {scale[name]['temp_bytes'] / 2**30:.2f} GiB, "
                 f"peak {scale[name]['peak_bytes'] / 2**30:.2f} GiB"
             )
@@ -361,40 +395,52 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- main
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> ExtremeConfig:
+    """The config the command line asks for; a flag that cannot work is a usage error."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    d = ExtremeConfig(out=Path())  # for the other flags' defaults
     p.add_argument("--out", type=Path, required=True, help="directory for metrics.json")
-    p.add_argument("--steps", type=int, default=150, help="training steps")
-    p.add_argument("--seed", type=int, default=0, help="seed of data, init and batches")
-    p.add_argument("--labels", type=int, default=2**14, help="L, the number of labels")
-    p.add_argument("--features", type=int, default=64, help="input dimension")
-    p.add_argument("--hidden", type=int, default=128, help="width of the encoder")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    p.add_argument("--train-examples", type=int, default=8192)
-    p.add_argument("--test-examples", type=int, default=1024)
-    p.add_argument("--max-positives", type=int, default=8, help="K, width of the indices")
-    p.add_argument("--mean-positives", type=float, default=3.0, help="mean positives/example")
-    p.add_argument("--zipf", type=float, default=1.0, help="power-law exponent of labels")
-    p.add_argument("--noise", type=float, default=0.3, help="input noise level")
-    p.add_argument("--no-baseline", action="store_true", help="skip the unfused model")
+    p.add_argument("--steps", type=int, default=d.steps, help="training steps")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of data, init and batches")
+    p.add_argument("--labels", type=int, default=d.labels, help="L, the number of labels")
+    p.add_argument("--features", type=int, default=d.features, help="input dimension")
+    p.add_argument("--hidden", type=int, default=d.hidden, help="width of the encoder")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    p.add_argument("--train-examples", type=int, default=d.train_examples)
+    p.add_argument("--test-examples", type=int, default=d.test_examples)
     p.add_argument(
-        "--scale-batch", type=int, default=4096, help="batch of the compile-only memory check"
+        "--max-positives", type=int, default=d.max_positives, help="K, width of the indices"
     )
     p.add_argument(
-        "--scale-labels", type=int, default=2**20,
+        "--mean-positives", type=float, default=d.mean_positives, help="mean positives/example"
+    )
+    p.add_argument("--zipf", type=float, default=d.zipf, help="power-law exponent of labels")
+    p.add_argument("--noise", type=float, default=d.noise, help="input noise level")
+    p.add_argument("--no-baseline", action="store_true", help="skip the unfused model")
+    p.add_argument(
+        "--scale-batch",
+        type=int,
+        default=d.scale_batch,
+        help="batch of the compile-only memory check",
+    )
+    p.add_argument(
+        "--scale-labels",
+        type=int,
+        default=d.scale_labels,
         help="labels of the compile-only memory check (0 skips it)",
-    )  # fmt: skip
-    args = p.parse_args(argv)
-    for name in ("steps", "labels", "features", "hidden", "batch_size", "train_examples",
-                 "test_examples", "max_positives"):  # fmt: skip
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.mean_positives < 1:
+    )
+    config = ExtremeConfig(**vars(p.parse_args(argv)))
+    try:
+        positive = "steps labels features hidden batch_size train_examples test_examples"
+        check_at_least_one(config, [*positive.split(), "max_positives"])
+    except ConfigError as e:
+        p.error(str(e))
+    if config.mean_positives < 1:
         p.error("--mean-positives must be at least 1")
-    if args.labels < 5:
+    if config.labels < 5:
         p.error("--labels must be at least 5 (precision@5)")
-    return args
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -406,12 +452,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     Returns:
       The metrics written.
     """
-    args = parse_args(argv)
-    metrics = train_and_evaluate(args)
-    metrics["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"wrote {args.out / 'metrics.json'}")
+    config = parse_args(argv)
+    metrics = train_and_evaluate(config)
+    metrics["config"] = as_json(config)
+    write_json(config.out / "metrics.json", metrics)
+    print(f"wrote {config.out / 'metrics.json'}")
     return metrics
 
 

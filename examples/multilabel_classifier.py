@@ -41,36 +41,23 @@ import argparse
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import (
-    MLP,
-    Batch,
-    Dataset,
-    Split,
-    add_common_flags,
-    batch_of,
-    best_threshold,
-    binary_metrics,
-    fail,
-    fit,
-    is_main_process,
-    loss_and_probabilities,
-    make_transform,
-    padded_batch,
-    plot_bars,
-    positive_weight,
-    prepare_run,
-    put_replicated,
-    read_table,
-    replicate,
-    split_and_standardise,
-    write_outputs,
-)
+from common import input_pipeline, sharding
+from common.cli import add_common_flags, config_from_flags, fail, prepare_run
+from common.config import TrainConfig
+from common.input_pipeline import Dataset, Split
+from common.metrics import best_threshold, binary_metrics
+from common.models import MLP
+from common.outputs import atomic_write, write_outputs
+from common.plots import plot_bars
+from common.sharding import Batch
+from common.train import fit, make_transform
 from flax import nnx
 
 import jaxbce
@@ -83,6 +70,36 @@ ATTRIBUTES: dict[str, frozenset[int]] = {
     "divisible_by_3": frozenset({0, 3, 6, 9}),
 }
 """The default labels: the digits for which each attribute is true."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MultilabelConfig(TrainConfig):
+    """A run's settings: the shared ones, and missing labels and the loss.
+
+    Attributes:
+      hide_fraction: Share of train and validation labels to hide (``mask`` False).
+      baseline: With ``hide_fraction``, also train a model that takes hidden labels for 0.
+      loss: ``"bce"`` or ``"focal"``.
+      focal_alpha: Focal loss weight of the positive class.
+      focal_gamma: Focal loss focusing exponent.
+    """
+
+    hide_fraction: float = 0.0
+    baseline: bool = True
+    loss: str = "bce"
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+DEFAULTS = MultilabelConfig(
+    steps=1000,
+    batch_size=128,
+    lr=3e-3,
+    weight_decay=1.0,
+    hidden=128,
+    out=Path("runs/multilabel_classifier"),
+)
+"""The settings of a run without flags."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,9 +139,11 @@ def load_data(path: Path | None, seed: int) -> Dataset:
         y = np.stack([np.isin(digit, sorted(ds)) for ds in ATTRIBUTES.values()], axis=1)
         x, features, labels, strata = raw.data, list(raw.feature_names), list(ATTRIBUTES), digit
     else:
-        x, y, features, labels = read_table(path)
+        x, y, features, labels = input_pipeline.read_table(path)
         strata = np.unique(y, axis=0, return_inverse=True)[1].ravel()
-    train, val, test = split_and_standardise(x, y.astype(np.float32), strata=strata, seed=seed)
+    train, val, test = input_pipeline.split_and_standardise(
+        x, y.astype(np.float32), strata=strata, seed=seed
+    )
     return Dataset(train, val, test, features, labels)
 
 
@@ -251,19 +270,11 @@ def multilabel_metrics(
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_flags(
-        parser,
-        steps=1000,
-        batch_size=128,
-        lr=3e-3,
-        weight_decay=1.0,
-        hidden=128,
-        out="runs/multilabel_classifier",
-    )
+    add_common_flags(parser, DEFAULTS)
     parser.add_argument(
         "--hide-fraction",
         type=float,
-        default=0.0,
+        default=DEFAULTS.hide_fraction,
         help="hide this share of train/validation labels and train with where=mask",
     )
     parser.add_argument(
@@ -272,9 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="with --hide-fraction, skip the comparison model trained without the mask",
     )
-    parser.add_argument("--loss", choices=("bce", "focal"), default="bce", help="loss function")
-    parser.add_argument("--focal-alpha", type=float, default=0.25, help="focal loss alpha")
-    parser.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss gamma")
+    parser.add_argument(
+        "--loss", choices=("bce", "focal"), default=DEFAULTS.loss, help="loss function"
+    )
+    parser.add_argument(
+        "--focal-alpha", type=float, default=DEFAULTS.focal_alpha, help="focal loss alpha"
+    )
+    parser.add_argument(
+        "--focal-gamma", type=float, default=DEFAULTS.focal_gamma, help="focal loss gamma"
+    )
     return parser
 
 
@@ -299,42 +316,53 @@ class Variant:
     pos_weight: jax.Array | None
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(
+    argv: list[str] | None = None, *, after_step: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Trains, evaluates and writes ``metrics.json``, ``history.csv``, plots and parameters.
 
     Args:
       argv: Command-line flags (default: ``sys.argv[1:]``).
+      after_step: Passed to :func:`~common.train.fit`: called with the steps done after each.
 
     Returns:
       The metrics written to ``metrics.json``.
     """
     started = time.perf_counter()
-    args = build_parser().parse_args(argv)
-    if not 0 <= args.hide_fraction < 1:
-        fail(f"--hide-fraction must be in [0, 1), got {args.hide_fraction}")
-    mesh, data = prepare_run(args, load_data)
+    config = config_from_flags(build_parser().parse_args(argv), DEFAULTS)
+    if not 0 <= config.hide_fraction < 1:
+        fail(f"--hide-fraction must be in [0, 1), got {config.hide_fraction}")
+    config, mesh, data = prepare_run(config, load_data)
 
-    rng = np.random.default_rng([args.seed, 1])
+    rng = np.random.default_rng([config.seed, 1])
     views = {
         "with_mask": (
-            hide_labels(data.train, args.hide_fraction, rng),
-            hide_labels(data.val, args.hide_fraction, rng),
+            hide_labels(data.train, config.hide_fraction, rng),
+            hide_labels(data.val, config.hide_fraction, rng),
         )
     }
-    if args.hide_fraction > 0 and args.baseline:
+    if config.hide_fraction > 0 and config.baseline:
         views["without_mask"] = tuple(without_mask(split) for split in views["with_mask"])
-    tx = make_transform(args)
+    tx = make_transform(config)
     variants = {}
     for name, (train, val) in views.items():
-        model = MLP(train.x.shape[1], args.hidden, train.y.shape[1], rngs=nnx.Rngs(args.seed))
+        model = MLP(train.x.shape[1], config.hidden, train.y.shape[1], rngs=nnx.Rngs(config.seed))
         optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-        replicate(mesh, model, optimizer)
-        weight = put_replicated(mesh, positive_weight(train)) if args.pos_weight else None
-        variants[name] = Variant(train, val, padded_batch(mesh, val), model, optimizer, weight)
-    config = LossConfig(args.loss == "focal", args.focal_alpha, args.focal_gamma)
+        sharding.replicate(mesh, model, optimizer)
+        weight = (
+            sharding.put_replicated(mesh, input_pipeline.positive_weight(train))
+            if config.pos_weight
+            else None
+        )
+        variants[name] = Variant(
+            train, val, sharding.padded_batch(mesh, val), model, optimizer, weight
+        )
+    loss_config = LossConfig(config.loss == "focal", config.focal_alpha, config.focal_gamma)
 
     def predict(v: Variant, batch: Batch, n: int) -> tuple[float, np.ndarray]:
-        return loss_and_probabilities(eval_step(v.model, batch, v.pos_weight, config), n)
+        return sharding.loss_and_probabilities(
+            eval_step(v.model, batch, v.pos_weight, loss_config), n
+        )
 
     def evaluate() -> dict[str, float]:
         row = {}
@@ -351,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return row
 
     history = fit(
-        args,
+        config,
         train_rows=len(data.train),
         nodes={
             f"{name}_{part}": getattr(v, part)
@@ -360,14 +388,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         train_step=lambda rows: {
             f"train_loss_{name}": train_step(
-                v.model, v.optimizer, batch_of(mesh, v.train, rows), v.pos_weight, config
+                v.model,
+                v.optimizer,
+                sharding.batch_of(mesh, v.train, rows),
+                v.pos_weight,
+                loss_config,
             )
             for name, v in variants.items()
         },
         evaluate=evaluate,
+        after_step=after_step,
     )
 
-    test_batch = padded_batch(mesh, data.test)
+    test_batch = sharding.padded_batch(mesh, data.test)
     results, p_test = {}, {}
     for name, v in variants.items():
         _, p_val = predict(v, v.val_batch, len(v.val))
@@ -379,16 +412,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         **results["with_mask"],
         "without_mask": results.get("without_mask"),
-        "hide_fraction": args.hide_fraction,
-        "loss": args.loss,
+        "hide_fraction": config.hide_fraction,
+        "loss": config.loss,
         "labels": (
             {name: sorted(digits) for name, digits in ATTRIBUTES.items()}
-            if args.data is None
+            if config.data is None
             else data.label_names
         ),
         "rows": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "devices": mesh.size,
-        "steps": args.steps,
+        "steps": config.steps,
         "seconds": time.perf_counter() - started,
     }
     curves = {
@@ -397,11 +430,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     curves["micro"] = (data.test.y.ravel(), p_test["with_mask"].ravel())
     model = variants["with_mask"].model
-    write_outputs(args.out, metrics=metrics, history=history, curves=curves, model=model)
-    if is_main_process():
-        plot_bars(
-            {name.replace("_", " "): r["per_label"] for name, r in results.items()},
-            args.out / "per_label.png",
+    write_outputs(config.out, metrics=metrics, history=history, curves=curves, model=model)
+    if sharding.is_main_process():
+        atomic_write(
+            config.out / "per_label.png",
+            plot_bars({name.replace("_", " "): r["per_label"] for name, r in results.items()}),
         )
         for name, r in results.items():
             print(
@@ -409,7 +442,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"  macro AP {r['test_macro_average_precision']:.4f}"
                 f"  micro F1 {r['test_micro_f1']:.4f}"
             )
-        print(f"outputs in {args.out}")
+        print(f"outputs in {config.out}")
     return metrics
 
 

@@ -1,16 +1,17 @@
-"""End-to-end tests of the training examples in ``examples/``.
+"""End-to-end tests of the training examples in ``examples/`` and their shared package.
 
 Most runs call ``main(argv)`` in this process, which saves an interpreter start and the imports
 per run. A subprocess is used only where the process itself must differ: eight simulated
 devices (``XLA_FLAGS`` counts only before JAX starts), two processes with ``--multi-host``, a
 run killed with SIGKILL, and the default binary run, timed the way a user would time it. The
-``slow`` tests train with the default flags and check the
-targets of the examples' issue; they run in CI too.
+``slow`` tests train with the default flags and check the examples' targets (README); they run
+in CI too.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -31,9 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
-import _common  # noqa: E402
 import binary_classifier  # noqa: E402
 import multilabel_classifier  # noqa: E402
+from common import input_pipeline, models  # noqa: E402
+from common.config import ConfigError, TrainConfig, fit_batch_to_data  # noqa: E402
 
 # A short run: 40 steps, history every 10, checkpoints at 20 and 40.
 SHORT = ["--steps", "40", "--eval-every", "10", "--checkpoint-every", "20"]
@@ -131,7 +133,7 @@ def test_masked_loss_ignores_hidden_labels() -> None:
     """Flipping a hidden label changes neither loss nor gradient; the mean is per observed label."""
     from flax import nnx
 
-    model = _common.MLP(4, 8, 3, rngs=nnx.Rngs(0))
+    model = models.MLP(4, 8, 3, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 2, (6, 3)), jnp.float32)
@@ -140,8 +142,8 @@ def test_masked_loss_ignores_hidden_labels() -> None:
     config = multilabel_classifier.LossConfig()
 
     @nnx.jit
-    def loss(m: _common.MLP, labels: jax.Array) -> tuple[jax.Array, Any]:
-        def f(m: _common.MLP) -> jax.Array:
+    def loss(m: models.MLP, labels: jax.Array) -> tuple[jax.Array, Any]:
+        def f(m: models.MLP) -> jax.Array:
             batch = {"x": x, "y": labels, "mask": mask}
             return multilabel_classifier.loss_fn(m, batch, pos_weight, config)[0]
 
@@ -162,37 +164,101 @@ def test_masked_loss_ignores_hidden_labels() -> None:
 
 def test_batch_rows_is_a_function_of_seed_and_step() -> None:
     n, batch = 50, 16  # 3 batches per epoch, 2 rows dropped
-    epoch = np.concatenate([_common.batch_rows(7, s, n, batch) for s in range(3)])
+    epoch = np.concatenate([input_pipeline.batch_rows(7, s, n, batch) for s in range(3)])
     assert len(set(epoch.tolist())) == 48
     np.testing.assert_array_equal(
-        _common.batch_rows(7, 4, n, batch), _common.batch_rows(7, 4, n, batch)
+        input_pipeline.batch_rows(7, 4, n, batch), input_pipeline.batch_rows(7, 4, n, batch)
     )
     assert not np.array_equal(
-        _common.batch_rows(7, 0, n, batch), _common.batch_rows(8, 0, n, batch)
+        input_pipeline.batch_rows(7, 0, n, batch), input_pipeline.batch_rows(8, 0, n, batch)
     )
     assert not np.array_equal(
-        _common.batch_rows(7, 0, n, batch), _common.batch_rows(7, 3, n, batch)
+        input_pipeline.batch_rows(7, 0, n, batch), input_pipeline.batch_rows(7, 3, n, batch)
     )
 
 
-def test_user_data_csv_and_npz(tmp_path: Path) -> None:
-    """--data reads features and label columns; the multi-label script takes several labels."""
+def write_user_csv(path: Path, rows: int, labels: list[str]) -> None:
+    """A CSV as a user would write one: features f0..f2, 0/1 label columns, learnable labels."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 3))
-    y = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0], axis=1).astype(int)
-    path = tmp_path / "mine.csv"
+    x = rng.normal(size=(rows, 3))
+    y = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0], axis=1).astype(int)[:, : len(labels)]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["f0", "f1", "f2", "label_a", "label_b"])
+        writer.writerow(["f0", "f1", "f2", *labels])
         writer.writerows([[*map(float, xi), *yi] for xi, yi in zip(x, y, strict=True)])
-    metrics = multilabel_classifier.main(
-        ["--data", str(path), "--steps", "60", "--batch-size", "32", "--out", str(tmp_path / "a")]
-    )
-    assert set(metrics["per_label"]) == {"label_a", "label_b"}
-    assert metrics["test_macro_roc_auc"] > 0.95
 
+
+SMALL_CSV = {
+    # 150 rows: 90 train. The binary default batch (64) fits; the multi-label one (128) shrinks.
+    "binary": (binary_classifier, ["label"], 64, "test_roc_auc"),
+    "multilabel": (multilabel_classifier, ["label_a", "label_b"], 90, "test_macro_roc_auc"),
+}
+
+
+@pytest.mark.parametrize("case", SMALL_CSV)
+def test_default_flags_train_on_a_small_csv(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's 150-row CSV with the default flags: the default batch shrinks to the data."""
+    script, labels, batch_size, key = SMALL_CSV[case]
+    path = tmp_path / "mine.csv"
+    write_user_csv(path, 150, labels)
+    metrics = script.main(["--data", str(path), "--out", str(tmp_path / "out")])
+
+    err = capsys.readouterr().err
+    note = "note: the default --batch-size 128 is more than the 90 training rows; using 90"
+    assert err.count(note) == (batch_size == 90), err[-3000:]
+    assert "error" not in err, err[-3000:]
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["batch_size"] == batch_size
+    assert metrics["rows"] == {"train": 90, "val": 30, "test": 30}
+    assert metrics[key] > 0.95, metrics
+    if script is multilabel_classifier:
+        assert set(metrics["per_label"]) == set(labels)
+
+
+@pytest.mark.parametrize("script", [binary_classifier, multilabel_classifier])
+def test_explicit_batch_size_larger_than_the_data_is_an_error(
+    script: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mine.csv"
+    write_user_csv(path, 150, ["label"])
+    argv = ["--data", str(path), "--batch-size", "128", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: --batch-size 128 exceeds the 90 training rows" in err
+    assert "expected at most 90" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_size_fits_rows_and_devices() -> None:
+    """A default batch shrinks to the rows, then to a multiple of the devices; an explicit one
+    that does not fit is an error that names the flag."""
+    default = TrainConfig(
+        steps=1, batch_size=128, lr=1e-3, weight_decay=0.0, hidden=1, out=Path("unused")
+    )
+    shrinking = dataclasses.replace(default, shrink_batch=True)
+    assert fit_batch_to_data(shrinking, 1000, 8).batch_size == 128
+    assert fit_batch_to_data(shrinking, 90, 1).batch_size == 90
+    assert fit_batch_to_data(shrinking, 90, 8).batch_size == 88
+    assert fit_batch_to_data(shrinking, 1000, 3).batch_size == 126
+    assert not fit_batch_to_data(shrinking, 90, 1).shrink_batch
+    with pytest.raises(ConfigError, match=r"5 training rows .* 8 devices; expected at least 8"):
+        fit_batch_to_data(shrinking, 5, 8)
+    assert fit_batch_to_data(default, 128, 8).batch_size == 128
+    with pytest.raises(ConfigError, match="--batch-size 128 exceeds the 90 training rows"):
+        fit_batch_to_data(default, 90, 1)
+    with pytest.raises(ConfigError, match="--batch-size 128 is not a multiple of the 3 devices"):
+        fit_batch_to_data(default, 1000, 3)
+
+
+def test_user_data_npz(tmp_path: Path) -> None:
+    """--data reads arrays x and y from an .npz (CSV files: the small-data tests above)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
     npz = tmp_path / "mine.npz"
-    np.savez(npz, x=x, y=y[:, 0])
+    np.savez(npz, x=x, y=(x[:, 0] > 0).astype(int))
     metrics = binary_classifier.main(
         ["--data", str(npz), "--steps", "60", "--batch-size", "32", "--out", str(tmp_path / "b")]
     )
@@ -282,10 +348,10 @@ def test_eight_devices_match_one_device(tmp_path: Path) -> None:
     driver += f"import {', '.join(m.__name__ for m in runs)}; "
     # ... and the arrays really are spread: a batch in 8 slices, parameters copied to all 8.
     driver += (
-        "import _common, numpy as np; mesh = _common.make_mesh(False); "
-        "b = _common.shard_batch(mesh, {'x': np.zeros((16, 3))})['x']; "
+        "from common import sharding; import numpy as np; mesh = sharding.make_mesh(False); "
+        "b = sharding.shard_batch(mesh, {'x': np.zeros((16, 3))})['x']; "
         "assert sorted(s.data.shape for s in b.addressable_shards) == [(2, 3)] * 8; "
-        "r = _common.put_replicated(mesh, np.zeros((4, 3))); "
+        "r = sharding.put_replicated(mesh, np.zeros((4, 3))); "
         "assert sorted(s.data.shape for s in r.addressable_shards) == [(4, 3)] * 8; "
     )
     driver += "; ".join(
@@ -358,6 +424,31 @@ def test_multi_host_two_processes_match_one(tmp_path: Path) -> None:
         np.testing.assert_allclose(p_two[key], p_one[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+# Runs binary_classifier.main(FLAGS --out OUT) and, after step 50, once the checkpoint saved at
+# step 40 is on disk (Orbax renames a finished checkpoint into place), kills the process with
+# SIGKILL: no clean-up, no further files, as a crash or a pre-empted machine would end it.
+CRASH_AT_STEP_50 = """
+import os, signal, sys, time
+from pathlib import Path
+
+sys.path.insert(0, {examples!r})
+import binary_classifier
+
+out = Path(sys.argv[1])
+
+
+def crash(done):
+    if done == 50:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "40").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+binary_classifier.main([*sys.argv[2:], "--out", str(out)], after_step=crash)
+"""
+
+
 def test_killed_run_resumes_exactly_and_survives_a_corrupt_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -366,7 +457,20 @@ def test_killed_run_resumes_exactly_and_survives_a_corrupt_checkpoint(
     binary_classifier.main([*flags, "--out", str(whole)])
 
     killed = tmp_path / "killed"
-    done = run_script("binary_classifier.py", *flags, "--stop-after", "50", "--out", str(killed))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CRASH_AT_STEP_50.format(examples=str(EXAMPLES)),
+            str(killed),
+            *flags,
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["20", "40"]
     assert not (killed / "metrics.json").exists()
