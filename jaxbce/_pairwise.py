@@ -25,7 +25,8 @@ the dense formula differentiated by JAX (forward mode included).
 Ring. With ``axis_name`` each of the D devices holds ``Bl`` anchors and ``Bl`` candidates.
 Forward: D steps; at each the device scores its anchors against the visiting candidate
 shard (its rows, ids and mask) and passes that shard to the next device with
-:func:`jax.lax.ppermute`, issued before the step's work so that the two may overlap. The
+:func:`jax.lax.ppermute`, issued before the step's work so that the two may overlap (the
+D-th shift, which only takes each shard home, is spent to keep every step in one loop). The
 custom_vjp's output is the local per-anchor sums; ``psum`` and the mean are ordinary JAX
 outside it, so that ``shard_map`` and ``pmap`` transpose them by their own rules.
 Backward: the same ring again, the visiting shard travelling with a (Bl, d) gradient
@@ -215,8 +216,10 @@ def _ring_value(
         nxt = _shift(s, here)  # sent before the work on ``here``, so both may overlap
         return nxt, _visit_value(s, anc, here, scale, bias, total)
 
-    last, total = lax.fori_loop(0, s.n_dev - 1, step, (cand, total))
-    return _visit_value(s, anc, last, scale, bias, total)
+    # D steps, all in the loop (the last shift takes each shard home, unused): a loop of
+    # D - 1 steps plus one outside would be two copies of the block's buffers (at D = 2,
+    # XLA unrolls the single step and keeps both alive).
+    return lax.fori_loop(0, s.n_dev, step, (cand, total))[1]
 
 
 def _ring_grad(
@@ -237,12 +240,10 @@ def _ring_grad(
         nxt = _shift(s, here)
         acc = _visit_grad(s, anc, here, scale, bias, g, acc)
         # The visiting shard's gradient leaves with it: the next device adds its anchors'.
+        # After D steps every accumulator has been round all devices and is home.
         return nxt, acc._replace(db=_shift(s, acc.db))
 
-    last, acc = lax.fori_loop(0, s.n_dev - 1, step, (cand, acc))
-    acc = _visit_grad(s, anc, last, scale, bias, g, acc)
-    # Visited by every device, the accumulator takes its last step home to its owner.
-    return acc._replace(db=_shift(s, acc.db))
+    return lax.fori_loop(0, s.n_dev, step, (cand, acc))[1]
 
 
 def _per_anchor_impl(
