@@ -80,6 +80,7 @@ class _Grads(NamedTuple):
     db: jax.Array  # (n_cand, d): the visiting shard's
     scale: jax.Array  # ()
     bias: jax.Array  # ()
+    total: jax.Array | None = None  # () the loss itself, when computed in the same pass
 
 
 def default_block_size(n_anchor: int, n_cand: int) -> int:
@@ -187,7 +188,11 @@ def _visit_grad(
             db = lax.dynamic_update_slice_in_dim(acc.db, old + db_c, start, axis=0)
         d_scale = acc.scale + jnp.sum(dz * dot)
         d_bias = acc.bias + jnp.sum(dz)
-        return _Grads(da, db, d_scale, d_bias)
+        total = acc.total
+        if total is not None:  # the fused pass: the value from the same block of logits
+            loss = nll("logits", z, y, None, None, None, True)
+            total = total + jnp.sum(loss if m is None else jnp.where(m, loss, 0.0))
+        return _Grads(da, db, d_scale, d_bias, total)
 
     if _n_blocks(s) == 1:
         return body(0, acc)
@@ -223,14 +228,24 @@ def _ring_value(
 
 
 def _ring_grad(
-    s: _Static, anc: _Rows, cand: _Rows, scale: jax.Array, bias: jax.Array, g: jax.Array
+    s: _Static,
+    anc: _Rows,
+    cand: _Rows,
+    scale: jax.Array,
+    bias: jax.Array,
+    g: jax.Array,
+    with_value: bool = False,
 ) -> _Grads:
-    """Gradients of ``sum_i g_i l_i``; each shard's ``db`` travels with it and comes home."""
+    """Gradients of ``sum_i g_i l_i``; each shard's ``db`` travels with it and comes home.
+
+    ``with_value``: the loss summed over the local anchors too, from the same blocks.
+    """
     acc = _Grads(
         _zeros(anc.x.shape, s.dtype, anc.x),
         _zeros(cand.x.shape, s.dtype, cand.x),
         _zeros((), s.dtype, anc.x),
         _zeros((), s.dtype, anc.x),
+        _zeros((), s.dtype, anc.x) if with_value else None,
     )
     if s.n_dev == 1:
         return _visit_grad(s, anc, cand, scale, bias, g, acc)
@@ -282,6 +297,47 @@ def _per_anchor_bwd(s: _Static, res: tuple[Any, ...], g: jax.Array) -> tuple[Any
 _per_anchor.defvjp(_per_anchor_fwd, _per_anchor_bwd)
 
 
+def _summed_impl(
+    s: _Static,
+    a: jax.Array,
+    b: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    ids: jax.Array,
+    mask: jax.Array | None,
+) -> jax.Array:
+    return jnp.sum(_per_anchor_impl(s, a, b, scale, bias, ids, mask))
+
+
+#: The local anchors' loss summed, for "sum" and "mean": its cotangent is a scalar, so the
+#: gradients are computed with the value in one ring (three matrix products per block, as
+#: in the dense loss's autodiff, not four) and the backward rule only scales them. That is
+#: exact because this sum's only consumer is the psum over the ring, whose transpose gives
+#: every device the same cotangent: each shard's db, summed over all devices' anchors on
+#: its way round, takes one factor.
+_summed = jax.custom_vjp(_summed_impl, nondiff_argnums=(0,))
+
+
+def _summed_fwd(s: _Static, a, b, scale, bias, ids, mask):
+    g = jnp.ones(a.shape[0], s.dtype)
+    grads = _ring_grad(s, _Rows(a, ids, mask), _Rows(b, ids, mask), scale, bias, g, True)
+    cast = (
+        grads.da.astype(a.dtype),
+        grads.db.astype(b.dtype),
+        grads.scale.astype(scale.dtype),
+        grads.bias.astype(bias.dtype),
+    )
+    return grads.total, cast
+
+
+def _summed_bwd(s: _Static, grads: tuple[jax.Array, ...], g: jax.Array) -> tuple[Any, ...]:
+    del s
+    return (*((g * v).astype(v.dtype) for v in grads), None, None)
+
+
+_summed.defvjp(_summed_fwd, _summed_bwd)
+
+
 def _dense_per_anchor(
     a: jax.Array,
     b: jax.Array,
@@ -315,6 +371,8 @@ def _vary(x: Any, axes: tuple[Any, ...]) -> Any:
 
 
 def _scalar(name: str, value: Any) -> jax.Array:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # bias=0 is a float bias, weakly typed as floats are
     x = checks.check_predictions(name, value)
     if x.ndim != 0:
         raise ValueError(
@@ -466,6 +524,7 @@ def pairwise_sigmoid_loss(
         x_b = jnp.where(mask[:, None], x_b, 0)
 
     dense = block_size is None and n * n <= DENSE_MAX_ELEMENTS
+    per_anchor = None
     if axes is None and (dense or n == 0):
         per_anchor = _dense_per_anchor(x_a, x_b, t, beta, ids, mask, dt)
     else:
@@ -479,11 +538,13 @@ def pairwise_sigmoid_loss(
             # Every input varies over the ring before the custom_vjp; the transposes of these
             # casts psum the gradients of replicated inputs (scale and bias).
             args = tuple(_vary(v, axes) for v in args)
-        per_anchor = _per_anchor(static, *args)
-
-    if reduction == "none":
-        return per_anchor.astype(out_dtype)
-    total = jnp.sum(per_anchor)
+        if reduction == "none":
+            return _per_anchor(static, *args).astype(out_dtype)
+        total = _summed(static, *args)
+    if per_anchor is not None:
+        if reduction == "none":
+            return per_anchor.astype(out_dtype)
+        total = jnp.sum(per_anchor)
     count = jnp.asarray(n, dt) if mask is None else jnp.sum(mask, dtype=jnp.int32).astype(dt)
     if axes is not None:
         total, count = lax.psum((total, count), axes)
