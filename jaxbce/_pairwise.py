@@ -15,26 +15,33 @@ with :math:`m_{ij}` the inclusion of both rows. The per-pair term is the library
 (:func:`jaxbce._kernels.nll`, kind ``"logits"``), never re-typed here.
 
 Blocks. Without ``axis_name`` the candidates are visited ``block_size`` at a time inside a
-:func:`jax.custom_vjp`: the forward pass keeps only the per-anchor sums, the backward pass
-recomputes each (B, C) block of logits and accumulates ``da``, ``db[block]``, ``dscale``
-and ``dbias`` from the kernel's derivative rule (:func:`jaxbce._kernels.nll_bwd`). Four
-matrix products per block where autodiff of the dense loss does three, in exchange for
-memory that grows as B x C, not B x B. When the whole (B, B) block is small the loss is
-the dense formula differentiated by JAX (forward mode included).
+:func:`jax.custom_vjp`; each (B, C) block of logits goes through the kernel's value and
+derivative rule (:func:`jaxbce._kernels.nll_bwd`), and ``da``, ``db[block]``, ``dscale``
+and ``dbias`` are accumulated block by block, so memory grows as B x C, not B x B. When
+the whole (B, B) block is small the loss is the dense formula differentiated by JAX
+(forward mode included).
+
+Two custom_vjps. For ``"sum"`` and ``"mean"`` the output is the local anchors' summed loss,
+whose cotangent is one scalar, the same on every device (its only consumer is the psum
+over the ring, and psum's transpose hands every device one value): the forward pass
+computes the gradients at cotangent 1 with the value, from the same blocks (three matrix
+products per block, as autodiff of the dense loss), and the backward rule only scales them.
+For ``"none"`` the output is the per-anchor sums, whose cotangent is a vector: the forward
+pass keeps only the sums and the backward pass recomputes every block (four products).
 
 Ring. With ``axis_name`` each of the D devices holds ``Bl`` anchors and ``Bl`` candidates.
-Forward: D steps; at each the device scores its anchors against the visiting candidate
+D steps, in one loop; at each the device scores its anchors against the visiting candidate
 shard (its rows, ids and mask) and passes that shard to the next device with
 :func:`jax.lax.ppermute`, issued before the step's work so that the two may overlap (the
-D-th shift, which only takes each shard home, is spent to keep every step in one loop). The
-custom_vjp's output is the local per-anchor sums; ``psum`` and the mean are ordinary JAX
-outside it, so that ``shard_map`` and ``pmap`` transpose them by their own rules.
-Backward: the same ring again, the visiting shard travelling with a (Bl, d) gradient
-accumulator; each device adds its anchors' contribution to the visiting candidates'
-gradient before passing it on, and after D steps every accumulator is back on its owner,
-complete. Per device there exist at most one (Bl, C) block of logits and its derivative,
-the local inputs, two visiting shards (current and next) and two accumulators: nothing of
-size global-B x d or Bl x global-B.
+D-th shift, which only takes each shard home, is spent to keep every step in the loop).
+Gradients: the visiting shard travels with a (Bl, d) accumulator of its gradient; each
+device adds its anchors' contribution before passing it on, and after D steps every
+accumulator is back on its owner, complete. (In the fused ``"sum"``/``"mean"`` pass this
+happens in the forward ring; for ``"none"`` in a second, backward ring.) ``psum`` and the
+mean are ordinary JAX outside the custom_vjps, so ``shard_map`` and ``pmap`` transpose them
+by their own rules. Per device there exist at most one (Bl, C) block of logits and the
+derivatives of that block, the local inputs, two visiting shards (current and next) and
+two accumulators: nothing of size global-B x d or Bl x global-B.
 """
 
 from __future__ import annotations
@@ -443,9 +450,9 @@ def pairwise_sigmoid_loss(
     (B, block_size) block of logits exists; without it the (B, B) logits are formed whole
     when they have at most :data:`DENSE_MAX_ELEMENTS` elements (then every JAX
     transformation, forward mode included, applies), in blocks of about a million logits
-    otherwise. The blocked loss is a ``custom_vjp`` that recomputes each block in the
-    backward pass: ``grad``, ``value_and_grad``, ``vmap``, ``checkpoint`` and grad-of-grad
-    work, ``jax.jvp`` of the loss itself does not.
+    otherwise. The blocked loss is a ``custom_vjp`` (for ``"sum"`` and ``"mean"`` the
+    gradients are computed with the value, in one pass): ``grad``, ``value_and_grad``,
+    ``vmap``, ``checkpoint`` and grad-of-grad work, ``jax.jvp`` of the loss itself does not.
 
     Data parallelism. Inside ``jax.shard_map`` (or ``jax.pmap``) with ``a``, ``b``,
     ``pair_ids`` and ``where`` split over ``axis_name``, the loss is that of the whole
@@ -453,8 +460,10 @@ def pairwise_sigmoid_loss(
     travel round a ring of ``lax.ppermute`` steps (and their gradients with them in the
     backward pass), so no device ever holds the global ``b`` or a (local, global) block of
     logits. Gradients are the local slices of the global gradient (``shard_map``), and
-    ``scale`` and ``bias`` get their global gradient. Without ``pair_ids``, row ``i`` of
-    device ``k`` is global pair ``k * B_local + i``.
+    ``scale`` and ``bias`` get their global gradient. (Under ``pmap``, which transposes
+    ``psum`` to ``psum``, each device gets D times its slice, as for any psum-ed loss, and
+    D times its own anchors' part of the ``scale`` and ``bias`` gradients: ``psum`` them.)
+    Without ``pair_ids``, row ``i`` of device ``k`` is global pair ``k * B_local + i``.
 
     Args:
       a: (B, d) real floating anchors (image embeddings in SigLIP).
