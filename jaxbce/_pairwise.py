@@ -181,19 +181,22 @@ def _visit_grad(
 
     def body(i: Any, acc: _Grads) -> _Grads:
         rows, start, fresh = _block(s, cand, i)
-        dot, z, y, m = _pairs(s, anc, rows, fresh, scale, bias)
+        _, z, y, m = _pairs(s, anc, rows, fresh, scale, bias)
         dz = nll_bwd("logits", (z, y, None, None, None), g[:, None])[0]
         if m is not None:
             dz = jnp.where(m, dz, 0.0)
-        dz_low = (scale * dz).astype(low)
-        da = acc.da + jnp.matmul(dz_low, rows.x.astype(low), preferred_element_type=s.dtype)
-        db_c = jnp.matmul(dz_low.T, anc.x.astype(low), preferred_element_type=s.dtype)
+        dz_low = dz.astype(low)
+        # sum_ij dz_ij <a_i, b_j> = sum_i <a_i, (dz b)_i>: the scale's gradient from the
+        # (n, d) product that da needs anyway, so no (n, C) block of inner products is kept.
+        dz_b = jnp.matmul(dz_low, rows.x.astype(low), preferred_element_type=s.dtype)
+        da = acc.da + scale * dz_b
+        d_scale = acc.scale + jnp.sum(anc.x.astype(s.dtype) * dz_b)
+        db_c = scale * jnp.matmul(dz_low.T, anc.x.astype(low), preferred_element_type=s.dtype)
         if s.block == s.n_cand:
             db = acc.db + db_c
         else:
             old = lax.dynamic_slice_in_dim(acc.db, start, s.block, axis=0)
             db = lax.dynamic_update_slice_in_dim(acc.db, old + db_c, start, axis=0)
-        d_scale = acc.scale + jnp.sum(dz * dot)
         d_bias = acc.bias + jnp.sum(dz)
         total = acc.total
         if total is not None:  # the fused pass: the value from the same block of logits
