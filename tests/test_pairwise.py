@@ -242,9 +242,8 @@ def test_check_grads_order_2(x64):
 
     def per_anchor(a, b, scale, bias):
         losses = jaxbce.pairwise_sigmoid_loss(
-            a, b, scale=scale, bias=bias, pair_ids=ids, where=where, block_size=4,
-            reduction="none",
-        )  # fmt: skip
+            a, b, scale=scale, bias=bias, pair_ids=ids, where=where, block_size=4, reduction="none"
+        )
         return jnp.vdot(losses, weights)
 
     check_grads(jax.jit(per_anchor), args, order=2, modes=["rev"])
