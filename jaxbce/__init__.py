@@ -18,12 +18,14 @@ from jaxbce._losses import (
     sigmoid_binary_cross_entropy,
     sigmoid_focal_loss,
 )
+from jaxbce._pairwise import pairwise_sigmoid_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "binary_cross_entropy",
     "linear_sigmoid_binary_cross_entropy",
+    "pairwise_sigmoid_loss",
     "sigmoid_binary_cross_entropy",
     "sigmoid_focal_loss",
     "with_value_checks",
