@@ -1,6 +1,8 @@
 """Smoke test of ``benchmarks/run.py``: the script runs and writes sane results.
 
-No timing is asserted: timings on a shared CI machine say nothing about correctness.
+No timing is asserted: timings on a shared CI machine say nothing about correctness. The
+``bench`` package and ``cpu_passes`` are imported from ``benchmarks/``, which pytest puts on
+``sys.path`` (``pythonpath`` in ``pyproject.toml``).
 """
 
 from __future__ import annotations
@@ -104,9 +106,9 @@ def test_linear_only_run_writes_finite_fused_linear_results(tmp_path: Path) -> N
     )
     assert "Fused linear + BCE" in proc.stdout
     (json_path,) = tmp_path.glob("*.json")
-    assert json_path.stem.startswith(f"{json.loads(json_path.read_text())['backend']}-linear-")
     assert not list(tmp_path.glob("*.png"))
     result = json.loads(json_path.read_text())
+    assert json_path.stem.startswith(f"{result['backend']}-linear-")
     assert result["results"] == []
 
     section = result["fused_linear"]
@@ -132,25 +134,16 @@ def test_linear_only_run_writes_finite_fused_linear_results(tmp_path: Path) -> N
     assert _finite(target["value"])
 
 
-def _load_module(path: Path = SCRIPT, name: str = "bench_run"):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up by name.
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_linear_section_reports_what_it_cannot_run(monkeypatch) -> None:
     """Too large for RAM, or failing to compile: the row says so and the target waits."""
     import types
 
+    from bench import linear, report, targets
+    from bench.timing import Schedule
+
     import jaxbce
 
-    run = _load_module()
-    schedule = run.Schedule(budget_s=0.1, min_rounds=1, max_rounds=2, min_sample_s=1e-3)
-    args = run.build_parser().parse_args(["--linear-sizes", "256"])
+    schedule = Schedule(budget_s=0.1, min_rounds=1, max_rounds=2, min_sample_s=1e-3)
 
     def broken_bce(*args, **kwargs):
         raise OverflowError("too many elements")
@@ -159,28 +152,28 @@ def test_linear_section_reports_what_it_cannot_run(monkeypatch) -> None:
         linear_sigmoid_binary_cross_entropy=jaxbce.linear_sigmoid_binary_cross_entropy,
         sigmoid_binary_cross_entropy=broken_bce,
     )
-    section = run.run_linear(args, lib, schedule)
+    section = linear.run_linear(lib, schedule, [256])
     rows = {r["contender"]: r for r in section["rows"]}
     assert "does not compile" in rows["unfused"]["skipped"]
     assert _finite(rows["fused"]["median_ms"]) and "ratio_to_unfused" not in rows["fused"]
-    assert run.linear_target(section)["status"] == "not yet measured"
+    assert targets.linear_target(section)["status"] == "not yet measured"
 
-    monkeypatch.setattr(run, "LINEAR_MAX_RAM_FRACTION", 0.0)
-    section = run.run_linear(args, jaxbce, schedule)
+    monkeypatch.setattr(linear, "LINEAR_MAX_RAM_FRACTION", 0.0)
+    section = linear.run_linear(jaxbce, schedule, [256])
     assert all("temporaries" in r["skipped"] for r in section["rows"])
-    assert run.linear_target(section)["status"] == "not yet measured"
-    assert "not run" in run.format_linear_table(section)
-    assert "not run" in run.linear_markdown(section)
+    assert targets.linear_target(section)["status"] == "not yet measured"
+    assert "not run" in report.format_linear_table(section)
+    assert "not run" in report.linear_markdown(section)
 
 
 def test_cpu_passes_times_the_shipped_computation(capsys) -> None:
     """The diagnostic's loss is jaxbce's mean loss, and it runs end to end."""
+    import cpu_passes as passes
     import jax.numpy as jnp
     import numpy as np
 
     import jaxbce
 
-    passes = _load_module(ROOT / "benchmarks" / "cpu_passes.py", "bench_cpu_passes")
     rng = np.random.default_rng(1)
     z = jnp.asarray(3.0 * rng.standard_normal((4, 300)), jnp.float32)
     y = jnp.asarray(rng.random((4, 300)) < 0.3, jnp.float32)
