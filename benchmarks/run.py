@@ -12,13 +12,17 @@ Usage::
     python benchmarks/run.py             # full run: CPU 2^12..2^24, GPU 2^12..2^26
     python benchmarks/run.py --quick     # sizes 2^12, 2^16, 2^20, few rounds
     python benchmarks/run.py --sizes 4096 2^26 --out /tmp/bench
+    python benchmarks/run.py --save      # a full run, kept in benchmarks/results/
     python benchmarks/run.py --summarize benchmarks/results/cpu-<date>.json  # Markdown
     python benchmarks/run.py --linear-only   # fused linear loss only
     python benchmarks/run.py --quick --linear --linear-sizes 2^12  # both, small
 
 Prints a table per size, then the pass/fail lines of the targets, and writes
-``<out>/<backend>-<YYYY-MM-DD>.json`` and ``.png`` (time per element against N), or
-``<out>/<backend>-linear-<YYYY-MM-DD>.json`` for ``--linear-only``.
+``<backend>[-<kind>]-<YYYY-MM-DD>.json`` and ``.png`` (time per element against N; none for
+``--linear-only``) into ``runs/bench/`` (ignored by git), into ``--out DIR``, or with
+``--save`` into ``benchmarks/results/``. The kind (``quick``, ``custom``, ``linear``, ...;
+none for a full run) is also recorded in the JSON, and a run never replaces the files of
+another kind of run.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import jax
 from bench.config import RunConfig
 from bench.linear import LINEAR_BATCH, LINEAR_IN_FEATURES
 from bench.report import markdown_summary
-from bench.results import RESULTS_DIR, write_results
+from bench.results import check_replaceable, file_stem, output_dir, today_utc, write_results
 from bench.runner import run_benchmark
 
 
@@ -81,7 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=RunConfig.classes,
         help="labels per example C; shape is (N // C, C), or (1, N) for N < C",
     )
-    parser.add_argument("--out", default=str(RESULTS_DIR), help="directory for JSON and PNG")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="directory for JSON and PNG (default: runs/bench/, which git ignores)",
+    )
+    where.add_argument(
+        "--save",
+        action="store_true",
+        help="write into benchmarks/results/, next to the committed results; never replaces "
+        "the files of another kind of run (quick, full, custom sizes, linear only, ...)",
+    )
     parser.add_argument(
         "--budget",
         type=float,
@@ -115,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--linear-only",
         action="store_true",
-        help="only the fused linear benchmark; writes <out>/<backend>-linear-<date>.json",
+        help="only the fused linear benchmark; writes <backend>-linear[-quick|-custom]-<date>.json",
     )
     parser.add_argument(
         "--linear-sizes",
@@ -150,10 +167,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(markdown_summary(json.loads(Path(args.summarize).read_text())), end="")
         return 0
     config = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
+    out = output_dir(args.out, args.save)
+    stem = file_stem(jax.default_backend(), config.kind, today_utc())
+    try:  # Before the run, not after minutes of it; writing checks again.
+        check_replaceable(out, stem, config.kind)
+    except FileExistsError as err:
+        parser.error(str(err))
     result = run_benchmark(config)
     words = sys.argv[1:] if argv is None else list(argv)
     result["command"] = " ".join(["python", "benchmarks/run.py", *words])
-    write_results(result, Path(args.out), config.linear_only)
+    write_results(result, out)
     return 0
 
 

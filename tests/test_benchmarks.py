@@ -1,4 +1,4 @@
-"""Smoke test of ``benchmarks/run.py``: the script runs and writes sane results.
+"""Smoke test of ``benchmarks/run.py``: the script runs and writes sane results where asked.
 
 No timing is asserted: timings on a shared CI machine say nothing about correctness. The
 ``bench`` package and ``cpu_passes`` are imported from ``benchmarks/``, which pytest puts on
@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "run.py"
@@ -55,7 +58,8 @@ def test_quick_run_writes_complete_finite_results(tmp_path: Path) -> None:
     assert json_path.stem == png_path.stem
     assert png_path.stat().st_size > 0
     result = json.loads(json_path.read_text())
-    assert json_path.stem.startswith(result["backend"] + "-")
+    assert result["kind"] == "custom"
+    assert json_path.stem == f"{result['backend']}-custom-{result['timestamp_utc'][:10]}"
 
     rows = result["results"]
     assert {r["n"] for r in rows} == {4096}
@@ -108,7 +112,8 @@ def test_linear_only_run_writes_finite_fused_linear_results(tmp_path: Path) -> N
     (json_path,) = tmp_path.glob("*.json")
     assert not list(tmp_path.glob("*.png"))
     result = json.loads(json_path.read_text())
-    assert json_path.stem.startswith(f"{result['backend']}-linear-")
+    assert result["kind"] == "linear-custom"
+    assert json_path.stem.startswith(f"{result['backend']}-linear-custom-")
     assert result["results"] == []
 
     section = result["fused_linear"]
@@ -132,6 +137,68 @@ def test_linear_only_run_writes_finite_fused_linear_results(tmp_path: Path) -> N
     assert target["target"] == "fused linear value_and_grad within 1.3x of unfused"
     assert target["status"] in {"pass", "fail"}
     assert _finite(target["value"])
+
+
+def test_run_kinds_name_what_was_measured() -> None:
+    from bench.config import RunConfig
+
+    assert RunConfig().kind == "full"
+    assert RunConfig(quick=True).kind == "quick"
+    assert RunConfig(quick=True, sizes=[4096]).kind == "custom"
+    assert RunConfig(classes=1024).kind == "custom"
+    assert RunConfig(linear=True).kind == "full-with-linear"
+    assert RunConfig(linear_only=True).kind == "linear"
+    assert RunConfig(linear_only=True, quick=True).kind == "linear-quick"
+    assert RunConfig(linear_only=True, linear_sizes=[256]).kind == "linear-custom"
+
+
+def test_runs_write_where_git_ignores_them_unless_saved() -> None:
+    from bench.results import RESULTS_DIR, RUNS_DIR, file_stem, output_dir
+
+    assert output_dir(None, save=False) == RUNS_DIR
+    assert output_dir("/tmp/x", save=False) == Path("/tmp/x")
+    assert output_dir(None, save=True) == RESULTS_DIR == ROOT / "benchmarks" / "results"
+    probe = RUNS_DIR / (file_stem("cpu", "quick", "2026-01-01") + ".json")
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=ROOT, check=False)
+    assert ignored.returncode == 0, f"{probe} is not ignored by git"
+    assert file_stem("cpu", "full", "2026-01-01") == "cpu-2026-01-01"
+
+
+def test_results_of_another_kind_are_never_replaced(tmp_path: Path) -> None:
+    from bench.results import check_replaceable
+
+    check_replaceable(tmp_path, "cpu-2026-01-01", "full")  # Nothing there yet.
+    (tmp_path / "cpu-2026-01-01.json").write_text(json.dumps({"kind": "full"}))
+    check_replaceable(tmp_path, "cpu-2026-01-01", "full")  # The same kind: a rerun.
+    with pytest.raises(FileExistsError, match="holds a full run: a quick run"):
+        check_replaceable(tmp_path, "cpu-2026-01-01", "quick")
+    (tmp_path / "cpu-linear-2026-01-01.json").write_text(json.dumps({"backend": "cpu"}))
+    with pytest.raises(FileExistsError, match="records no kind"):
+        check_replaceable(tmp_path, "cpu-linear-2026-01-01", "linear")
+    (tmp_path / "cpu-quick-2026-01-01.png").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="no results JSON"):
+        check_replaceable(tmp_path, "cpu-quick-2026-01-01", "quick")
+
+
+def test_script_refuses_before_running(tmp_path: Path) -> None:
+    """The check comes before the measurement, so a refused run costs seconds."""
+    from bench.results import file_stem, today_utc
+
+    stem = file_stem("cpu", "quick", today_utc())
+    (tmp_path / f"{stem}.json").write_text(json.dumps({"kind": "full"}))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "holds a full run: a quick run does not replace it" in proc.stderr
+    assert "jaxbce benchmark on" not in proc.stdout
+    assert json.loads((tmp_path / f"{stem}.json").read_text()) == {"kind": "full"}
 
 
 def test_linear_section_reports_what_it_cannot_run(monkeypatch) -> None:

@@ -10,7 +10,7 @@ single fused elementwise pass and the bandwidth floor (an XLA copy of the same b
 Modules, each importing only those listed before it:
 
 * :mod:`bench.modes`: the timed modes and the ideal byte count of a contender.
-* :mod:`bench.config`: the settings of one run.
+* :mod:`bench.config`: the settings of one run and the kind of run they make.
 * :mod:`bench.inputs`: the elementwise benchmark's host inputs and their shape.
 * :mod:`bench.machine`: the machine, the code measured, and other processes' CPU use.
 * :mod:`bench.memory`: XLA's memory analysis, HLO traffic and device peaks.
@@ -20,7 +20,7 @@ Modules, each importing only those listed before it:
 * :mod:`bench.linear`: the fused linear layer + BCE benchmark.
 * :mod:`bench.targets`: the speed and memory targets, checked against measured rows.
 * :mod:`bench.report`: text tables, the Markdown summary and the plot.
-* :mod:`bench.results`: the file names of a run's JSON and PNG, and their writing.
+* :mod:`bench.results`: where a run's JSON and PNG go, and what they may not replace.
 * :mod:`bench.runner`: a whole run, from its settings to the JSON result.
 """
 

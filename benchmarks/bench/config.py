@@ -1,7 +1,9 @@
-"""The settings of one benchmark run.
+"""The settings of one benchmark run, and the kind of run they make.
 
 ``benchmarks/run.py`` turns its command line into a :class:`RunConfig`; everything else
-takes the config, never the parsed command line.
+takes the config, never the parsed command line. The kind (full, quick, custom sizes,
+linear only, ...) is written into the results and their file names, so that a run of one
+kind never replaces the results of another.
 """
 
 from __future__ import annotations
@@ -41,3 +43,22 @@ class RunConfig:
     linear: bool = False
     linear_only: bool = False
     linear_sizes: list[int] | None = None
+
+    @property
+    def kind(self) -> str:
+        """The kind of run, as written into the results and their file names.
+
+        ``full``, ``quick`` or ``custom`` (``sizes`` or ``classes`` given) for the
+        elementwise benchmark, with ``-with-linear`` when the fused linear section is
+        added; ``linear``, ``linear-quick`` or ``linear-custom`` (``linear_sizes`` given)
+        for the fused linear benchmark alone.
+        """
+        if self.linear_only:
+            if self.linear_sizes:
+                return "linear-custom"
+            return "linear-quick" if self.quick else "linear"
+        if self.sizes or self.classes != RunConfig.classes:
+            kind = "custom"
+        else:
+            kind = "quick" if self.quick else "full"
+        return kind + ("-with-linear" if self.linear else "")

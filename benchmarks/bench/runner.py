@@ -135,6 +135,7 @@ def run_benchmark(config: RunConfig) -> dict[str, Any]:
     result = {
         "schema": 1,
         "backend": backend,
+        "kind": config.kind,
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds"),
         "machine": info,
         "method": {
