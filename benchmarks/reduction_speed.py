@@ -32,9 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def losses_at(ref: str):
     """The module ``jaxbce/_losses.py`` as it is at git revision ``ref``."""
     source = subprocess.run(
-        ["git", "show", f"{ref}:jaxbce/_losses.py"], cwd=ROOT, check=True,
-        capture_output=True, text=True,
-    ).stdout  # fmt: skip
+        ["git", "show", f"{ref}:jaxbce/_losses.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     path = Path(tempfile.mkdtemp()) / "_losses_ref.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("_losses_ref", path)

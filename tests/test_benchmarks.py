@@ -1,15 +1,20 @@
-"""Smoke test of ``benchmarks/run.py``: the script runs and writes sane results.
+"""Smoke test of ``benchmarks/run.py``: the script runs and writes sane results where asked.
 
-No timing is asserted: timings on a shared CI machine say nothing about correctness.
+No timing is asserted: timings on a shared CI machine say nothing about correctness. The
+``bench`` package and ``cpu_passes`` are imported from ``benchmarks/``, which pytest puts on
+``sys.path`` (``pythonpath`` in ``pyproject.toml``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "run.py"
@@ -53,7 +58,8 @@ def test_quick_run_writes_complete_finite_results(tmp_path: Path) -> None:
     assert json_path.stem == png_path.stem
     assert png_path.stat().st_size > 0
     result = json.loads(json_path.read_text())
-    assert json_path.stem.startswith(result["backend"] + "-")
+    assert result["kind"] == "custom"
+    assert json_path.stem == f"{result['backend']}-custom-{result['timestamp_utc'][:10]}"
 
     rows = result["results"]
     assert {r["n"] for r in rows} == {4096}
@@ -104,9 +110,10 @@ def test_linear_only_run_writes_finite_fused_linear_results(tmp_path: Path) -> N
     )
     assert "Fused linear + BCE" in proc.stdout
     (json_path,) = tmp_path.glob("*.json")
-    assert json_path.stem.startswith(f"{json.loads(json_path.read_text())['backend']}-linear-")
     assert not list(tmp_path.glob("*.png"))
     result = json.loads(json_path.read_text())
+    assert result["kind"] == "linear-custom"
+    assert json_path.stem.startswith(f"{result['backend']}-linear-custom-")
     assert result["results"] == []
 
     section = result["fused_linear"]
@@ -132,25 +139,78 @@ def test_linear_only_run_writes_finite_fused_linear_results(tmp_path: Path) -> N
     assert _finite(target["value"])
 
 
-def _load_module(path: Path = SCRIPT, name: str = "bench_run"):
-    import importlib.util
+def test_run_kinds_name_what_was_measured() -> None:
+    from bench.config import RunConfig
 
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up by name.
-    spec.loader.exec_module(module)
-    return module
+    assert RunConfig().kind == "full"
+    assert RunConfig(quick=True).kind == "quick"
+    assert RunConfig(quick=True, sizes=[4096]).kind == "custom"
+    assert RunConfig(classes=1024).kind == "custom"
+    assert RunConfig(linear=True).kind == "full-with-linear"
+    assert RunConfig(linear_only=True).kind == "linear"
+    assert RunConfig(linear_only=True, quick=True).kind == "linear-quick"
+    assert RunConfig(linear_only=True, linear_sizes=[256]).kind == "linear-custom"
+
+
+def test_runs_write_where_git_ignores_them_unless_saved() -> None:
+    from bench.results import RESULTS_DIR, RUNS_DIR, file_stem, output_dir
+
+    assert output_dir(None, save=False) == RUNS_DIR
+    assert output_dir("/tmp/x", save=False) == Path("/tmp/x")
+    assert output_dir(None, save=True) == RESULTS_DIR == ROOT / "benchmarks" / "results"
+    probe = RUNS_DIR / (file_stem("cpu", "quick", "2026-01-01") + ".json")
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=ROOT, check=False)
+    assert ignored.returncode == 0, f"{probe} is not ignored by git"
+    assert file_stem("cpu", "full", "2026-01-01") == "cpu-2026-01-01"
+
+
+def test_results_of_another_kind_are_never_replaced(tmp_path: Path) -> None:
+    from bench.results import check_replaceable
+
+    check_replaceable(tmp_path, "cpu-2026-01-01", "full")  # Nothing there yet.
+    (tmp_path / "cpu-2026-01-01.json").write_text(json.dumps({"kind": "full"}))
+    check_replaceable(tmp_path, "cpu-2026-01-01", "full")  # The same kind: a rerun.
+    with pytest.raises(FileExistsError, match="holds a full run: a quick run"):
+        check_replaceable(tmp_path, "cpu-2026-01-01", "quick")
+    (tmp_path / "cpu-linear-2026-01-01.json").write_text(json.dumps({"backend": "cpu"}))
+    with pytest.raises(FileExistsError, match="records no kind"):
+        check_replaceable(tmp_path, "cpu-linear-2026-01-01", "linear")
+    (tmp_path / "cpu-quick-2026-01-01.png").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="no results JSON"):
+        check_replaceable(tmp_path, "cpu-quick-2026-01-01", "quick")
+
+
+def test_script_refuses_before_running(tmp_path: Path) -> None:
+    """The check comes before the measurement, so a refused run costs seconds."""
+    from bench.results import file_stem, today_utc
+
+    stem = file_stem("cpu", "quick", today_utc())
+    (tmp_path / f"{stem}.json").write_text(json.dumps({"kind": "full"}))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "holds a full run: a quick run does not replace it" in proc.stderr
+    assert "jaxbce benchmark on" not in proc.stdout
+    assert json.loads((tmp_path / f"{stem}.json").read_text()) == {"kind": "full"}
 
 
 def test_linear_section_reports_what_it_cannot_run(monkeypatch) -> None:
     """Too large for RAM, or failing to compile: the row says so and the target waits."""
     import types
 
+    from bench import linear, report, targets
+    from bench.timing import Schedule
+
     import jaxbce
 
-    run = _load_module()
-    schedule = run.Schedule(budget_s=0.1, min_rounds=1, max_rounds=2, min_sample_s=1e-3)
-    args = run.build_parser().parse_args(["--linear-sizes", "256"])
+    schedule = Schedule(budget_s=0.1, min_rounds=1, max_rounds=2, min_sample_s=1e-3)
 
     def broken_bce(*args, **kwargs):
         raise OverflowError("too many elements")
@@ -159,28 +219,28 @@ def test_linear_section_reports_what_it_cannot_run(monkeypatch) -> None:
         linear_sigmoid_binary_cross_entropy=jaxbce.linear_sigmoid_binary_cross_entropy,
         sigmoid_binary_cross_entropy=broken_bce,
     )
-    section = run.run_linear(args, lib, schedule)
+    section = linear.run_linear(lib, schedule, [256])
     rows = {r["contender"]: r for r in section["rows"]}
     assert "does not compile" in rows["unfused"]["skipped"]
     assert _finite(rows["fused"]["median_ms"]) and "ratio_to_unfused" not in rows["fused"]
-    assert run.linear_target(section)["status"] == "not yet measured"
+    assert targets.linear_target(section)["status"] == "not yet measured"
 
-    monkeypatch.setattr(run, "LINEAR_MAX_RAM_FRACTION", 0.0)
-    section = run.run_linear(args, jaxbce, schedule)
+    monkeypatch.setattr(linear, "LINEAR_MAX_RAM_FRACTION", 0.0)
+    section = linear.run_linear(jaxbce, schedule, [256])
     assert all("temporaries" in r["skipped"] for r in section["rows"])
-    assert run.linear_target(section)["status"] == "not yet measured"
-    assert "not run" in run.format_linear_table(section)
-    assert "not run" in run.linear_markdown(section)
+    assert targets.linear_target(section)["status"] == "not yet measured"
+    assert "not run" in report.format_linear_table(section)
+    assert "not run" in report.linear_markdown(section)
 
 
 def test_cpu_passes_times_the_shipped_computation(capsys) -> None:
     """The diagnostic's loss is jaxbce's mean loss, and it runs end to end."""
+    import cpu_passes as passes
     import jax.numpy as jnp
     import numpy as np
 
     import jaxbce
 
-    passes = _load_module(ROOT / "benchmarks" / "cpu_passes.py", "bench_cpu_passes")
     rng = np.random.default_rng(1)
     z = jnp.asarray(3.0 * rng.standard_normal((4, 300)), jnp.float32)
     y = jnp.asarray(rng.random((4, 300)) < 0.3, jnp.float32)
