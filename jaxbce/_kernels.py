@@ -128,12 +128,13 @@ def _plus(a: Pair, b: Pair) -> Pair:
     return fast_two_sum(s, err + (a[1] + b[1]))
 
 
-def _pair_value(a: Pair, t: jax.Array, c: Pair, f: Pair) -> jax.Array:
-    """``a t + c f`` rounded once: ``a``, ``c`` label-weight pairs, ``f`` a function pair."""
-    p_hi, p_lo = _times(t, a[0], a[1])
-    m_hi, m_lo = _times(f[0], c[0], c[1])
+def _pair_value(a: Pair, f: Pair, c: Pair, g: Pair) -> jax.Array:
+    """``a f + c g`` rounded once: ``a``, ``c`` label-weight pairs, ``f``, ``g`` pairs of
+    the two terms (``lo * lo`` products dropped: the weights are normalized)."""
+    p_hi, p_lo = _times(f[0], a[0], a[1])
+    m_hi, m_lo = _times(g[0], c[0], c[1])
     s, err = two_sum(p_hi, m_hi)
-    rest = err + ((p_lo + m_lo) + c[0] * f[1])
+    rest = err + ((p_lo + m_lo) + (a[0] * f[1] + c[0] * g[1]))
     return jnp.where(jnp.isfinite(s), s + rest, s)
 
 
@@ -157,9 +158,8 @@ def _logit_value(x: jax.Array, lw: LabelWeights, exact: bool = True) -> jax.Arra
         return _add_scaled(safe_mul(a, t), c, softplus_neg_abs(t))
     pq_lo, qc_lo, c_lo = lw.lo
     finite_t = jnp.where(jnp.isinf(t), 0.0, t)  # a * inf would be split into inf - inf
-    value = _pair_value(
-        (a, jnp.where(nonneg, qc_lo, pq_lo)), finite_t, (lw.c, c_lo), softplus_neg_abs(t)
-    )
+    a_pair = (a, jnp.where(nonneg, qc_lo, pq_lo))
+    value = _pair_value(a_pair, (finite_t, jnp.zeros_like(t)), (lw.c, c_lo), softplus_neg_abs(t))
     return jnp.where(jnp.isinf(t), safe_mul(a, t), value)
 
 
@@ -214,9 +214,7 @@ def _probs_value(p: jax.Array, lw: LabelWeights) -> jax.Array:
         value = s + (err + (lw.pq * a[1] + lw.qc * b[1]))
     else:
         pq_lo, qc_lo, _ = lw.lo
-        m_a, m_b = _times(a[0], lw.pq, pq_lo), _times(b[0], lw.qc, qc_lo)
-        s, err = two_sum(m_a[0], m_b[0])
-        value = s + (err + ((m_a[1] + m_b[1]) + (lw.pq * a[1] + lw.qc * b[1])))
+        value = _pair_value((lw.pq, pq_lo), a, (lw.qc, qc_lo), b)
     return jnp.where(jnp.isnan(p), p, value)
 
 

@@ -360,7 +360,7 @@ def test_default_chunk_size():
 
 
 def test_runtime_checks_under_checkify():
-    """Soft labels outside [0, 1] and sparse indices >= L are reported by jaxbce.with_value_checks."""
+    """Soft labels outside [0, 1] and sparse indices >= L are reported by with_value_checks."""
     h, w, _, idx, dense = _problem()
     h, w = np.float32(h), np.float32(w)
     fn = jax.jit(jaxbce.with_value_checks(linear_sigmoid_binary_cross_entropy))
@@ -407,10 +407,10 @@ BAD_LABEL_CASES = [(False, 13), (False, 89), (False, 220), (True, 13), (True, 39
 
 @pytest.mark.parametrize(("sparse", "flat"), BAD_LABEL_CASES)
 def test_value_checks_name_the_bad_label_as_eager_does(sparse, flat):
-    """Under jit(with_value_checks(...)), of the loss and of its gradient, a label outside [0, 1] or a
-    sparse index >= L is named by its flat index into ``labels`` and its value, in the very
-    words of the eager ValueError, whichever chunk it falls in. An excluded bad label (flat
-    index 3, where=False) comes first and is not reported."""
+    """Under jit(with_value_checks(...)), of the loss and of its gradient, a label outside
+    [0, 1] or a sparse index >= L is named by its flat index into ``labels`` and its value,
+    in the very words of the eager ValueError, whichever chunk it falls in. An excluded bad
+    label (flat index 3, where=False) comes first and is not reported."""
     h, w, _, idx, dense = _problem()
     h, w = np.float32(h), np.float32(w)
     where = np.ones((B, L), bool)

@@ -302,7 +302,9 @@ def test_labels_outside_unit_interval_are_caught_under_jit_with_value_checks(fn)
 
 
 def test_traced_label_smoothing_is_checked_under_checkify():
-    f = jax.jit(jaxbce.with_value_checks(lambda z, y, e: BCE(z, y, label_smoothing=e, reduction="sum")))
+    f = jax.jit(
+        jaxbce.with_value_checks(lambda z, y, e: BCE(z, y, label_smoothing=e, reduction="sum"))
+    )
     f(jnp.zeros(3), jnp.zeros(3), 0.1)[0].throw()
     with pytest.raises(Exception, match="label_smoothing must be in"):
         f(jnp.zeros(3), jnp.zeros(3), 1.5)[0].throw()

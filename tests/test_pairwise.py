@@ -501,6 +501,7 @@ def ring_results():
     return json.loads(lines[-1].removeprefix("RESULTS "))
 
 
+@pytest.mark.xdist_group("ring")
 @pytest.mark.parametrize("case", RING_CASES)
 def test_ring_matches_reference_float64(ring_results, case):
     # jit(vjp(shard_map(...))) on a ring of n CPU devices against the one-device float64
@@ -508,6 +509,7 @@ def test_ring_matches_reference_float64(ring_results, case):
     assert ring_results[case] == "ok", ring_results[case]
 
 
+@pytest.mark.xdist_group("ring")
 @pytest.mark.parametrize("case", EXTRA_CASES)
 def test_ring_float32_pmap_grad_of_grad_and_memory(ring_results, case):
     # float32 within 1e-5; pmap's psum-transposed gradients; reverse over reverse through

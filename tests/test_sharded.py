@@ -21,6 +21,10 @@ import pytest
 
 import jaxbce
 
+#: Every case reads one subprocess's results (a module fixture); the group keeps them on
+#: one xdist worker, so the 8-device subprocess runs once, not once per worker.
+pytestmark = pytest.mark.xdist_group("sharded")
+
 LOSSES = {
     "bce": jaxbce.sigmoid_binary_cross_entropy,
     "probs": jaxbce.binary_cross_entropy,
