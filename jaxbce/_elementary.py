@@ -191,7 +191,9 @@ def _exp_neg(
     # three-operation two_sum's error is far below 2^-30 of E.
     r_hi, r_lo = fast_two_sum(t - k * _LN2_HI, -(k * _LN2_LO))
     if t_lo is not None:
-        r_lo = r_lo + t_lo
+        # Renormalized: the tail below drops r_lo r_hi^2 / 2, negligible only while r_lo is
+        # within half an ulp of r_hi (a t_lo of half an ulp of t = 84 left it 2^-22 off).
+        r_hi, r_lo = two_sum(r_hi, r_lo + t_lo)
     rh, rl = split(r_hi)
     sq_hi, sq_lo = rh * rh, rl * (2.0 * rh + rl)  # r_hi^2, the first term exact
     s1, e1 = fast_two_sum(opaque(1.0, t), -r_hi)
@@ -412,7 +414,7 @@ def _recip_one_minus_jvp(primals, tangents):
 
 def _pow_neg_log_f32(
     nl_hi: jax.Array, nl_lo: jax.Array, gamma: jax.Array, shift: jax.Array
-) -> jax.Array:
+) -> Pair:
     inf = jnp.isinf(nl_hi)
     # gamma * nl as a pair: the 12-bit halves' partial products are exact.
     gh, gl = split(jnp.broadcast_to(gamma, nl_hi.shape))
@@ -422,41 +424,45 @@ def _pow_neg_log_f32(
     e_hi, e_lo, scale = _exp_neg(
         jnp.where(big, 0.0, y_hi), jnp.where(big, 0.0, y_lo), shift.astype(jnp.int32)
     )
-    return jnp.where(big, 0.0, scale * (e_hi + e_lo))
+    # scale is a power of two: the pair stays exact unless it is subnormal.
+    return jnp.where(big, 0.0, scale * e_hi), jnp.where(big, 0.0, scale * e_lo)
 
 
 @jax.custom_jvp
-def pow_neg_log(
-    nl_hi: jax.Array, nl_lo: jax.Array, gamma: jax.Array, shift: jax.Array
-) -> jax.Array:
+def pow_neg_log(nl_hi: jax.Array, nl_lo: jax.Array, gamma: jax.Array, shift: jax.Array) -> Pair:
     """:math:`2^s u^\\gamma = 2^s e^{-\\gamma \\ell}` from :math:`\\ell = -\\log u \\ge 0`
     given as a pair, for :math:`\\gamma \\ge 0` and an integer :math:`s = ` ``shift``
     in [0, 180] (a scale that keeps a tiny power normal; 0 where :math:`\\gamma = 0`).
 
     The product :math:`\\gamma\\ell` is kept as a pair and its exponential evaluated as
-    in :func:`softplus_neg_abs`, so the result is within about :math:`2^{-26}` of
-    :math:`u^\\gamma` for the :math:`u` given, whatever :math:`\\gamma\\ell` is (a rounded
-    :math:`\\gamma \\log u` would cost :math:`\\gamma|\\log u|` ulps). :math:`2^s` at
+    in :func:`softplus_neg_abs`, so the result, a pair ``(hi, lo)``, is within about
+    :math:`2^{-26}` of :math:`u^\\gamma` for the :math:`u` given, whatever
+    :math:`\\gamma\\ell` is (a rounded :math:`\\gamma \\log u` would cost
+    :math:`\\gamma|\\log u|` ulps). :math:`2^s` at
     :math:`\\gamma = 0`, also for :math:`u = 0`. Derivative:
     :math:`-2^s u^\\gamma(\\gamma\\,d\\ell + \\ell\\,d\\gamma)`; ``shift`` has none.
     """
     if _is_float32(nl_hi):
-        out = _pow_neg_log_f32(nl_hi, nl_lo, gamma, shift)
+        hi, lo = _pow_neg_log_f32(nl_hi, nl_lo, gamma, shift)
     else:
         inf = jnp.isinf(nl_hi)
-        out = jnp.where(inf, 0.0, jnp.exp(shift * np.log(2.0) - gamma * (nl_hi + nl_lo)))
-    return jnp.where(gamma == 0, jnp.where(shift > 0, jnp.inf, 1.0), out)
+        hi = jnp.where(inf, 0.0, jnp.exp(shift * np.log(2.0) - gamma * (nl_hi + nl_lo)))
+        lo = jnp.zeros_like(hi)
+    zero_power = gamma == 0
+    hi = jnp.where(zero_power, jnp.where(shift > 0, jnp.inf, 1.0), hi)
+    return hi, jnp.where(zero_power, 0.0, lo)
 
 
 @pow_neg_log.defjvp
 def _pow_neg_log_jvp(primals, tangents):
     nl_hi, nl_lo, gamma, shift = primals
     d_hi, d_lo, d_gamma, _ = tangents
-    out = pow_neg_log(nl_hi, nl_lo, gamma, shift)
-    nl = nl_hi + nl_lo
+    hi, lo = pow_neg_log(nl_hi, nl_lo, gamma, shift)
+    out, nl = hi + lo, nl_hi + nl_lo
     # u^gamma * log u is 0 where u^gamma is (gamma > 0, u -> 0).
     d_log = jnp.where(out == 0, 0.0, out * nl)
-    return out, -(out * gamma) * (d_hi + d_lo) - d_log * d_gamma
+    d_out = -(out * gamma) * (d_hi + d_lo) - d_log * d_gamma
+    return (hi, lo), (d_out, jnp.zeros_like(d_out))
 
 
 @jax.custom_jvp

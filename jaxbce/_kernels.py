@@ -50,7 +50,6 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxbce._elementary import (
@@ -60,7 +59,6 @@ from jaxbce._elementary import (
     neg_log,
     neg_log1m,
     opaque,
-    pow_neg_log,
     quotient,
     recip_one_minus,
     sigmoid_neg_abs,
@@ -74,7 +72,7 @@ Kind = Literal["logits", "probs"]
 LOG_CLAMP = 100.0
 
 
-def _neg_abs(z: jax.Array) -> jax.Array:
+def neg_abs(z: jax.Array) -> jax.Array:
     # -|z| written so that its derivative at z = 0 is -1 (jnp.abs has 0 there), which keeps
     # every derivative of what is built on it exact at 0.
     return jnp.where(z >= 0, -z, z)
@@ -97,7 +95,7 @@ def _add_scaled(a: jax.Array, c: jax.Array, pair: Pair) -> jax.Array:
     return jnp.where(jnp.isfinite(s), s + (err + c * pair[1]), s)
 
 
-def _total(pair: Pair) -> jax.Array:
+def total(pair: Pair) -> jax.Array:
     return pair[0] + pair[1]
 
 
@@ -116,26 +114,27 @@ class LabelWeights(NamedTuple):
     lo: tuple[jax.Array, jax.Array, jax.Array] | None = None
 
 
-def _times(a: jax.Array, hi: jax.Array, lo: jax.Array | None) -> Pair:
+def times(a: jax.Array, hi: jax.Array, lo: jax.Array | None) -> Pair:
     """``a * (hi + lo)`` as a normalized pair (``|lo| <= ulp(hi) / 2``, about), so that a
     product of two such pairs may drop ``lo * lo``: ``fl(a * hi)`` and the rest."""
     p_hi, p_lo = exact_mul(a, hi)
     return fast_two_sum(p_hi, p_lo if lo is None else p_lo + a * lo)
 
 
-def _plus(a: Pair, b: Pair) -> Pair:
+def plus(a: Pair, b: Pair) -> Pair:
     s, err = two_sum(a[0], b[0])
     return fast_two_sum(s, err + (a[1] + b[1]))
 
 
-def _pair_value(a: Pair, f: Pair, c: Pair, g: Pair) -> jax.Array:
-    """``a f + c g`` rounded once: ``a``, ``c`` label-weight pairs, ``f``, ``g`` pairs of
-    the two terms (``lo * lo`` products dropped: the weights are normalized)."""
-    p_hi, p_lo = _times(f[0], a[0], a[1])
-    m_hi, m_lo = _times(g[0], c[0], c[1])
+def _pair_value(a: Pair, f: Pair, c: Pair, g: Pair) -> Pair:
+    """``a f + c g`` as a pair whose sum is it rounded once: ``a``, ``c`` label-weight
+    pairs, ``f``, ``g`` pairs of the two terms (``lo * lo`` products dropped: the weights
+    are normalized)."""
+    p_hi, p_lo = times(f[0], a[0], a[1])
+    m_hi, m_lo = times(g[0], c[0], c[1])
     s, err = two_sum(p_hi, m_hi)
     rest = err + ((p_lo + m_lo) + (a[0] * f[1] + c[0] * g[1]))
-    return jnp.where(jnp.isfinite(s), s + rest, s)
+    return s, jnp.where(jnp.isfinite(s), rest, 0.0)
 
 
 # ----------------------------------------------------------------- logits
@@ -148,36 +147,58 @@ def _logit_value(x: jax.Array, lw: LabelWeights, exact: bool = True) -> jax.Arra
     ``exact=False`` takes :math:`L` from XLA's ``log1p(exp(-t))`` (within 3 ulp) and the
     weights rounded: for a value that is only summed, whose sum's own rounding is larger,
     at half the cost."""
+    if exact and lw.lo is not None:
+        return total(logit_value_pair(x, lw))
     nonneg = x >= 0
-    t = -_neg_abs(x)
+    t = -neg_abs(x)
     a = jnp.where(nonneg, lw.qc, lw.pq)
-    if not exact or lw.lo is None:
-        c = lw.c if lw.lo is None else lw.c + lw.lo[2]
-        if not exact:
-            return safe_mul(a, t) + c * jnp.log1p(jnp.exp(-t))
-        return _add_scaled(safe_mul(a, t), c, softplus_neg_abs(t))
+    c = lw.c if lw.lo is None else lw.c + lw.lo[2]
+    if not exact:
+        return safe_mul(a, t) + c * jnp.log1p(jnp.exp(-t))
+    return _add_scaled(safe_mul(a, t), c, softplus_neg_abs(t))
+
+
+def logit_value_pair(x: jax.Array, lw: LabelWeights) -> Pair:
+    """:func:`_logit_value` for label-weight pairs (``lw.lo`` given), as a pair whose sum
+    is the value rounded once: ``(inf, 0)`` at an infinite logit with a nonzero weight."""
+    assert lw.lo is not None
+    nonneg = x >= 0
+    t = -neg_abs(x)
+    a = jnp.where(nonneg, lw.qc, lw.pq)
     pq_lo, qc_lo, c_lo = lw.lo
     finite_t = jnp.where(jnp.isinf(t), 0.0, t)  # a * inf would be split into inf - inf
     a_pair = (a, jnp.where(nonneg, qc_lo, pq_lo))
-    value = _pair_value(a_pair, (finite_t, jnp.zeros_like(t)), (lw.c, c_lo), softplus_neg_abs(t))
-    return jnp.where(jnp.isinf(t), safe_mul(a, t), value)
+    hi, lo = _pair_value(a_pair, (finite_t, jnp.zeros_like(t)), (lw.c, c_lo), softplus_neg_abs(t))
+    inf = jnp.isinf(t)
+    return jnp.where(inf, safe_mul(a, t), hi), jnp.where(inf, 0.0, lo)
 
 
 def _logit_slope(x: jax.Array, lw: LabelWeights) -> jax.Array:
     """:math:`\\bar q\\sigma(x) - \\pi q\\sigma(-x)`: :math:`\\bar q - c s` for
     :math:`x \\ge 0`, :math:`c s - \\pi q` otherwise, :math:`s = \\sigma(-|x|)`."""
+    if lw.lo is not None:
+        return total(logit_slope_pair(x, lw))
     nonneg = x >= 0
-    t = -_neg_abs(x)
+    t = -neg_abs(x)
     base = jnp.where(nonneg, lw.qc, -lw.pq)
     sign = jnp.where(nonneg, -1.0, 1.0)
-    if lw.lo is None:
-        return _add_scaled(base, sign * lw.c, sigmoid_neg_abs(t))
+    return _add_scaled(base, sign * lw.c, sigmoid_neg_abs(t))
+
+
+def logit_slope_pair(x: jax.Array, lw: LabelWeights) -> Pair:
+    """:func:`_logit_slope` for label-weight pairs (``lw.lo`` given), as a pair whose sum
+    is the slope rounded once."""
+    assert lw.lo is not None
+    nonneg = x >= 0
+    t = -neg_abs(x)
+    base = jnp.where(nonneg, lw.qc, -lw.pq)
+    sign = jnp.where(nonneg, -1.0, 1.0)
     pq_lo, qc_lo, c_lo = lw.lo
     s_hi, s_lo = sigmoid_neg_abs(t)
-    m_hi, m_lo = _times(s_hi, sign * lw.c, sign * c_lo)
+    m_hi, m_lo = times(s_hi, sign * lw.c, sign * c_lo)
     r, err = two_sum(base, m_hi)
     rest = err + ((jnp.where(nonneg, qc_lo, -pq_lo) + m_lo) + sign * lw.c * s_lo)
-    return jnp.where(jnp.isfinite(r), r + rest, r)
+    return r, jnp.where(jnp.isfinite(r), rest, 0.0)
 
 
 # ------------------------------------------------------------------ probs
@@ -214,7 +235,7 @@ def _probs_value(p: jax.Array, lw: LabelWeights) -> jax.Array:
         value = s + (err + (lw.pq * a[1] + lw.qc * b[1]))
     else:
         pq_lo, qc_lo, _ = lw.lo
-        value = _pair_value((lw.pq, pq_lo), a, (lw.qc, qc_lo), b)
+        value = total(_pair_value((lw.pq, pq_lo), a, (lw.qc, qc_lo), b))
     return jnp.where(jnp.isnan(p), p, value)
 
 
@@ -234,7 +255,7 @@ def _probs_slope(p: jax.Array, lw: LabelWeights) -> jax.Array:
         return jnp.where(jnp.isnan(p), p, _add_scaled(d_a, lw.qc, d_b))
     pq_lo, qc_lo, _ = lw.lo
     d_a_lo = jnp.where(in_a, -quotient(pq_lo, p_a), 0.0)
-    m_hi, m_lo = _times(d_b[0], lw.qc, qc_lo)
+    m_hi, m_lo = times(d_b[0], lw.qc, qc_lo)
     r, err = two_sum(d_a, m_hi)
     slope = r + (err + ((d_a_lo + m_lo) + lw.qc * d_b[1]))
     return jnp.where(jnp.isnan(p), p, jnp.where(jnp.isfinite(r), slope, r))
@@ -265,7 +286,7 @@ def _neg_log_odds_gap(kind: Kind, x: jax.Array, pw: jax.Array | None) -> tuple[j
         a = _logit_value(x, LabelWeights(one, zero, one))  # softplus(-x): the kernel, y = 1
         return a, (-x if pw is None else (pw - 1.0) * a - x)
     pair_a, pair_b, _, _ = _probs_pairs(x)
-    a, b = _total(pair_a), _total(pair_b)
+    a, b = total(pair_a), total(pair_b)
     return a, (a if pw is None else pw * a) - b
 
 
@@ -302,17 +323,17 @@ def _label_weights(
     q: tuple[jax.Array, jax.Array | None] = (y, None)
     if eps is not None:
         half_gap = two_sum(opaque(0.5, y), -y)  # 1/2 - y exactly
-        m = _times(eps, *half_gap)
-        q = _plus((y, jnp.zeros_like(y)), m)
-        qc = _plus(qc, (-m[0], -m[1]))
-    pq = q if pw is None else _times(pw, *q)
+        m = times(eps, *half_gap)
+        q = plus((y, jnp.zeros_like(y)), m)
+        qc = plus(qc, (-m[0], -m[1]))
+    pq = q if pw is None else times(pw, *q)
     if pw is None:
         c: tuple[jax.Array, jax.Array | None] = (jnp.ones_like(y), None)
     else:
-        c = _plus(pq, qc)  # type: ignore[arg-type]
+        c = plus(pq, qc)  # type: ignore[arg-type]
     if w is not None:
-        pq, qc = _times(w, *pq), _times(w, *qc)
-        c = (w, None) if pw is None else _times(w, *c)
+        pq, qc = times(w, *pq), times(w, *qc)
+        c = (w, None) if pw is None else times(w, *c)
     zero = jnp.zeros_like(y)
     lows = tuple(zero if lo is None else lo for lo in (pq[1], qc[1], c[1]))
     return LabelWeights(pq[0], qc[0], c[0], lows)  # type: ignore[arg-type]
@@ -420,10 +441,10 @@ def _nll_jvp(kind: Kind, summed: bool, primals, tangents):
     # reductions and exponentials: shared, they would be written to memory between the
     # reduction and the gradient pass; apart, each pass recomputes them in registers.
     coefficients = _jacobian(kind, lax.optimization_barrier(primals))
-    return out, _contract(out, coefficients, tangents)
+    return out, contract(out, coefficients, tangents)
 
 
-def _contract(out: jax.Array, coefficients, tangents) -> jax.Array:
+def contract(out: jax.Array, coefficients, tangents) -> jax.Array:
     """The tangent of an elementwise function: ``sum(c * t)`` over the inputs.
 
     ``coefficients`` holds the diagonal of each input's Jacobian (``None`` for an absent
@@ -436,149 +457,3 @@ def _contract(out: jax.Array, coefficients, tangents) -> jax.Array:
         if c is not None and not isinstance(t, jax.custom_derivatives.SymbolicZero)
     ]
     return sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
-
-
-# ------------------------------------------------------------------ focal
-
-
-def _times_pow2(x: jax.Array, n: jax.Array) -> jax.Array:
-    """``x * 2^n`` for an integer-valued ``n`` in [-180, 180], exact unless the result is
-    subnormal: two factors built from their exponent bits, applied in turn (``2^n`` itself
-    may not be a normal number; ``exp2`` would not be fused where it is read more than once).
-    """
-    half = jnp.trunc(n / 2)
-
-    def factor(e: jax.Array) -> jax.Array:
-        bits = (e.astype(jnp.int32) + 127).astype(jnp.uint32) << 23
-        return lax.bitcast_convert_type(bits, jnp.float32).astype(n.dtype)
-
-    return (x * factor(half)) * factor(n - half)
-
-
-@jax.custom_jvp
-def _softplus_over_sigmoid(t: jax.Array) -> jax.Array:
-    """:math:`f(t) = L(t)/\\sigma(-t) = (1 + e^{-t})\\operatorname{log1p}(e^{-t})/e^{-t}`,
-    :math:`t \\ge 0`: between :math:`2\\log 2` and 1, 1 at :math:`t = \\infty`.
-
-    Derivative :math:`f' = \\sigma(t) f - 1`, in terms of :math:`f` itself, so that no
-    derivative divides by the underflowing :math:`\\sigma(-t)^2`.
-    """
-    far = t > 0.9 * np.log(jnp.finfo(t.dtype).max)
-    l_hi, l_lo = softplus_neg_abs(jnp.where(far, 0.0, t))
-    s_hi, s_lo = sigmoid_neg_abs(jnp.where(far, 0.0, t))
-    return jnp.where(far, 1.0, (l_hi + l_lo) / (s_hi + s_lo))
-
-
-@_softplus_over_sigmoid.defjvp
-def _softplus_over_sigmoid_jvp(primals, tangents):
-    (t,), (dt,) = primals, tangents
-    f = _softplus_over_sigmoid(t)
-    big = 1.0 - _total(sigmoid_neg_abs(t))
-    return f, (big * f - 1.0) * dt
-
-
-def _focal_parts(x, y, gamma):
-    """Value and partial derivatives of :math:`u^\\gamma\\operatorname{BCE}(x, y)`.
-
-    :math:`u = 1 - p_t = y\\sigma(-x) + (1-y)\\sigma(x) = n_s s + n_b (1 - s)` with
-    :math:`s = \\sigma(-|x|)` and :math:`(n_s, n_b)` the label weights of the small and
-    the big sigmoid. The cross-entropy and its slope are the kernel's own
-    (:func:`_logit_value`, :func:`_logit_slope`). :math:`-\\log u` is kept as a pair,
-    :math:`|x| + L(|x|)` exactly when :math:`n_b = 0` (a right hard label, where
-    :math:`u = s` may underflow), and :math:`u^\\gamma` comes from
-    :func:`~jaxbce._elementary.pow_neg_log`, so that neither is rounded before the power.
-
-    The derivative of :math:`\\log u` is :math:`(\\bar y - y)\\,s(1-s)/u =
-    (\\bar y - y)(1-s)/(n_s + n_b e^{|x|})`, written without dividing by :math:`u`: every
-    derivative of it stays finite where :math:`u` underflows.
-
-    Returns:
-      ``(value, d/dx, d/dy, d/dgamma)``.
-    """
-    qc = 1.0 - y
-    nonneg = x >= 0
-    t = -_neg_abs(x)
-    s_hi, s_lo = sigmoid_neg_abs(t)
-    b_hi, b_err = fast_two_sum(opaque(1.0, x), -s_hi)  # 1 - s as a pair
-    b_lo = b_err - s_lo
-    s, big = s_hi + s_lo, b_hi + b_lo
-    one = jnp.ones_like(y)
-    ce = _logit_value(x, LabelWeights(y, qc, one))
-    d_ce = _logit_slope(x, LabelWeights(y, qc, one))
-    n_s = jnp.where(nonneg, y, qc)
-    n_b = jnp.where(nonneg, qc, y)
-    # -log u as a pair.
-    sure = n_b == 0
-    l_hi, l_lo = softplus_neg_abs(t)
-    tail_hi, tail_err = two_sum(t, l_hi)  # softplus(|x|) = -log s
-    # u = n_s s + n_b big to about 2^-34: 1 - y's rounding error added back, the leading
-    # products exact (12-bit halves), so that u^gamma does not multiply roundings by gamma.
-    qc_lo = fast_two_sum(opaque(1.0, y), -y)[1]
-    ns_l, nb_l = jnp.where(nonneg, 0.0, qc_lo), jnp.where(nonneg, qc_lo, 0.0)
-    p_hi, p_lo = exact_mul(n_s, s_hi)
-    q_hi, q_lo = exact_mul(n_b, b_hi)
-    u_hi, u_err = two_sum(p_hi, q_hi)
-    u_err = u_err + ((p_lo + q_lo) + (n_s * s_lo + n_b * b_lo) + (ns_l * s + nb_l * big))
-    u_hi, u_err = fast_two_sum(u_hi, u_err)
-    u_safe = jnp.where(sure, 1.0, u_hi)
-    nlu_hi, nlu_lo = neg_log(u_safe)
-    # For a right hard label, -log u = softplus(|x|) - log(n_s + n_b e^|x|): the log is of
-    # 1 there, but it carries the label derivative of log u (e^|x| capped, finite).
-    ex = jnp.exp(jnp.minimum(t, 0.9 * np.log(jnp.finfo(x.dtype).max)))
-    tail_lo = jnp.where(jnp.isinf(t), 0.0, tail_err + l_lo) - jnp.log(n_s + n_b * ex)
-    nl_hi = jnp.where(sure, tail_hi, nlu_hi)
-    nl_lo = jnp.where(sure, tail_lo, nlu_lo - u_err / u_safe)
-    # u^gamma below 2^-64 is computed times 2^shift, near 2^-64 (and the products scaled
-    # back), so that u^gamma * ce stays exact where u^gamma alone would underflow.
-    log2_m = lax.stop_gradient(gamma * nl_hi * np.log2(np.e))  # -log2(u^gamma), about
-    shift = jnp.clip(jnp.floor(jnp.where(jnp.isfinite(log2_m), log2_m, 0.0)) - 64.0, 0.0, 180.0)
-    m = pow_neg_log(nl_hi, nl_lo, gamma, shift)
-    if x.dtype != jnp.float32:
-        # XLA's float64 power is correctly rounded where exp(gamma * log u) is not.
-        u_val = jnp.where(sure, s, u_safe)
-        small = u_val < jnp.finfo(x.dtype).tiny
-        power = jnp.power(jnp.where(small, 1.0, u_val), gamma)  # no 0^(gamma - 1) behind
-        # u = s (n_s + n_b e^|x|) for a right hard label: the second factor is 1 there,
-        # but its power carries the label derivative of u^gamma.
-        power = power * jnp.where(
-            sure,
-            jnp.power(jnp.where(sure, n_s + n_b * ex, 1.0), gamma),
-            1.0 + gamma * u_err / u_safe,
-        )
-        m = jnp.where(small, m, _times_pow2(power, shift))
-    is_inf = jnp.isinf(x)
-    ce_fin = jnp.where(is_inf, 0.0, ce)  # at +-inf the factor's own slope is 0
-    # d log u / dx = (qc - y) ratio: big / n_s for a right hard label, where the capped
-    # e^|x| only carries the derivative in the labels; s big / u elsewhere (u >= n_b / 2).
-    u_full = jnp.where(sure, 1.0, u_hi + u_err)  # big / u_full is exactly 1 where u = big
-    ratio = jnp.where(sure, big / (n_s + n_b * ex), s * (big / u_full))
-    d_x = _times_pow2(m * (d_ce + gamma * ((qc - y) * ratio) * ce_fin), -shift)
-    value = _times_pow2(safe_mul(m, ce), -shift)
-    # d/dy = m (d ce/dy + gamma (ce / u) du/dy), d ce/dy = A - B = -x,
-    # du/dy = sigma(-x) - sigma(x); ce / u = L(|x|) / s for a right hard label.
-    ce_over_u = jnp.where(sure, _softplus_over_sigmoid(t), ce / u_safe)
-    du_dy = jnp.where(nonneg, s - big, big - s)
-    d_y = _times_pow2(safe_mul(m, -x) + gamma * m * ce_over_u * du_dy, -shift)
-    d_gamma = -safe_mul(value, nl_hi + nl_lo)
-    return value, d_x, d_y, d_gamma
-
-
-@jax.custom_jvp
-def focal_term(x, y, gamma) -> jax.Array:
-    """Elementwise :math:`(1 - p_t)^\\gamma\\,\\operatorname{BCE}(x, y)`, every mode.
-
-    Args:
-      x: logits in the compute dtype.
-      y: labels in [0, 1], same shape and dtype.
-      gamma: scalar focusing exponent, ``gamma >= 0`` (may be traced).
-
-    Returns:
-      The elementwise modulated cross-entropy (no alpha, no weights).
-    """
-    return _focal_parts(x, y, gamma)[0]
-
-
-@partial(focal_term.defjvp, symbolic_zeros=True)
-def _focal_term_jvp(primals, tangents):
-    value, *coefficients = _focal_parts(*primals)
-    return value, _contract(value, coefficients, tangents)

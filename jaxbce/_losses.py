@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Real
 
 from jaxbce import _checks as checks
-from jaxbce._kernels import Kind, focal_term, nll, safe_mul
+from jaxbce._focal import focal_term
+from jaxbce._kernels import Kind, nll
 from jaxbce._reductions import Reduction, reduce_loss
 
 
@@ -295,14 +296,9 @@ def sigmoid_focal_loss(
     )
     checks.check_scalar_range("gamma", gamma, 0.0, float("inf"))
     x, y = p.x, p.y
-    loss = focal_term(x, y, jnp.asarray(gamma, x.dtype))
-    if alpha is not None:
-        a = jnp.asarray(alpha, x.dtype)  # in the compute dtype, as every option
-        alpha_t = (1.0 - a) + (2.0 * a - 1.0) * y  # one rounded product: no 1 - y
-        if checks.is_concrete(alpha):
-            loss = loss if float(alpha) < 0 else safe_mul(alpha_t, loss)
-        else:
-            loss = jnp.where(alpha >= 0, safe_mul(alpha_t, loss), loss)
+    # alpha < 0 (None) turns the weighting off inside the kernel.
+    a = jnp.asarray(-1.0 if alpha is None else alpha, x.dtype)  # in the compute dtype
+    loss = focal_term(x, y, jnp.asarray(gamma, x.dtype), a)
     if p.w is not None:
         loss = p.w * loss
     return reduce_loss(loss, p.mask, reduction, axis_name, p.out_dtype)

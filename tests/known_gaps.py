@@ -8,23 +8,17 @@ from jaxbce import _sweep, check
 
 #: Rows of the quick check still above the issue's bound on this kernel, with the worst
 #: (loss, grad) ulps measured when they were recorded: a regression past these fails, and
-#: `python -m jaxbce.check` keeps reporting them as NO. The hard-label and low-precision
-#: rows, every focal hard-label row and most soft rows are within their bounds and are
-#: held to them.
-KNOWN_GAPS = {
-    ("focal", "gamma=0.5 alpha=0.6", "float32", "soft"): (4.0, 4.9),
-    ("focal", "gamma=2.0 alpha=None", "float32", "soft"): (4.0, 4.6),
-    ("focal", "gamma=2.0 alpha=0.25", "float32", "soft"): (4.0, 4.7),
-    ("focal", "gamma=2.0 alpha=0.6", "float32", "soft"): (4.0, 4.5),
-}
+#: `python -m jaxbce.check` keeps reporting them as NO. Every row is within its bound on
+#: the CPU now (the focal soft-label rows closed when the focal kernel went to pairs).
+KNOWN_GAPS: dict[tuple[str, str, str, str], tuple[float, float]] = {}
 
 #: The same on XLA:GPU (an H200, jax 0.11.2), where the gradients of the weighted, smoothed and
 #: focal rows are up to 1.6 ulp worse than on the CPU, for rows the CPU also misses and four
 #: it meets (`docs/results/check-exhaustive-gpu.txt` has the exhaustive figures).
 KNOWN_GAPS_GPU = {
     **KNOWN_GAPS,
-    # Measured before the label weights became exact pairs (which closed these rows on the
-    # CPU): not yet re-measured on a GPU.
+    # Measured before the label weights and the focal kernel became exact pairs (which
+    # closed these rows on the CPU): not yet re-measured on a GPU.
     ("sigmoid_bce", "pos_weight=3.5 weights=0.7", "float32", "soft"): (2.5, 4.2),
     ("sigmoid_bce", "pos_weight=0.25 weights=1.5", "float32", "soft"): (2.7, 3.5),
     ("bce", "label_smoothing=0.1", "float32", "soft"): (2.1, 2.8),

@@ -1,0 +1,239 @@
+"""The sigmoid focal loss' elementwise kernel and its derivatives.
+
+.. math::
+
+    \\ell = \\alpha_t\\, u^\\gamma\\, \\operatorname{BCE}(x, y),\\qquad
+    u = 1 - p_t = y\\,\\sigma(-x) + (1 - y)\\,\\sigma(x),\\qquad
+    \\alpha_t = \\alpha y + (1 - \\alpha)(1 - y).
+
+Accuracy. Every factor is an unevaluated float32 pair: the cross-entropy and its slope
+from the kernel with the exact label weights :math:`(y, 1 - y)`
+(:func:`~jaxbce._kernels.logit_value_pair`), :math:`u^\\gamma` from
+:func:`~jaxbce._elementary.pow_neg_log` (within about :math:`2^{-27}` of the power of the
+computed :math:`u`, itself within :math:`2^{-34}`), :math:`\\alpha_t` to :math:`2^{-44}`,
+and the products of pairs keep :math:`2^{-44}`. The loss is their product rounded once,
+and the slope :math:`\\alpha_t u^\\gamma\\,[\\partial_x\\operatorname{BCE} +
+\\gamma\\,(1 - 2y)\\,(s(1-s)/u)\\operatorname{BCE}]` the same, its two terms added as pairs,
+so that the errors are those of the pairs (a fraction of an ulp in all) and one rounding,
+whatever :math:`\\gamma` and :math:`\\alpha` are (``python -m jaxbce.check --exhaustive``
+measures them).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxbce._elementary import (
+    Pair,
+    exact_mul,
+    fast_two_sum,
+    neg_log,
+    opaque,
+    pow_neg_log,
+    sigmoid_neg_abs,
+    softplus_neg_abs,
+    two_sum,
+)
+from jaxbce._kernels import (
+    LabelWeights,
+    contract,
+    logit_slope_pair,
+    logit_value_pair,
+    neg_abs,
+    plus,
+    safe_mul,
+    total,
+)
+
+
+def _mul(a: Pair, b: Pair) -> Pair:
+    """The product of two normalized pairs as a normalized pair (``lo * lo`` dropped)."""
+    hi, lo = exact_mul(a[0], b[0])
+    return fast_two_sum(hi, lo + (a[0] * b[1] + a[1] * b[0]))
+
+
+def _div(a: Pair, b: Pair) -> Pair:
+    """``a / b`` for normalized pairs, ``b > 0`` normal: a quotient and its correction from
+    the exact residual."""
+    q = a[0] / b[0]
+    p_hi, p_lo = exact_mul(q, b[0])
+    residual = ((a[0] - p_hi) - p_lo) + (a[1] - q * b[1])
+    return fast_two_sum(q, residual / b[0])
+
+
+def _alpha_weight(y: jax.Array, alpha: jax.Array) -> tuple[Pair, jax.Array]:
+    """:math:`\\alpha_t = (1 - \\alpha) + (2\\alpha - 1) y` as a pair and its derivative in
+    ``y``; ``(1, 0)`` and 0 where ``alpha < 0`` (the weighting off)."""
+    on = alpha >= 0
+    a = jnp.where(on, alpha, 0.0)
+    one = opaque(1.0, y)
+    slope = two_sum(2.0 * a, -one)
+    at = plus(two_sum(one, -a), _mul((y, jnp.zeros_like(y)), slope))
+    return (jnp.where(on, at[0], 1.0), jnp.where(on, at[1], 0.0)), jnp.where(on, 2.0 * a - 1.0, 0.0)
+
+
+def _times_pow2(x: jax.Array, n: jax.Array) -> jax.Array:
+    """``x * 2^n`` for an integer-valued ``n`` in [-180, 180], exact unless the result is
+    subnormal: two factors built from their exponent bits, applied in turn (``2^n`` itself
+    may not be a normal number; ``exp2`` would not be fused where it is read more than once).
+    """
+    half = jnp.trunc(n / 2)
+
+    def factor(e: jax.Array) -> jax.Array:
+        bits = (e.astype(jnp.int32) + 127).astype(jnp.uint32) << 23
+        return lax.bitcast_convert_type(bits, jnp.float32).astype(n.dtype)
+
+    return (x * factor(half)) * factor(n - half)
+
+
+@jax.custom_jvp
+def _softplus_over_sigmoid(t: jax.Array) -> jax.Array:
+    """:math:`f(t) = L(t)/\\sigma(-t) = (1 + e^{-t})\\operatorname{log1p}(e^{-t})/e^{-t}`,
+    :math:`t \\ge 0`: between :math:`2\\log 2` and 1, 1 at :math:`t = \\infty`.
+
+    Derivative :math:`f' = \\sigma(t) f - 1`, in terms of :math:`f` itself, so that no
+    derivative divides by the underflowing :math:`\\sigma(-t)^2`.
+    """
+    far = t > 0.9 * np.log(jnp.finfo(t.dtype).max)
+    l_hi, l_lo = softplus_neg_abs(jnp.where(far, 0.0, t))
+    s_hi, s_lo = sigmoid_neg_abs(jnp.where(far, 0.0, t))
+    return jnp.where(far, 1.0, (l_hi + l_lo) / (s_hi + s_lo))
+
+
+@_softplus_over_sigmoid.defjvp
+def _softplus_over_sigmoid_jvp(primals, tangents):
+    (t,), (dt,) = primals, tangents
+    f = _softplus_over_sigmoid(t)
+    big = 1.0 - total(sigmoid_neg_abs(t))
+    return f, (big * f - 1.0) * dt
+
+
+def _focal_parts(x, y, gamma, alpha):
+    """Value and partial derivatives of :math:`\\alpha_t u^\\gamma\\operatorname{BCE}(x, y)`.
+
+    :math:`u = 1 - p_t = y\\sigma(-x) + (1-y)\\sigma(x) = n_s s + n_b (1 - s)` with
+    :math:`s = \\sigma(-|x|)` and :math:`(n_s, n_b)` the label weights of the small and
+    the big sigmoid. The cross-entropy and its slope are the kernel's own, as pairs.
+    :math:`-\\log u` is kept as a pair, :math:`|x| + L(|x|)` exactly when :math:`n_b = 0`
+    (a right hard label, where :math:`u = s` may underflow), and :math:`u^\\gamma` comes
+    from :func:`~jaxbce._elementary.pow_neg_log`, so that neither is rounded before the
+    power.
+
+    The derivative of :math:`\\log u` is :math:`(\\bar y - y)\\,s(1-s)/u =
+    (\\bar y - y)(1-s)/(n_s + n_b e^{|x|})`, written without dividing by :math:`u` where it
+    may underflow: every derivative of it stays finite.
+
+    Returns:
+      ``(value, d/dx, d/dy, d/dgamma, d/dalpha)``.
+    """
+    nonneg = x >= 0
+    t = -neg_abs(x)
+    s_hi, s_lo = sigmoid_neg_abs(t)
+    b_hi, b_err = fast_two_sum(opaque(1.0, x), -s_hi)  # 1 - s as a pair
+    b_lo = b_err - s_lo
+    s, big = s_hi + s_lo, b_hi + b_lo
+    qc, qc_lo = fast_two_sum(opaque(1.0, y), -y)  # 1 - y exactly
+    zero = jnp.zeros_like(y)
+    lw = LabelWeights(y, qc, jnp.ones_like(y), (zero, qc_lo, zero))
+    ce_pair, d_ce = logit_value_pair(x, lw), logit_slope_pair(x, lw)
+    ce = total(ce_pair)
+    n_s = jnp.where(nonneg, y, qc)
+    n_b = jnp.where(nonneg, qc, y)
+    # -log u as a pair.
+    sure = n_b == 0
+    l_hi, l_lo = softplus_neg_abs(t)
+    tail_hi, tail_err = two_sum(t, l_hi)  # softplus(|x|) = -log s
+    # u = n_s s + n_b big to about 2^-34: 1 - y's rounding error added back, the leading
+    # products exact (12-bit halves), so that u^gamma does not multiply roundings by gamma.
+    ns_l, nb_l = jnp.where(nonneg, 0.0, qc_lo), jnp.where(nonneg, qc_lo, 0.0)
+    p_hi, p_lo = exact_mul(n_s, s_hi)
+    q_hi, q_lo = exact_mul(n_b, b_hi)
+    u_hi, u_err = two_sum(p_hi, q_hi)
+    u_err = u_err + ((p_lo + q_lo) + (n_s * s_lo + n_b * b_lo) + (ns_l * s + nb_l * big))
+    u_hi, u_err = fast_two_sum(u_hi, u_err)
+    u_safe = jnp.where(sure, 1.0, u_hi)
+    nlu_hi, nlu_lo = neg_log(u_safe)
+    # For a right hard label, -log u = softplus(|x|) - log(n_s + n_b e^|x|): the log is of
+    # 1 there, but it carries the label derivative of log u (e^|x| capped, finite).
+    ex = jnp.exp(jnp.minimum(t, np.log(jnp.finfo(x.dtype).max) - 1.0))  # n_s + n_b ex <= max
+    tail_lo = jnp.where(jnp.isinf(t), 0.0, tail_err + l_lo) - jnp.log(n_s + n_b * ex)
+    nl_hi = jnp.where(sure, tail_hi, nlu_hi)
+    nl_lo = jnp.where(sure, tail_lo, nlu_lo - u_err / u_safe)
+    # u^gamma below 2^-64 is computed times 2^shift, near 2^-64 (and the products scaled
+    # back), so that u^gamma * ce stays exact where u^gamma alone would underflow.
+    log2_m = lax.stop_gradient(gamma * nl_hi * np.log2(np.e))  # -log2(u^gamma), about
+    shift = jnp.clip(jnp.floor(jnp.where(jnp.isfinite(log2_m), log2_m, 0.0)) - 64.0, 0.0, 180.0)
+    m_hi, m_lo = pow_neg_log(nl_hi, nl_lo, gamma, shift)
+    if x.dtype != jnp.float32:
+        # XLA's float64 power is correctly rounded where exp(gamma * log u) is not.
+        u_val = jnp.where(sure, s, u_safe)
+        small = u_val < jnp.finfo(x.dtype).tiny
+        power = jnp.power(jnp.where(small, 1.0, u_val), gamma)  # no 0^(gamma - 1) behind
+        # u = s (n_s + n_b e^|x|) for a right hard label: the second factor is 1 there,
+        # but its power carries the label derivative of u^gamma.
+        power = power * jnp.where(
+            sure,
+            jnp.power(jnp.where(sure, n_s + n_b * ex, 1.0), gamma),
+            1.0 + gamma * u_err / u_safe,
+        )
+        m_hi = jnp.where(small, m_hi, _times_pow2(power, shift))
+        m_lo = jnp.where(small, m_lo, 0.0)
+    m = m_hi + m_lo
+    at, d_at = _alpha_weight(y, alpha)
+    scale = _mul(at, (m_hi, m_lo))  # alpha_t u^gamma 2^shift
+    # The value: inf for a wrong answer at x = +-inf (where ce is), 0 * inf = 0 for u = 0.
+    inf_ce = jnp.isinf(ce_pair[0])
+    ce_fin = (jnp.where(inf_ce, 0.0, ce_pair[0]), jnp.where(inf_ce, 0.0, ce_pair[1]))
+    value = jnp.where(inf_ce, safe_mul(total(scale), ce), total(_mul(scale, ce_fin)))
+    value = _times_pow2(value, -shift)
+    # d log u / dx = (1 - 2y) ratio: big / n_s for a right hard label, where the capped
+    # e^|x| only carries the derivative in the labels; s big / u elsewhere (u >= n_b / 2).
+    # At x = +-inf the factor's own slope is 0 (ce_fin = 0 there).
+    sure_ratio = 1.0 / (n_s + n_b * ex)  # 1, but for its derivative in the labels
+    u_pair = (u_safe, jnp.where(sure, 0.0, u_err))
+    ratio = _div(_mul((s_hi, s_lo), (b_hi, b_lo)), u_pair)
+    ratio = (
+        jnp.where(sure, b_hi * sure_ratio, ratio[0]),
+        jnp.where(sure, b_lo * sure_ratio, ratio[1]),
+    )
+    d_log_u = _mul(two_sum(opaque(1.0, y), -2.0 * y), ratio)
+    modulation = _mul(_mul(d_log_u, ce_fin), (jnp.broadcast_to(gamma, x.shape), zero))
+    d_x = _times_pow2(total(_mul(scale, plus(d_ce, modulation))), -shift)
+    # d/dy = alpha_t m (d ce/dy + gamma (ce / u) du/dy) + (2 alpha - 1) m ce, d ce/dy =
+    # A - B = -x, du/dy = sigma(-x) - sigma(x); ce / u = L(|x|) / s for a right hard label.
+    ce_over_u = jnp.where(sure, _softplus_over_sigmoid(t), ce / u_safe)
+    du_dy = jnp.where(nonneg, s - big, big - s)
+    d_y_m = _times_pow2(safe_mul(m, -x) + gamma * m * ce_over_u * du_dy, -shift)
+    m_ce = _times_pow2(safe_mul(m, ce), -shift)
+    d_y = total(at) * d_y_m + d_at * m_ce
+    d_gamma = -safe_mul(value, nl_hi + nl_lo)
+    d_alpha = jnp.where(alpha >= 0, (2.0 * y - 1.0) * m_ce, 0.0)
+    return value, d_x, d_y, d_gamma, d_alpha
+
+
+@jax.custom_jvp
+def focal_term(x, y, gamma, alpha) -> jax.Array:
+    """Elementwise :math:`\\alpha_t (1 - p_t)^\\gamma\\,\\operatorname{BCE}(x, y)`, every mode.
+
+    Args:
+      x: logits in the compute dtype.
+      y: labels in [0, 1], same shape and dtype.
+      gamma: scalar focusing exponent, ``gamma >= 0`` (may be traced).
+      alpha: scalar weight of the positive class in [0, 1], or negative for no weighting
+        (may be traced).
+
+    Returns:
+      The elementwise alpha-weighted, modulated cross-entropy (no element weights).
+    """
+    return _focal_parts(x, y, gamma, alpha)[0]
+
+
+@partial(focal_term.defjvp, symbolic_zeros=True)
+def _focal_term_jvp(primals, tangents):
+    value, *coefficients = _focal_parts(*primals)
+    return value, contract(value, coefficients, tangents)
