@@ -201,6 +201,61 @@ def test_script_refuses_before_running(tmp_path: Path) -> None:
     assert json.loads((tmp_path / f"{stem}.json").read_text()) == {"kind": "full"}
 
 
+PAIRWISE = ROOT / "benchmarks" / "pairwise.py"
+
+
+def _run_pairwise(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(PAIRWISE), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+
+
+def test_pairwise_writes_both_contenders_where_asked(tmp_path: Path) -> None:
+    """``benchmarks/pairwise.py`` at a toy size on 2 devices: both contenders' memory, times
+    and loss in the JSON; the ring moves candidates by collective-permute and never gathers,
+    the dense one gathers; nothing is written into ``benchmarks/results/``."""
+    results = ROOT / "benchmarks" / "results"
+    before = sorted(results.iterdir())
+    flags = "--devices 2 --local-batch 16 --dim 8 --repeats 2".split()
+    proc = _run_pairwise(*flags, "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    (path,) = tmp_path.glob("cpu-pairwise-*.json")
+    result = json.loads(path.read_text())
+    assert result["kind"] == "pairwise" and result["config"]["local_batch"] == 16
+    (run,) = result["runs"]
+    assert run["devices"] == 2 and run["global_batch"] == 32
+    assert run["ring"]["collective_permute"] and not run["ring"]["all_gather"]
+    assert run["dense"]["all_gather"]
+    for name in ("ring", "dense"):
+        assert run[name]["temp_bytes"] > 0 and len(run[name]["times_s"]) == 2
+        assert all(_finite(t) for t in run[name]["times_s"])
+    assert run["ring"]["loss"] == pytest.approx(run["dense"]["loss"], rel=1e-5)
+    assert len(run["ratio_ring_over_dense"]) == 2
+    targets = {"ring_memory_flat", "ring_memory_bound", "ring_never_gathers", "ring_speed"}
+    assert set(result["targets"]) == targets
+    assert result["targets"]["ring_never_gathers"]["met"]
+    assert "target ring_memory_bound" in proc.stdout
+    assert sorted(results.iterdir()) == before
+
+
+def test_pairwise_refuses_before_running(tmp_path: Path) -> None:
+    from bench.results import file_stem, today_utc
+
+    stem = file_stem("cpu", "pairwise", today_utc())
+    (tmp_path / f"{stem}.json").write_text(json.dumps({"kind": "full"}))
+    proc = _run_pairwise("--devices", "2", "--out", str(tmp_path))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "holds a full run: a pairwise run does not replace it" in proc.stderr
+    assert "devices done" not in proc.stderr
+    assert json.loads((tmp_path / f"{stem}.json").read_text()) == {"kind": "full"}
+
+
 def test_linear_section_reports_what_it_cannot_run(monkeypatch) -> None:
     """Too large for RAM, or failing to compile: the row says so and the target waits."""
     import types

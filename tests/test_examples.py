@@ -33,6 +33,7 @@ EXAMPLES = ROOT / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 import binary_classifier  # noqa: E402
+import contrastive_pairs  # noqa: E402
 import multilabel_classifier  # noqa: E402
 from common import input_pipeline, models  # noqa: E402
 from common.config import ConfigError, TrainConfig, fit_batch_to_data  # noqa: E402
@@ -342,6 +343,8 @@ def test_eight_devices_match_one_device(tmp_path: Path) -> None:
     runs = {
         binary_classifier: flags,
         multilabel_classifier: [*flags, "--hide-fraction", "0.3"],
+        # The pairwise loss round a ring of 8 devices (local batch 32) against one device.
+        contrastive_pairs: [*flags, "--pair-ids", "class"],
     }
     # Both examples in one fresh process: XLA_FLAGS only counts before JAX starts.
     driver = f"import sys; sys.path.insert(0, {str(EXAMPLES)!r}); "
@@ -380,6 +383,10 @@ def test_eight_devices_match_one_device(tmp_path: Path) -> None:
         p_one, p_eight = params(one), params(eight)
         for key in p_one:
             np.testing.assert_allclose(p_eight[key], p_one[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        if module is contrastive_pairs:
+            m_one, m_eight = (json.loads((o / "metrics.json").read_text()) for o in (one, eight))
+            for key in ("temperature", "bias", *(k for k in m_one if k.startswith("test_"))):
+                np.testing.assert_allclose(m_eight[key], m_one[key], rtol=1e-5, err_msg=key)
 
 
 def test_multi_host_two_processes_match_one(tmp_path: Path) -> None:
@@ -500,6 +507,32 @@ def test_killed_run_resumes_exactly_and_survives_a_corrupt_checkpoint(
         assert (out / "metrics.json").exists()
 
 
+def test_contrastive_interrupted_run_resumes_exactly(tmp_path: Path) -> None:
+    """A run stopped after step 15 resumes from its step-10 checkpoint (the learned scalars
+    ``log_scale`` and ``bias`` included) and ends bit for bit as an uninterrupted one."""
+    flags = ["--steps", "20", "--eval-every", "5", "--checkpoint-every", "10"]
+    contrastive_pairs.main([*flags, "--out", str(tmp_path / "whole")])
+
+    class Stop(Exception):
+        pass
+
+    def stop(done: int) -> None:
+        if done == 15:
+            raise Stop
+
+    with pytest.raises(Stop):
+        contrastive_pairs.main([*flags, "--out", str(tmp_path / "cut")], after_step=stop)
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == ["10"]
+    contrastive_pairs.main([*flags, "--out", str(tmp_path / "cut")])
+
+    whole, cut = params(tmp_path / "whole"), params(tmp_path / "cut")
+    assert {"log_scale", "bias"} <= set(whole)
+    for key in whole:
+        np.testing.assert_array_equal(cut[key], whole[key], err_msg=key)
+    assert history(tmp_path / "cut") == history(tmp_path / "whole")
+
+
 # --------------------------------------------------------------------------------------------
 # Targets, with the default flags
 # --------------------------------------------------------------------------------------------
@@ -526,3 +559,37 @@ def test_multilabel_default_run_hits_targets(tmp_path: Path) -> None:
     assert abs(hidden["test_macro_roc_auc"] - full["test_macro_roc_auc"]) <= 0.01, hidden
     # Without the mask, hidden labels are taken for negatives: thresholds and F1 suffer.
     assert hidden["without_mask"]["test_micro_f1"] < hidden["test_micro_f1"] - 0.01, hidden
+
+
+@pytest.mark.slow
+def test_contrastive_default_run_hits_targets(tmp_path: Path) -> None:
+    """Identity pairs: test recall@10 >= 0.6 and nearest-neighbour class accuracy >= 0.75,
+    under 60 s for the whole process (imports and jit included); the outputs are written."""
+    started = time.perf_counter()
+    done = run_script("contrastive_pairs.py", "--out", str(tmp_path))
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test_recall_at_10"] >= 0.6, metrics
+    assert metrics["test_class_accuracy"] >= 0.75, metrics
+    assert (
+        metrics["test_recall_at_1"] <= metrics["test_recall_at_5"] <= metrics["test_recall_at_10"]
+    )
+    assert metrics["rows"]["test"] == 360 and metrics["pair_ids"] == "none"
+    assert seconds < 60, seconds
+    for name in ("loss.png", "temperature_bias.png", "retrieval.png"):
+        assert_png(tmp_path / name)
+    rows = history(tmp_path)
+    assert rows[0]["temperature"] == pytest.approx(10.0, rel=0.05), rows[0]
+    assert rows[0]["bias"] == pytest.approx(-10.0, rel=0.05), rows[0]
+    assert rows[-1]["train_loss"] < 0.5 * rows[0]["train_loss"]
+    assert max(row["val_recall_at_1"] for row in rows) > 0.15
+
+
+@pytest.mark.slow
+def test_contrastive_class_pairs_hit_target(tmp_path: Path) -> None:
+    """With ``--pair-ids class`` (same digit = positive) the class accuracy is >= 0.85, in
+    under 60 s of training and evaluation."""
+    metrics = contrastive_pairs.main(["--pair-ids", "class", "--out", str(tmp_path)])
+    assert metrics["test_class_accuracy"] >= 0.85, metrics
+    assert metrics["seconds"] < 60, metrics

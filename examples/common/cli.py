@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -44,20 +44,26 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def add_common_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
-    """Adds the flags both classifier examples share.
+def add_common_flags(
+    parser: argparse.ArgumentParser, defaults: TrainConfig, *, without: Iterable[str] = ()
+) -> None:
+    """Adds the flags the examples share.
 
     Args:
       parser: The script's parser.
       defaults: The script's default config; each flag's default is its field.
+      without: Config fields whose flags the script does not offer (``"data"``,
+        ``"pos_weight"``); those settings keep their value in ``defaults``.
     """
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=defaults.data,
-        help="train on this CSV or .npz instead of the bundled scikit-learn data "
-        "(format: examples/README.md)",
-    )
+    without = set(without)
+    if "data" not in without:
+        parser.add_argument(
+            "--data",
+            type=Path,
+            default=defaults.data,
+            help="train on this CSV or .npz instead of the bundled scikit-learn data "
+            "(format: examples/README.md)",
+        )
     parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps")
     parser.add_argument(
         "--batch-size",
@@ -77,12 +83,13 @@ def add_common_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) -> 
         "--seed", type=int, default=defaults.seed, help="seed for split, init and data order"
     )
     parser.add_argument("--out", type=Path, default=defaults.out, help="output directory")
-    parser.add_argument(
-        "--no-pos-weight",
-        dest="pos_weight",
-        action="store_false",
-        help="do not up-weight positives by the train negative/positive ratio",
-    )
+    if "pos_weight" not in without:
+        parser.add_argument(
+            "--no-pos-weight",
+            dest="pos_weight",
+            action="store_false",
+            help="do not up-weight positives by the train negative/positive ratio",
+        )
     parser.add_argument(
         "--eval-every",
         type=int,

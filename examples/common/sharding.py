@@ -2,8 +2,8 @@
 
 Every process holds the same host data; :func:`shard_batch` splits a batch's leading axis over
 the mesh's ``"data"`` axis, :func:`replicate` copies parameters and optimizer state to every
-device, and :func:`loss_and_probabilities` brings an eval step's sharded outputs back to the
-host. Only process 0 writes files (:func:`is_main_process`).
+device, and :func:`loss_and_probabilities` and :func:`gather_rows` bring an eval step's
+sharded outputs back to the host. Only process 0 writes files (:func:`is_main_process`).
 """
 
 from __future__ import annotations
@@ -135,5 +135,10 @@ def loss_and_probabilities(
     from scipy.special import expit
 
     loss, logits = outputs
-    logits = np.asarray(multihost_utils.process_allgather(logits, tiled=True))[:n]
-    return float(loss), expit(logits.astype(np.float64))
+    return float(loss), expit(gather_rows(logits, n).astype(np.float64))
+
+
+def gather_rows(array: jax.Array, n: int) -> np.ndarray:
+    """A batch-sharded array on the host: gathered from all devices (and hosts), the padding
+    rows of a :func:`padded_batch` dropped (the first ``n`` rows kept)."""
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))[:n]

@@ -22,7 +22,9 @@ from common.outputs import write_csv
 from common.sharding import is_main_process
 
 
-def make_transform(config: TrainConfig) -> optax.GradientTransformation:
+def make_transform(
+    config: TrainConfig, *, decay_mask: Callable[[Any], Any] | None = None
+) -> optax.GradientTransformation:
     """Gradient clipping, then AdamW with linear warm-up and cosine decay.
 
     Build it once per run and hand the same object to every ``nnx.Optimizer``: it is part of
@@ -30,13 +32,17 @@ def make_transform(config: TrainConfig) -> optax.GradientTransformation:
 
     Args:
       config: Settings ``lr``, ``steps`` and ``weight_decay``.
+      decay_mask: Which parameters the weight decay applies to, as Optax's ``mask``: called
+        with the parameters, returns a tree of bools like them. None: all of them.
 
     Returns:
       The Optax transformation.
     """
     return optax.chain(
         optax.clip_by_global_norm(1.0),
-        optax.adamw(learning_rate_schedule(config), weight_decay=config.weight_decay),
+        optax.adamw(
+            learning_rate_schedule(config), weight_decay=config.weight_decay, mask=decay_mask
+        ),
     )
 
 
