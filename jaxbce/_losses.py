@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Real
 
 from jaxbce import _checks as checks
@@ -57,13 +58,14 @@ def _prepare(
     if kind == "probs":
         checks.check_unit_interval_values(pred_name, x, mask)
 
-    def fill(a: jax.Array | None, neutral: float) -> jax.Array | None:
+    def fill(a: jax.Array, neutral: float) -> jax.Array:
         # Labels stay in their own (possibly bool/int8) dtype until this convert, which XLA
         # fuses into the loss: no widened copy is ever written to memory.
-        if a is None:
-            return None
         a = jnp.broadcast_to(a.astype(dt), shape)
         return a if mask is None else jnp.where(mask, a, jnp.asarray(neutral, dt))
+
+    def fill_option(a: jax.Array | None, neutral: float) -> jax.Array | None:
+        return None if a is None else fill(a, neutral)
 
     # Excluded elements get harmless stand-ins, so NaN or inf there can reach neither the
     # value nor, through 0 * NaN, any gradient.
@@ -71,8 +73,8 @@ def _prepare(
     return _Prepared(
         x=fill(x, x_neutral),
         y=fill(y, 0.0),
-        w=fill(w, 0.0),
-        pw=fill(pw, 1.0),
+        w=fill_option(w, 0.0),
+        pw=fill_option(pw, 1.0),
         mask=mask,
         out_dtype=x.dtype,
     )
@@ -300,9 +302,9 @@ def sigmoid_focal_loss(
         a = jnp.asarray(alpha, x.dtype)  # in the compute dtype, as every option
         alpha_t = (1.0 - a) + (2.0 * a - 1.0) * y  # one rounded product: no 1 - y
         if checks.is_concrete(alpha):
-            loss = loss if float(alpha) < 0 else safe_mul(alpha_t, loss)
+            loss = loss if np.asarray(alpha) < 0 else safe_mul(alpha_t, loss)
         else:
-            loss = jnp.where(alpha >= 0, safe_mul(alpha_t, loss), loss)
+            loss = jnp.where(jnp.asarray(alpha) >= 0, safe_mul(alpha_t, loss), loss)
     if p.w is not None:
         loss = p.w * loss
     return reduce_loss(loss, p.mask, reduction, axis_name, p.out_dtype)
