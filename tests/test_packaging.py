@@ -72,7 +72,7 @@ def test_mypy_strict_reports_no_errors(tmp_path: Path) -> None:
 def _source_files() -> set[str]:
     """What the sdist must hold: the package, its metadata, and everything the tests
     import or run (test helpers, the benchmark package and scripts, the examples)."""
-    names = {"pyproject.toml", "README.md", "LICENSE", "jaxbce/py.typed"}
+    names = {"pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "jaxbce/py.typed"}
     for pattern in ("jaxbce/*.py", "tests/*.py", "benchmarks/**/*.py", "examples/**/*.py"):
         names |= {p.relative_to(ROOT).as_posix() for p in ROOT.glob(pattern)}
     names -= {n for n in names if n.startswith("benchmarks/results/")}
