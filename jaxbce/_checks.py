@@ -185,7 +185,7 @@ def varying_axes(x: jax.Array) -> frozenset[Any]:
 
 def check_sparse_labels(
     y: jax.Array,
-    features_shape: tuple[int, int],
+    features_shape: tuple[int, ...],
     n_labels: int,
     n_total: int,
     label_axes: tuple[Any, ...],

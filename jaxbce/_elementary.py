@@ -71,6 +71,8 @@ import numpy as np
 from jax import lax
 
 Pair = tuple[jax.Array, jax.Array]
+#: The primals or tangents of a one-argument function's JVP rule.
+Unary = tuple[jax.Array]
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693145751953125  # 15 significant bits: k * _LN2_HI is exact for k < 512
@@ -214,11 +216,13 @@ def opaque(value: float, like: jax.Array) -> jax.Array:
     The simplifier reassociates constants: it rewrites ``(2 + x) - 2`` to ``x``, which is
     exactly the rounding error that an error-free transformation must keep.
     """
-    return lax.optimization_barrier(jnp.asarray(value, like.dtype))
+    hidden: jax.Array = lax.optimization_barrier(jnp.asarray(value, like.dtype))
+    return hidden
 
 
 def _is_float32(x: jax.Array) -> bool:
-    return x.dtype == jnp.float32
+    is_f32: bool = x.dtype == jnp.float32
+    return is_f32
 
 
 # ------------------------------------------------------------------- logistic
@@ -271,7 +275,7 @@ def softplus_neg_abs(t: jax.Array) -> Pair:
 
 
 @softplus_neg_abs.defjvp
-def _softplus_neg_abs_jvp(primals, tangents):
+def _softplus_neg_abs_jvp(primals: Unary, tangents: Unary) -> tuple[Pair, Pair]:
     (t,), (dt,) = primals, tangents
     out = softplus_neg_abs(t)
     s_hi, s_lo = sigmoid_neg_abs(t)
@@ -292,7 +296,7 @@ def sigmoid_neg_abs(t: jax.Array) -> Pair:
 
 
 @sigmoid_neg_abs.defjvp
-def _sigmoid_neg_abs_jvp(primals, tangents):
+def _sigmoid_neg_abs_jvp(primals: Unary, tangents: Unary) -> tuple[Pair, Pair]:
     (t,), (dt,) = primals, tangents
     hi, lo = sigmoid_neg_abs(t)
     s = hi + lo
@@ -361,7 +365,7 @@ def neg_log(p: jax.Array) -> Pair:
 
 
 @neg_log.defjvp
-def _neg_log_jvp(primals, tangents):
+def _neg_log_jvp(primals: Unary, tangents: Unary) -> tuple[Pair, Pair]:
     (p,), (dp,) = primals, tangents
     return neg_log(p), (-quotient(dp, p), jnp.zeros_like(dp))
 
@@ -384,7 +388,7 @@ def neg_log1m(p: jax.Array) -> Pair:
 
 
 @neg_log1m.defjvp
-def _neg_log1m_jvp(primals, tangents):
+def _neg_log1m_jvp(primals: Unary, tangents: Unary) -> tuple[Pair, Pair]:
     (p,), (dp,) = primals, tangents
     return neg_log1m(p), (dp / (1.0 - p), jnp.zeros_like(dp))
 
@@ -405,7 +409,7 @@ def recip_one_minus(p: jax.Array) -> Pair:
 
 
 @recip_one_minus.defjvp
-def _recip_one_minus_jvp(primals, tangents):
+def _recip_one_minus_jvp(primals: Unary, tangents: Unary) -> tuple[Pair, Pair]:
     (p,), (dp,) = primals, tangents
     hi, lo = recip_one_minus(p)
     r = hi + lo
@@ -454,7 +458,10 @@ def pow_neg_log(nl_hi: jax.Array, nl_lo: jax.Array, gamma: jax.Array, shift: jax
 
 
 @pow_neg_log.defjvp
-def _pow_neg_log_jvp(primals, tangents):
+def _pow_neg_log_jvp(
+    primals: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+    tangents: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+) -> tuple[Pair, Pair]:
     nl_hi, nl_lo, gamma, shift = primals
     d_hi, d_lo, d_gamma, _ = tangents
     hi, lo = pow_neg_log(nl_hi, nl_lo, gamma, shift)
@@ -485,7 +492,9 @@ def quotient(num: jax.Array, p: jax.Array) -> jax.Array:
 
 
 @quotient.defjvp
-def _quotient_jvp(primals, tangents):
+def _quotient_jvp(
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
     num, p = primals
     d_num, d_p = tangents
     q = quotient(num, p)

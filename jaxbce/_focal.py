@@ -21,7 +21,9 @@ measures them).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -106,14 +108,18 @@ def _softplus_over_sigmoid(t: jax.Array) -> jax.Array:
 
 
 @_softplus_over_sigmoid.defjvp
-def _softplus_over_sigmoid_jvp(primals, tangents):
+def _softplus_over_sigmoid_jvp(
+    primals: tuple[jax.Array], tangents: tuple[jax.Array]
+) -> tuple[jax.Array, jax.Array]:
     (t,), (dt,) = primals, tangents
     f = _softplus_over_sigmoid(t)
     big = 1.0 - total(sigmoid_neg_abs(t))
     return f, (big * f - 1.0) * dt
 
 
-def _focal_parts(x, y, gamma, alpha):
+def _focal_parts(
+    x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """Value and partial derivatives of :math:`\\alpha_t u^\\gamma\\operatorname{BCE}(x, y)`.
 
     :math:`u = 1 - p_t = y\\sigma(-x) + (1-y)\\sigma(x) = n_s s + n_b (1 - s)` with
@@ -217,7 +223,7 @@ def _focal_parts(x, y, gamma, alpha):
 
 
 @jax.custom_jvp
-def focal_term(x, y, gamma, alpha) -> jax.Array:
+def focal_term(x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array) -> jax.Array:
     """Elementwise :math:`\\alpha_t (1 - p_t)^\\gamma\\,\\operatorname{BCE}(x, y)`, every mode.
 
     Args:
@@ -234,6 +240,8 @@ def focal_term(x, y, gamma, alpha) -> jax.Array:
 
 
 @partial(focal_term.defjvp, symbolic_zeros=True)
-def _focal_term_jvp(primals, tangents):
+def _focal_term_jvp(
+    primals: tuple[jax.Array, jax.Array, jax.Array, jax.Array], tangents: Sequence[Any]
+) -> tuple[jax.Array, jax.Array]:
     value, *coefficients = _focal_parts(*primals)
     return value, contract(value, coefficients, tangents)

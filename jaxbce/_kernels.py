@@ -45,8 +45,9 @@ its relative accuracy at :math:`x \\to 0`, where :math:`A` and :math:`B` are bot
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -326,17 +327,22 @@ def _label_weights(
         m = times(eps, *half_gap)
         q = plus((y, jnp.zeros_like(y)), m)
         qc = plus(qc, (-m[0], -m[1]))
-    pq = q if pw is None else times(pw, *q)
+    c: tuple[jax.Array, jax.Array | None]
     if pw is None:
-        c: tuple[jax.Array, jax.Array | None] = (jnp.ones_like(y), None)
+        pq = q
+        c = (jnp.ones_like(y), None)
     else:
-        c = plus(pq, qc)  # type: ignore[arg-type]
+        pq_pair = times(pw, *q)
+        pq, c = pq_pair, plus(pq_pair, qc)
     if w is not None:
         pq, qc = times(w, *pq), times(w, *qc)
         c = (w, None) if pw is None else times(w, *c)
     zero = jnp.zeros_like(y)
-    lows = tuple(zero if lo is None else lo for lo in (pq[1], qc[1], c[1]))
-    return LabelWeights(pq[0], qc[0], c[0], lows)  # type: ignore[arg-type]
+
+    def low(lo: jax.Array | None) -> jax.Array:
+        return zero if lo is None else lo
+
+    return LabelWeights(pq[0], qc[0], c[0], (low(pq[1]), low(qc[1]), low(c[1])))
 
 
 Residuals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array | None]
@@ -391,8 +397,12 @@ def _jacobian(kind: Kind, res: Residuals) -> Residuals:
     d_pw = None if pw is None else q * a
     d_w = None if w is None else _value(kind, x, _label_weights(y, eps, pw, None))
     if w is not None:
-        d_y, d_eps, d_pw = (None if c is None else w * c for c in (d_y, d_eps, d_pw))
+        d_y, d_eps, d_pw = w * d_y, _times_or_none(w, d_eps), _times_or_none(w, d_pw)
     return d_x, d_y, d_eps, d_pw, d_w
+
+
+def _times_or_none(a: jax.Array, c: jax.Array | None) -> jax.Array | None:
+    return None if c is None else a * c
 
 
 def nll_bwd(kind: Kind, res: Residuals, g: jax.Array) -> Residuals:
@@ -400,12 +410,22 @@ def nll_bwd(kind: Kind, res: Residuals, g: jax.Array) -> Residuals:
 
     ``g`` times :func:`_jacobian`; the cotangent of the scalar ``eps`` is summed.
     """
-    d_x, d_y, d_eps, d_pw, d_w = (None if c is None else g * c for c in _jacobian(kind, res))
+    c_x, c_y, c_eps, c_pw, c_w = _jacobian(kind, res)
+    d_x, d_y = g * c_x, g * c_y
+    d_eps, d_pw, d_w = (_times_or_none(g, c) for c in (c_eps, c_pw, c_w))
     eps = res[2]
-    return d_x, d_y, None if eps is None else jnp.sum(d_eps).astype(eps.dtype), d_pw, d_w
+    d_eps_sum = None if eps is None or d_eps is None else jnp.sum(d_eps).astype(eps.dtype)
+    return d_x, d_y, d_eps_sum, d_pw, d_w
 
 
-def _nll_primal(kind: Kind, x, y, eps, pw, w) -> jax.Array:
+def _nll_primal(
+    kind: Kind,
+    x: jax.Array,
+    y: jax.Array,
+    eps: jax.Array | None,
+    pw: jax.Array | None,
+    w: jax.Array | None,
+) -> jax.Array:
     return nll_fwd(kind, x, y, eps, pw, w)[0]
 
 
@@ -415,7 +435,15 @@ nll_vjp.defvjp(nll_fwd, nll_bwd)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0, 6))
-def nll(kind: Kind, x, y, eps, pw, w, summed: bool = False) -> jax.Array:
+def nll(
+    kind: Kind,
+    x: jax.Array,
+    y: jax.Array,
+    eps: jax.Array | None,
+    pw: jax.Array | None,
+    w: jax.Array | None,
+    summed: bool = False,
+) -> jax.Array:
     """Elementwise ``w * (pw * q * A(x) + qc * B(x))``, differentiable in every mode.
 
     Args:
@@ -435,7 +463,9 @@ def nll(kind: Kind, x, y, eps, pw, w, summed: bool = False) -> jax.Array:
 
 
 @partial(nll.defjvp, symbolic_zeros=True)
-def _nll_jvp(kind: Kind, summed: bool, primals, tangents):
+def _nll_jvp(
+    kind: Kind, summed: bool, primals: Residuals, tangents: Sequence[Any]
+) -> tuple[jax.Array, jax.Array]:
     out = nll(kind, *primals, summed)
     # The barrier keeps XLA from merging the value's and the derivative's identical range
     # reductions and exponentials: shared, they would be written to memory between the
@@ -444,7 +474,9 @@ def _nll_jvp(kind: Kind, summed: bool, primals, tangents):
     return out, contract(out, coefficients, tangents)
 
 
-def contract(out: jax.Array, coefficients, tangents) -> jax.Array:
+def contract(
+    out: jax.Array, coefficients: Sequence[jax.Array | None], tangents: Sequence[Any]
+) -> jax.Array:
     """The tangent of an elementwise function: ``sum(c * t)`` over the inputs.
 
     ``coefficients`` holds the diagonal of each input's Jacobian (``None`` for an absent

@@ -38,7 +38,7 @@ are masked out, so they contribute exactly 0 to the value and every gradient.
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Any, Generic, Literal, NamedTuple, TypeVar, overload
 
 import jax
 import jax.numpy as jnp
@@ -68,18 +68,25 @@ class _Static(NamedTuple):
     dtype: Any  # compute dtype: float32 or float64
 
 
-class _Args(NamedTuple):
-    """The array arguments of the fused loss, in the shapes the loop expects."""
+_T = TypeVar("_T")
 
-    features: jax.Array  # (B, d)
-    kernel: jax.Array  # (d, L)
-    bias: jax.Array | None  # (L,)
-    labels: jax.Array  # dense (B, L) float/bool, or sparse (B, K) indices, 32 bits or more
-    pos_weight: jax.Array | None  # (1 or B, 1 or L)
-    weights: jax.Array | None  # (1 or B, 1 or L)
-    where: jax.Array | None  # (1 or B, 1 or L) bool
-    label_smoothing: jax.Array | None  # scalar, when not concrete
-    offset: jax.Array | None  # int32 scalar: global index of column 0 (sparse, sharded)
+
+class _Args(NamedTuple, Generic[_T]):
+    """The array arguments of the fused loss, in the shapes the loop expects.
+
+    ``_Args[jax.Array]``; the forward rule also keeps, in the same structure, which of them
+    are perturbed (``_Args[bool]``) and their gradients (``_Args[jax.Array | None]``).
+    """
+
+    features: _T  # (B, d)
+    kernel: _T  # (d, L)
+    bias: _T | None  # (L,)
+    labels: _T  # dense (B, L) float/bool, or sparse (B, K) indices, 32 bits or more
+    pos_weight: _T | None  # (1 or B, 1 or L)
+    weights: _T | None  # (1 or B, 1 or L)
+    where: _T | None  # (1 or B, 1 or L) bool
+    label_smoothing: _T | None  # scalar, when not concrete
+    offset: _T | None  # int32 scalar: global index of column 0 (sparse, sharded)
 
 
 # ------------------------------------------------------------------------ chunking
@@ -108,6 +115,10 @@ def _chunk_start(s: _Static, i: jax.Array) -> jax.Array:
     return jnp.minimum(i * s.chunk, s.n_labels - s.chunk)
 
 
+@overload
+def _columns(s: _Static, a: jax.Array, start: jax.Array) -> jax.Array: ...
+@overload
+def _columns(s: _Static, a: jax.Array | None, start: jax.Array) -> jax.Array | None: ...
 def _columns(s: _Static, a: jax.Array | None, start: jax.Array) -> jax.Array | None:
     """The chunk's columns of a (1 or B, 1 or L) array; a width-1 column broadcasts as is."""
     if a is None or a.shape[-1] == 1:
@@ -115,7 +126,7 @@ def _columns(s: _Static, a: jax.Array | None, start: jax.Array) -> jax.Array | N
     return lax.dynamic_slice_in_dim(a, start, s.chunk, axis=a.ndim - 1)
 
 
-def _chunk_labels(s: _Static, a: _Args, start: jax.Array) -> jax.Array:
+def _chunk_labels(s: _Static, a: _Args[jax.Array], start: jax.Array) -> jax.Array:
     """The chunk's (B, C) labels: a slice of dense labels, or built from the indices."""
     if not s.sparse:
         return _columns(s, a.labels, start)
@@ -129,7 +140,9 @@ def _chunk_labels(s: _Static, a: _Args, start: jax.Array) -> jax.Array:
     return jnp.zeros((idx.shape[0], s.chunk), jnp.bool_).at[rows, cols].set(True, mode="drop")
 
 
-def _chunk_mask(s: _Static, a: _Args, i: jax.Array, start: jax.Array) -> jax.Array | None:
+def _chunk_mask(
+    s: _Static, a: _Args[jax.Array], i: jax.Array, start: jax.Array
+) -> jax.Array | None:
     """Included elements of the chunk: the user's ``where`` and, in the shifted last chunk,
     only the columns that no earlier chunk covered."""
     mask = _columns(s, a.where, start)
@@ -139,7 +152,9 @@ def _chunk_mask(s: _Static, a: _Args, i: jax.Array, start: jax.Array) -> jax.Arr
     return mask
 
 
-def _chunk_logits(s: _Static, a: _Args, w_c: jax.Array, b_c: jax.Array | None) -> jax.Array:
+def _chunk_logits(
+    s: _Static, a: _Args[jax.Array], w_c: jax.Array, b_c: jax.Array | None
+) -> jax.Array:
     # The product runs in the inputs' (possibly low-precision) dtype and accumulates in the
     # compute dtype, as XLA's own dot would with preferred_element_type.
     z = jnp.matmul(a.features, w_c, preferred_element_type=s.dtype)
@@ -164,6 +179,7 @@ def _chunk_loss(
     chunk's loss to memory is cheap.
     """
     eps = s.label_smoothing if label_smoothing is None else label_smoothing
+    assert eps is not None  # a traced label_smoothing, else the concrete one in ``s``
     # The labels and label_smoothing were checked once, whole, before the loop: a check in
     # here would see one (B, C) chunk and report a flat index into it, not the user's.
     with checks.runtime_checks(False):
@@ -184,10 +200,10 @@ def _chunk_loss(
 _CHUNK_DIFF = ("labels", "pos_weight", "weights", "label_smoothing")
 
 
-def _loop_value(s: _Static, a: _Args) -> jax.Array:
+def _loop_value(s: _Static, a: _Args[jax.Array]) -> jax.Array:
     """The loss summed over all chunks (the primal: no gradient work at all)."""
 
-    def body(i, total):
+    def body(i: jax.Array, total: jax.Array) -> jax.Array:
         start = _chunk_start(s, i)
         w_c = lax.dynamic_slice_in_dim(a.kernel, start, s.chunk, axis=1)
         logits = _chunk_logits(s, a, w_c, _columns(s, a.bias, start))
@@ -202,10 +218,11 @@ def _loop_value(s: _Static, a: _Args) -> jax.Array:
         )
         return total + loss
 
-    return lax.fori_loop(0, s.n_chunks, body, _zeros((), s.dtype, a.features))
+    total: jax.Array = lax.fori_loop(0, s.n_chunks, body, _zeros((), s.dtype, a.features))
+    return total
 
 
-def _fused_sum_impl(s: _Static, a: _Args) -> jax.Array:
+def _fused_sum_impl(s: _Static, a: _Args[jax.Array]) -> jax.Array:
     return _loop_value(s, a)
 
 
@@ -230,10 +247,15 @@ def _add_columns(s: _Static, buf: jax.Array, part: jax.Array, start: jax.Array) 
     return lax.dynamic_update_slice_in_dim(buf, part, start, axis=axis)
 
 
-def _fused_sum_fwd(s: _Static, p: _Args) -> tuple[jax.Array, _Args]:
-    """Value and, for every perturbed input, its gradient at cotangent 1, in one pass."""
-    a = _Args(*(None if v is None else v.value for v in p))
-    want = _Args(*(v is not None and v.perturbed for v in p))
+def _fused_sum_fwd(s: _Static, p: _Args[Any]) -> tuple[jax.Array, _Args[jax.Array | None]]:
+    """Value and, for every perturbed input, its gradient at cotangent 1, in one pass.
+
+    ``p`` holds ``CustomVJPPrimal``s (``symbolic_zeros``): each input's value and whether
+    it is perturbed."""
+    values: list[Any] = [None if v is None else v.value for v in p]
+    perturbed: list[Any] = [v is not None and v.perturbed for v in p]
+    a: _Args[jax.Array] = _Args(*values)
+    want: _Args[bool] = _Args(*perturbed)
     dt = s.dtype
     need_dz = want.features or want.kernel or want.bias
 
@@ -245,10 +267,13 @@ def _fused_sum_fwd(s: _Static, p: _Args) -> tuple[jax.Array, _Args]:
         dtype = x.dtype if name == "kernel" else jnp.promote_types(x.dtype, dt)
         return _zeros(x.shape, dtype, x)
 
-    init = _Args(*(zero_grad(n, v) for n, v in zip(_Args._fields, a, strict=True)))
+    zero_grads: list[Any] = [zero_grad(n, v) for n, v in zip(_Args._fields, a, strict=True)]
+    init: _Args[jax.Array | None] = _Args(*zero_grads)
     low = jnp.result_type(a.features, a.kernel)  # the dtype of the matrix products
 
-    def body(i, carry):
+    def body(
+        i: jax.Array, carry: tuple[jax.Array, _Args[jax.Array | None]]
+    ) -> tuple[jax.Array, _Args[jax.Array | None]]:
         total, grads = carry
         start = _chunk_start(s, i)
         w_c = lax.dynamic_slice_in_dim(a.kernel, start, s.chunk, axis=1)
@@ -256,18 +281,19 @@ def _fused_sum_fwd(s: _Static, p: _Args) -> tuple[jax.Array, _Args]:
         mask = _chunk_mask(s, a, i, start)
         # The chunk's loss as a function of the perturbed chunk inputs only; its derivative
         # comes from the kernel's own rule (jaxbce._kernels.nll_bwd).
-        chunk_in = {
+        chunk_in: dict[str, jax.Array | None] = {
             "logits": logits,
             "labels": _chunk_labels(s, a, start),
             "pos_weight": _columns(s, a.pos_weight, start),
             "weights": _columns(s, a.weights, start),
             "label_smoothing": a.label_smoothing,
         }
-        diff = {"logits": logits} if need_dz else {}
+        diff: dict[str, jax.Array | None] = {"logits": logits} if need_dz else {}
         diff.update({k: chunk_in[k] for k in _CHUNK_DIFF if getattr(want, k)})
 
-        def f(d: dict[str, jax.Array]) -> jax.Array:
-            return _chunk_loss(s, mask, **{**chunk_in, **d})
+        def f(d: dict[str, Any]) -> jax.Array:
+            inputs: dict[str, Any] = {**chunk_in, **d}
+            return _chunk_loss(s, mask, **inputs)
 
         if not diff:  # nothing perturbed (only possible when nothing asked for a gradient)
             return total + f({}), grads
@@ -295,16 +321,23 @@ def _fused_sum_fwd(s: _Static, p: _Args) -> tuple[jax.Array, _Args]:
 
     total, grads = lax.fori_loop(0, s.n_chunks, body, (_zeros((), dt, a.features), init))
     # Cotangents take their primal's dtype (a bfloat16 kernel gets a bfloat16 gradient).
-    cast = [None if d is None else d.astype(v.dtype) for d, v in zip(grads, a, strict=True)]
+    cast: list[Any] = [
+        None if d is None or v is None else d.astype(v.dtype) for d, v in zip(grads, a, strict=True)
+    ]
     return total, _Args(*cast)
 
 
-def _fused_sum_bwd(s: _Static, grads: _Args, g: Any) -> tuple[Any, ...]:
+def _fused_sum_bwd(
+    s: _Static, grads: _Args[jax.Array | None], g: Any
+) -> tuple[_Args[jax.Array | None]]:
     """Scales the gradients computed in the forward pass by the output cotangent."""
     del s
+    scaled: list[Any]
     if isinstance(g, SymbolicZero):
-        return (_Args(*(None for _ in grads)),)
-    return (_Args(*(None if v is None else (g * v).astype(v.dtype) for v in grads)),)
+        scaled = [None for _ in grads]
+    else:
+        scaled = [None if v is None else (g * v).astype(v.dtype) for v in grads]
+    return (_Args(*scaled),)
 
 
 _fused_sum.defvjp(_fused_sum_fwd, _fused_sum_bwd, symbolic_zeros=True)
@@ -313,6 +346,10 @@ _fused_sum.defvjp(_fused_sum_fwd, _fused_sum_bwd, symbolic_zeros=True)
 # --------------------------------------------------------------------- public API
 
 
+@overload
+def _as_2d(x: jax.Array) -> jax.Array: ...
+@overload
+def _as_2d(x: jax.Array | None) -> jax.Array | None: ...
 def _as_2d(x: jax.Array | None) -> jax.Array | None:
     return None if x is None else x.reshape((1,) * (2 - x.ndim) + x.shape)
 
@@ -465,7 +502,8 @@ def linear_sigmoid_binary_cross_entropy(
         # ``labels``, as in eager mode.
         full_mask = None if mask is None else jnp.broadcast_to(mask, shape)
         checks.check_unit_interval_values("labels", y, full_mask)
-    if reduction == "none":
+    requested: str = reduction  # any string: callers need not be type-checked
+    if requested == "none":
         raise ValueError(
             'reduction="none" is not supported by the fused linear loss: it would build the '
             f'(batch, labels) = {shape} loss matrix this function exists to avoid; use "sum" '
@@ -486,7 +524,8 @@ def linear_sigmoid_binary_cross_entropy(
 
     out_dtype = jnp.result_type(h, w_mat) if b_vec is None else jnp.result_type(h, w_mat, b_vec)
     dt = checks.compute_dtype(out_dtype)
-    eps_static = float(label_smoothing) if checks.is_concrete(label_smoothing) else None
+    concrete = checks.is_concrete(label_smoothing)
+    eps_static = float(np.asarray(label_smoothing)) if concrete else None
     eps_arr = None if eps_static is not None else jnp.asarray(label_smoothing, dt)
 
     offset = None
@@ -520,7 +559,8 @@ def linear_sigmoid_binary_cross_entropy(
     if axis_name is not None:
         # Every input becomes device-varying before the custom_vjp, so the loop is purely
         # local; the transposes of these casts psum the gradients of replicated inputs.
-        args = _Args(*(_vary(v, axis_name) for v in args))
+        varied: list[Any] = [_vary(v, axis_name) for v in args]
+        args = _Args(*varied)
     static = _Static(
         n_labels=n_labels,
         chunk=chunk,

@@ -58,13 +58,14 @@ def _prepare(
     if kind == "probs":
         checks.check_unit_interval_values(pred_name, x, mask)
 
-    def fill(a: jax.Array | None, neutral: float) -> jax.Array | None:
+    def fill(a: jax.Array, neutral: float) -> jax.Array:
         # Labels stay in their own (possibly bool/int8) dtype until this convert, which XLA
         # fuses into the loss: no widened copy is ever written to memory.
-        if a is None:
-            return None
         a = jnp.broadcast_to(a.astype(dt), shape)
         return a if mask is None else jnp.where(mask, a, jnp.asarray(neutral, dt))
+
+    def fill_option(a: jax.Array | None, neutral: float) -> jax.Array | None:
+        return None if a is None else fill(a, neutral)
 
     # Excluded elements get harmless stand-ins, so NaN or inf there can reach neither the
     # value nor, through 0 * NaN, any gradient.
@@ -72,8 +73,8 @@ def _prepare(
     return _Prepared(
         x=fill(x, x_neutral),
         y=fill(y, 0.0),
-        w=fill(w, 0.0),
-        pw=fill(pw, 1.0),
+        w=fill_option(w, 0.0),
+        pw=fill_option(pw, 1.0),
         mask=mask,
         out_dtype=x.dtype,
     )

@@ -140,7 +140,7 @@ def _pairs(
     z = scale * dot + bias
     y = (anc.ids[:, None] == cand.ids[None, :]).astype(s.dtype)
     m = None
-    if anc.mask is not None:
+    if anc.mask is not None and cand.mask is not None:  # one mask: both or neither
         m = anc.mask[:, None] & cand.mask[None, :]
     if fresh is not None:
         m = fresh[None, :] if m is None else m & fresh[None, :]
@@ -164,7 +164,8 @@ def _visit_value(
 
     if _n_blocks(s) == 1:
         return body(0, acc)
-    return lax.fori_loop(0, _n_blocks(s), body, acc)
+    summed: jax.Array = lax.fori_loop(0, _n_blocks(s), body, acc)
+    return summed
 
 
 def _visit_grad(
@@ -206,7 +207,8 @@ def _visit_grad(
 
     if _n_blocks(s) == 1:
         return body(0, acc)
-    return lax.fori_loop(0, _n_blocks(s), body, acc)
+    grads: _Grads = lax.fori_loop(0, _n_blocks(s), body, acc)
+    return grads
 
 
 # ------------------------------------------------------------------------- ring
@@ -234,7 +236,8 @@ def _ring_value(
     # D steps, all in the loop (the last shift takes each shard home, unused): a loop of
     # D - 1 steps plus one outside would be two copies of the block's buffers (at D = 2,
     # XLA unrolls the single step and keeps both alive).
-    return lax.fori_loop(0, s.n_dev, step, (cand, total))[1]
+    per_anchor: jax.Array = lax.fori_loop(0, s.n_dev, step, (cand, total))[1]
+    return per_anchor
 
 
 def _ring_grad(
@@ -268,7 +271,8 @@ def _ring_grad(
         # After D steps every accumulator has been round all devices and is home.
         return nxt, acc._replace(db=_shift(s, acc.db))
 
-    return lax.fori_loop(0, s.n_dev, step, (cand, acc))[1]
+    grads: _Grads = lax.fori_loop(0, s.n_dev, step, (cand, acc))[1]
+    return grads
 
 
 def _per_anchor_impl(
@@ -286,12 +290,24 @@ def _per_anchor_impl(
 _per_anchor = jax.custom_vjp(_per_anchor_impl, nondiff_argnums=(0,))
 
 
-def _per_anchor_fwd(s: _Static, a, b, scale, bias, ids, mask):
+#: The residuals of ``_per_anchor``: its array inputs.
+_Inputs = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array | None]
+
+
+def _per_anchor_fwd(
+    s: _Static,
+    a: jax.Array,
+    b: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    ids: jax.Array,
+    mask: jax.Array | None,
+) -> tuple[jax.Array, _Inputs]:
     # The residuals are the inputs: the backward ring recomputes every block.
     return _per_anchor_impl(s, a, b, scale, bias, ids, mask), (a, b, scale, bias, ids, mask)
 
 
-def _per_anchor_bwd(s: _Static, res: tuple[Any, ...], g: jax.Array) -> tuple[Any, ...]:
+def _per_anchor_bwd(s: _Static, res: _Inputs, g: jax.Array) -> tuple[Any, ...]:
     a, b, scale, bias, ids, mask = res
     grads = _ring_grad(s, _Rows(a, ids, mask), _Rows(b, ids, mask), scale, bias, g)
     return (
@@ -328,7 +344,15 @@ def _summed_impl(
 _summed = jax.custom_vjp(_summed_impl, nondiff_argnums=(0,))
 
 
-def _summed_fwd(s: _Static, a, b, scale, bias, ids, mask):
+def _summed_fwd(
+    s: _Static,
+    a: jax.Array,
+    b: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    ids: jax.Array,
+    mask: jax.Array | None,
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     g = jnp.ones(a.shape[0], s.dtype)
     grads = _ring_grad(s, _Rows(a, ids, mask), _Rows(b, ids, mask), scale, bias, g, True)
     cast = (
@@ -337,6 +361,7 @@ def _summed_fwd(s: _Static, a, b, scale, bias, ids, mask):
         grads.scale.astype(scale.dtype),
         grads.bias.astype(bias.dtype),
     )
+    assert grads.total is not None  # computed: with_value=True
     return grads.total, cast
 
 

@@ -72,9 +72,10 @@ def sum_and_count(loss: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, j
     counted = jnp.ones_like(loss, jnp.bool_)
     if mask is not None:
         counted = counted & mask
-    return lax.platform_dependent(
+    sums: tuple[jax.Array, jax.Array] = lax.platform_dependent(
         loss, counted, cpu=_blocked_sum_and_count, default=_plain_sum_and_count
     )
+    return sums
 
 
 def _plain_sum_and_count(loss: jax.Array, counted: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -138,7 +139,9 @@ def _variadic_sum(loss: jax.Array, counted: jax.Array) -> tuple[jax.Array, jax.A
 
 
 @_variadic_sum.defjvp
-def _variadic_sum_jvp(primals, tangents):
+def _variadic_sum_jvp(
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     # JAX's own JVP of a variadic reduce with an integer operand fails; the sum is linear
     # and the count constant.
     total, count = _variadic_sum(*primals)

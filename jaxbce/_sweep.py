@@ -143,7 +143,8 @@ def _hash(i: jax.Array, stream: int) -> jax.Array:
     h = i * jnp.uint32(0x9E3779B1) + jnp.uint32((stream * 0x85EBCA77 + 0x165667B1) % 2**32)
     h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
     h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
+    mixed: jax.Array = h ^ (h >> 16)
+    return mixed
 
 
 def _uniform(h: jax.Array) -> jax.Array:
@@ -262,7 +263,9 @@ def _exact_float64(x: jax.Array) -> jax.Array:
     return jnp.where((bits >> (8 * x.dtype.itemsize - 1)) == 1, -value, value)
 
 
-def chunk_function(sweep: Sweep, n: int, flush: bool) -> Callable[[jax.Array], tuple]:
+def chunk_function(
+    sweep: Sweep, n: int, flush: bool
+) -> Callable[[jax.Array], tuple[jax.Array, ...]]:
     """The jittable chunk of ``n`` inputs: ``params -> (ulps[R, 2], x bits[R, 2], y[R, 2],
     count)`` for the R rows of :meth:`Sweep.rows` and (loss, grad); trace it with x64 on.
 
@@ -325,22 +328,22 @@ def _format_value(bits: int, dtype: Any) -> str:
 
 
 def _progress(total: int, enabled: bool) -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional: no bar without it
-        enabled = False
-        tqdm = None
-    if not enabled or tqdm is None:
+    if enabled:
+        try:
+            from tqdm import tqdm
+        except ImportError:  # tqdm is optional: no bar without it
+            pass
+        else:
+            return tqdm(total=total, unit="in", unit_scale=True, file=sys.stderr, smoothing=0.05)
 
-        class _Silent:
-            def update(self, _: int) -> None:
-                pass
+    class _Silent:
+        def update(self, _: int) -> None:
+            pass
 
-            def close(self) -> None:
-                pass
+        def close(self) -> None:
+            pass
 
-        return _Silent()
-    return tqdm(total=total, unit="in", unit_scale=True, file=sys.stderr, smoothing=0.05)
+    return _Silent()
 
 
 def run(

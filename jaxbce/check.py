@@ -89,7 +89,7 @@ def _ulps(
     floor: np.ndarray | float = 0.0,
     *,
     weight: float = 1.0,
-):
+) -> np.ndarray:
     """``|got - exact|`` in ulps of ``max(|exact|, floor)``, floored at the smallest normal.
 
     The floor is ``tiny * max(1, weight)``: an intermediate flushed to zero (``exp(-88)`` in
@@ -113,12 +113,14 @@ def _reference(
     x, y = x.astype(ref_t), y.astype(ref_t)
     one = ref_t(1)
 
-    def sig(v):
+    def sig(v: np.ndarray) -> np.ndarray:
         e = np.exp(-np.abs(v))
-        return np.where(v >= 0, one / (one + e), e / (one + e))
+        s: np.ndarray = np.where(v >= 0, one / (one + e), e / (one + e))
+        return s
 
-    def softplus(v):
-        return np.maximum(v, 0) + np.log1p(np.exp(-np.abs(v)))
+    def softplus(v: np.ndarray) -> np.ndarray:
+        sp: np.ndarray = np.maximum(v, 0) + np.log1p(np.exp(-np.abs(v)))
+        return sp
 
     if name.startswith("bce"):
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -350,6 +351,26 @@ def test_traces_carry_no_effect_outside_with_value_checks(fn, options):
     traced = [np.float32(0.1) if n in ("label_smoothing", "gamma") else y for n in names]
     for f in (loss, jax.value_and_grad(loss), jax.hessian(loss)):
         assert jax.make_jaxpr(f)(x, y, *traced).effects == set()
+
+
+@pytest.mark.parametrize("fn", FUNCTIONS)
+def test_new_values_of_traced_arguments_reuse_the_jitted_loss(fn):
+    """A jitted loss traces once per shape and dtype: new labels, weights, masks and scalar
+    options (``label_smoothing``; ``gamma`` and ``alpha`` of the focal loss) are arguments
+    of the compiled program, never constants that force a new trace."""
+    x, y = _inputs(fn, (3, 4))
+    scalars = ("gamma", "alpha") if fn is FOCAL else ("label_smoothing",)
+    chex.clear_trace_counter()  # chex counts traces per definition site: reset for each case
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def loss(x, y, w, mask, *values):
+        options = dict(zip(scalars, values, strict=True))
+        return fn(x, y, weights=w, where=mask, reduction="mean", **options)
+
+    for k, value in enumerate((0.0, 0.1, 0.25)):
+        out = loss(x, y, y + k, y > value, *[np.float32(value)] * len(scalars))
+        assert np.isfinite(out)
 
 
 # ---------------------------------------------------------- transformations

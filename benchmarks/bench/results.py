@@ -40,7 +40,7 @@ def output_dir(out: str | None, save: bool) -> Path:
 
 def today_utc() -> str:
     """Today's date in UTC, ``YYYY-MM-DD``, as in the results' ``timestamp_utc``."""
-    return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    return datetime.datetime.now(datetime.UTC).date().isoformat()
 
 
 def file_stem(backend: str, kind: str, date: str) -> str:

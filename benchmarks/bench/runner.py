@@ -136,7 +136,7 @@ def run_benchmark(config: RunConfig) -> dict[str, Any]:
         "schema": 1,
         "backend": backend,
         "kind": config.kind,
-        "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds"),
+        "timestamp_utc": datetime.datetime.now(datetime.UTC).isoformat("T", "seconds"),
         "machine": info,
         "method": {
             "sizes": sizes,
