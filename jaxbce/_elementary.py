@@ -134,9 +134,24 @@ def exact_mul(a: jax.Array, b: jax.Array) -> Pair:
     other dtypes."""
     if not _is_float32(a):
         return a * b, jnp.zeros_like(a * b)
-    ah, al = split(a)
-    bh, bl = split(b)
-    return ah * bh, (ah * bl + al * bh) + al * bl
+    # A factor below 2^-40 is split times 2^80: for smaller factors a partial product (a
+    # high half times a low one) may be subnormal, and a device that flushes it loses up to
+    # 2^-12 of the product. Where the other factor is above 2^40, it is divided by 2^80
+    # instead (the product unchanged); otherwise the product is normalized and scaled back:
+    # its high part is exact down to the smallest normal number, a flushed low part is below
+    # half an ulp of it.
+    small_a, small_b = jnp.abs(a) < 2.0**-40, jnp.abs(b) < 2.0**-40
+    big_a, big_b = jnp.abs(a) > 2.0**40, jnp.abs(b) > 2.0**40
+    up_a, up_b = small_a & ~big_b, small_b & ~big_a
+    swap_ab, swap_ba = small_a & big_b, small_b & big_a
+    ah, al = split(a * jnp.where(up_a | swap_ab, 2.0**80, jnp.where(swap_ba, 2.0**-80, 1.0)))
+    bh, bl = split(b * jnp.where(up_b | swap_ba, 2.0**80, jnp.where(swap_ab, 2.0**-80, 1.0)))
+    p_hi, p_lo = ah * bh, (ah * bl + al * bh) + al * bl
+    n_hi, n_lo = fast_two_sum(p_hi, p_lo)
+    scaled = up_a | up_b
+    back_a, back_b = jnp.where(up_a, 2.0**-80, 1.0), jnp.where(up_b, 2.0**-80, 1.0)
+    hi = jnp.where(scaled, (n_hi * back_a) * back_b, p_hi)
+    return hi, jnp.where(scaled, (n_lo * back_a) * back_b, p_lo)
 
 
 def _reciprocal(d: jax.Array) -> jax.Array:

@@ -42,16 +42,22 @@ def _format(dtype: Any) -> tuple[int, float, float]:
     return p, float(fi.tiny), (2.0 - 2.0**-p) * 2.0**emax
 
 
-def ulp(scale: jax.Array, dtype: Any) -> jax.Array:
-    """``2^(floor(log2|scale|) - (p - 1))`` for ``dtype``'s precision p, floored at its
-    smallest normal number (XLA flushes subnormals, so a value below it is measured in units
-    of that number). ``scale = 0`` gives the smallest normal number."""
+def ulp(scale: jax.Array, dtype: Any, *, flush: bool = False) -> jax.Array:
+    """The spacing of ``dtype``'s numbers at ``|scale|``: ``2^(floor(log2|scale|) - (p - 1))``
+    for precision p, ``2^(emin - (p - 1))`` (the subnormal spacing) below the smallest normal
+    number ``2^emin``. With ``flush`` (a device that flushes subnormals to zero, where the
+    numbers below ``2^emin`` are 0 alone) a scale below the smallest normal number has the
+    unit ``2^emin``. ``scale = 0`` gives the unit of the smallest scale."""
     p, tiny, _ = _format(dtype)
+    emin = math.frexp(tiny)[1] - 1
     bits = lax.bitcast_convert_type(jnp.abs(scale).astype(jnp.float64), jnp.uint64)
     exponent = ((bits >> 52) & 0x7FF).astype(jnp.int64) - 1023  # floor(log2|scale|)
-    exponent = jnp.clip(exponent - (p - 1), -1022, 1023)
+    # float64 results (not scored on a device) keep the smallest normal float64 as floor.
+    exponent = jnp.clip(jnp.maximum(exponent, emin) - (p - 1), -1022, 1023)
     unit = lax.bitcast_convert_type((exponent + 1023).astype(jnp.uint64) << 52, jnp.float64)
-    return jnp.maximum(unit, tiny)
+    if flush:
+        unit = jnp.where(jnp.abs(scale) < tiny, tiny, unit)
+    return unit
 
 
 def ulp_error(
@@ -74,7 +80,7 @@ def ulp_error(
     _, tiny, overflow = _format(dtype)
     got = got.astype(jnp.float64)
     scale = jnp.abs(exact) if floor is None else jnp.maximum(jnp.abs(exact), floor)
-    err = jnp.abs(got - exact) / ulp(scale, dtype)
+    err = jnp.abs(got - exact) / ulp(scale, dtype, flush=flush)
     rounds_to_inf = (jnp.abs(exact) >= overflow) & (got == jnp.sign(exact) * jnp.inf)
     zero = (got == exact) | (jnp.isnan(got) & jnp.isnan(exact)) | rounds_to_inf
     if flush:

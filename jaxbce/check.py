@@ -22,8 +22,12 @@ enough to score float32 (XLA's float64 ``log1p`` is off by up to 128 float64 ulp
 extended-precision (``np.longdouble``) reference.
 
 Ulps. The error is ``|got - exact| / ulp(s)`` in the result's dtype (precision p), with
-``ulp(s) = 2^(floor(log2 s) - (p - 1))`` floored at the dtype's smallest normal number (XLA
-flushes subnormals, so an exact value below it is measured in units of that number). ``s`` is
+``ulp(s) = 2^(floor(log2 s) - (p - 1))``, the spacing of the dtype's numbers at ``s``, also
+for ``s`` just above the smallest normal number; below it, on a device that flushes
+subnormals (XLA:CPU), the unit is the smallest normal number itself, and elsewhere the
+subnormal spacing. (Until 2026-11-26 the unit was floored at the smallest normal number for
+every ``s``, which scored a result near ``1e-34`` in units some 2^10 of its own ulps large and
+hid errors of 10^4 ulps in the focal and weighted losses there.) ``s`` is
 ``|exact|`` for every loss value and every hard-label gradient. A soft-label, smoothed or
 weighted gradient is a difference of two terms, ``w[qc sigmoid(z) - pw q sigmoid(-z)]``, which
 cancels near ``z = logit(q)``: there ``s = max(|exact|, |w qc sigmoid(z)|, |w pw q
@@ -90,7 +94,8 @@ def _ulps(
     *,
     weight: float = 1.0,
 ) -> np.ndarray:
-    """``|got - exact|`` in ulps of ``max(|exact|, floor)``, floored at the smallest normal.
+    """float64 results: ``|got - exact|`` in ulps of ``max(|exact|, floor)``, the unit
+    floored at the smallest normal float64 (times the weight).
 
     The floor is ``tiny * max(1, weight)``: an intermediate flushed to zero (``exp(-88)`` in
     float32) loses at most ``tiny``, and the weights scale that loss into the result.
@@ -464,7 +469,8 @@ def _host_checks(pattern: str | None, float64: bool) -> tuple[list[str], bool]:
 
 _LEGEND = (
     "error: |got - exact| / ulp(s) in the result's dtype; ulp(s) = 2^(floor(log2 s) - (p-1)),"
-    " floored at the smallest normal",
+    " its own spacing; below the smallest normal number: that number (flushing device) or the"
+    " subnormal spacing",
     "s = |exact| for losses and hard-label gradients; max(|exact|, |each term|) for"
     " soft/smoothed/weighted gradients",
     "exact: float64 on the device (textbook formulas), options rounded to float32; NaN in ->"

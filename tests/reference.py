@@ -77,19 +77,14 @@ def focal(z, y, *, alpha=0.25, gamma=2.0):
 
 
 def ulp(x, dtype) -> mpmath.mpf:
-    """The spacing of floats of ``dtype`` at ``x``, floored at the smallest normal number.
-
-    XLA flushes subnormal results to zero (on CPU and GPU alike), so an intermediate near
-    ``exp(-88)`` in float32 becomes 0 even when weights would scale the final value back into
-    the normal range; the floor makes such a flush cost at most a unit or so, while every
-    value above ~1e-31 (float32) is still measured in its own ulps.
-    """
+    """The spacing of floats of ``dtype`` at ``x``: its own ulp for ``|x|`` at or above the
+    smallest normal number; the smallest normal number below it, where XLA:CPU, which
+    flushes subnormals to zero, has no other number than 0."""
     tiny = mpmath.mpf(float(ml_dtypes.finfo(dtype).tiny))
     ax = abs(mpmath.mpf(x))
-    if ax == 0:
+    if ax < tiny:
         return tiny
-    exact_ulp = mpmath.ldexp(1, int(mpmath.floor(mpmath.log(ax, 2))) - (mantissa_bits(dtype) - 1))
-    return max(exact_ulp, tiny)
+    return mpmath.ldexp(1, int(mpmath.floor(mpmath.log(ax, 2))) - (mantissa_bits(dtype) - 1))
 
 
 def ulp_error(got, exact, dtype, *, floor=0) -> float:

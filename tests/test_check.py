@@ -32,13 +32,14 @@ def _ulp_error(got, exact, dtype, floor=None, flush=False):
         (0.75, np.float32, 2.0**-24),
         (3.0, "bfloat16", 2.0**-6),
         (1.0, np.float16, 2.0**-10),
-        (2.0**-110, np.float32, 2.0**-126),  # its own ulp is 2^-133: floored at the tiny
-        (1e-40, np.float32, 2.0**-126),  # below the smallest normal
-        (0.0, np.float32, 2.0**-126),
-        (1e-6, np.float16, 2.0**-14),
+        (2.0**-110, np.float32, 2.0**-133),  # its own ulp, though below 2^-126
+        (2.0**-126, np.float32, 2.0**-149),
+        (1e-40, np.float32, 2.0**-149),  # below the smallest normal: the subnormal spacing
+        (0.0, np.float32, 2.0**-149),
+        (1e-6, np.float16, 2.0**-24),
     ],
 )
-def test_ulp_is_the_spacing_floored_at_the_smallest_normal(scale, dtype, unit):
+def test_ulp_is_the_spacing_of_the_dtype(scale, dtype, unit):
     with jax.enable_x64(True):
         assert float(_exact.ulp(jnp.float64(scale), dtype)) == unit
 
@@ -47,8 +48,13 @@ def test_ulp_error_of_known_values():
     step = 2.0**-23
     assert _ulp_error(1 + 3 * step, 1.0, np.float32) == 3.0
     assert _ulp_error(np.float32(1.0), 1 + step / 4, np.float32) == 0.25
-    # An exact value below the smallest normal is measured in units of it.
-    assert _ulp_error(0.0, 2.0**-127, np.float32) == 0.5
+    # A normal result is measured in its own ulps, however small (an error of 2^-126 at
+    # 2^-110 is 128 ulps; it once scored as 1).
+    assert _ulp_error(2.0**-110 + 2.0**-126, 2.0**-110, np.float32) == 128.0
+    # Below the smallest normal: the subnormal spacing, or on a flushing device the smallest
+    # normal number, whose flush to 0 is exact.
+    assert _ulp_error(0.0, 2.0**-127, np.float32) == 2.0**22
+    assert _ulp_error(2.0**-126, 2.0**-127, np.float32, flush=True) == 0.5
     assert _ulp_error(0.0, 2.0**-127, np.float32, flush=True) == 0.0  # the flush of it
     # Two-term floor: a cancelled gradient is measured against the terms' magnitude.
     assert _ulp_error(1e-9 + 3 * 2.0**-24, 1e-9, np.float32, floor=0.75) == pytest.approx(3.0)
