@@ -98,5 +98,6 @@ intersphinx_timeout = 10
 
 html_theme = "furo"
 html_title = f"jaxbce {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["jaxbce.css"]
 pygments_style = "sphinx"
