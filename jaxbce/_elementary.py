@@ -128,6 +128,7 @@ def split(a: jax.Array) -> Pair:
     return hi, a - hi
 
 
+@jax.custom_jvp
 def exact_mul(a: jax.Array, b: jax.Array) -> Pair:
     """``a * b`` as a pair: the product of the 12-bit halves' leading parts, exact, and the
     rest, rounded at about ``2^-36`` of the product (not normalized); ``(a * b, 0)`` in
@@ -152,6 +153,18 @@ def exact_mul(a: jax.Array, b: jax.Array) -> Pair:
     back_a, back_b = jnp.where(up_a, 2.0**-80, 1.0), jnp.where(up_b, 2.0**-80, 1.0)
     hi = jnp.where(scaled, (n_hi * back_a) * back_b, p_hi)
     return hi, jnp.where(scaled, (n_lo * back_a) * back_b, p_lo)
+
+
+@exact_mul.defjvp
+def _exact_mul_jvp(
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+) -> tuple[Pair, Pair]:
+    # The product rule on the product, not through the splits and scalings: a reverse pass
+    # through them would multiply a cotangent by 2^-80 before the 2^80 (flushed to 0).
+    (a, b), (da, db) = primals, tangents
+    hi, lo = exact_mul(a, b)
+    d = a * db + b * da
+    return (hi, lo), (d, jnp.zeros_like(d))
 
 
 def _reciprocal(d: jax.Array) -> jax.Array:
@@ -249,32 +262,45 @@ def _scaled(scale: jax.Array, pair: Pair) -> Pair:
     return scale * pair[0], scale * pair[1]
 
 
-def _exp_over(t: jax.Array, c: float) -> tuple[jax.Array, Pair]:
-    """``(2^-k, W)`` with ``e^-t / (c + e^-t) = 2^-k W``: the quotient taken unscaled, so
-    that no intermediate is subnormal before the caller's final scaling."""
-    e_hi, e_lo, scale = _exp_neg(jnp.minimum(t, _T_MAX))
+def _exp_over(
+    t: jax.Array, c: float, shift: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array, Pair]:
+    """``(2^-k, 2^(shift - k), W)`` with ``e^-t / (c + e^-t) = 2^-k W``: the
+    quotient taken unscaled, so that no intermediate is subnormal before the caller's final
+    scaling. ``shift`` (an integer in [0, 64], or None for 0) lets a result below the
+    smallest normal number stay exact, scaled up, for ``t`` up to ``_T_MAX + shift ln 2``."""
+    limit = _T_MAX if shift is None else _T_MAX + shift * _LN2_HI
+    e_hi, e_lo, scale = _exp_neg(jnp.minimum(t, limit))
+    if shift is not None:  # 2^-k for k above 126 is 0 here (only c + e^-t reads it)
+        k = jnp.round(jnp.minimum(t, limit) * _LOG2E).astype(jnp.int32)
+        scale = jnp.where(k > 126, 0.0, scale)
     x_hi, x_lo = scale * e_hi, scale * e_lo
     copaque = opaque(c, t)
     d_hi = copaque + x_hi
     d_lo = (x_hi - (d_hi - copaque)) + x_lo
     w0 = e_hi * _reciprocal(d_hi)
     # 1 / (c + e) = (1 - w) / c: the reciprocal the correction needs, from w itself.
-    return scale, _divide((e_hi, e_lo), (d_hi, d_lo), w0, (1.0 - scale * w0) / c)
+    w = _divide((e_hi, e_lo), (d_hi, d_lo), w0, (1.0 - scale * w0) / c)
+    out_scale = scale
+    if shift is not None:
+        exponent = (127 - k + shift.astype(jnp.int32)).astype(jnp.uint32) << 23
+        out_scale = lax.bitcast_convert_type(exponent, jnp.float32)
+    return scale, out_scale, w
 
 
-def _softplus_neg_abs_f32(t: jax.Array) -> Pair:
+def _softplus_neg_abs_f32(t: jax.Array, shift: jax.Array | None = None) -> Pair:
     # log1p(e) = 2 artanh(w), w = e / (2 + e) = 2^-k W.
-    scale, w = _exp_over(t, 2.0)
+    scale, out_scale, w = _exp_over(t, 2.0, shift)
     wr = scale * (w[0] + w[1])
     v = wr * wr
     tail = 2.0 * (w[0] + w[1]) * v * _poly(v, _T)
-    return _scaled(scale, fast_two_sum(2.0 * w[0], 2.0 * w[1] + tail))
+    return _scaled(out_scale, fast_two_sum(2.0 * w[0], 2.0 * w[1] + tail))
 
 
-def _sigmoid_neg_abs_f32(t: jax.Array) -> Pair:
+def _sigmoid_neg_abs_f32(t: jax.Array, shift: jax.Array | None = None) -> Pair:
     # sigma(-t) = e / (1 + e) = 2^-k S.
-    scale, s = _exp_over(t, 1.0)
-    return _scaled(scale, s)
+    _, out_scale, s = _exp_over(t, 1.0, shift)
+    return _scaled(out_scale, s)
 
 
 @jax.custom_jvp
@@ -316,6 +342,49 @@ def _sigmoid_neg_abs_jvp(primals: Unary, tangents: Unary) -> tuple[Pair, Pair]:
     hi, lo = sigmoid_neg_abs(t)
     s = hi + lo
     return (hi, lo), (-(s * ((1.0 - hi) - lo)) * dt, jnp.zeros_like(dt))
+
+
+@jax.custom_jvp
+def softplus_neg_abs_scaled(t: jax.Array, shift: jax.Array) -> Pair:
+    """:math:`2^s\\operatorname{log1p}(e^{-t})`, ``shift`` :math:`s` an integer in [0, 64]
+    per element: a value below the smallest normal number, scaled up, keeps its digits on a
+    device that flushes subnormals (a caller that multiplies it by a weight above 1 scales
+    the product back). Derivative: :math:`-2^s\\sigma(-t)`; ``shift`` has none."""
+    if _is_float32(t):
+        return _softplus_neg_abs_f32(t, shift)
+    scale = jnp.ldexp(jnp.ones_like(t), shift.astype(jnp.int32))
+    return jnp.log1p(jnp.exp(-t)) * scale, jnp.zeros_like(t)
+
+
+@softplus_neg_abs_scaled.defjvp
+def _softplus_neg_abs_scaled_jvp(
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+) -> tuple[Pair, Pair]:
+    (t, shift), (dt, _) = primals, tangents
+    out = softplus_neg_abs_scaled(t, shift)
+    s_hi, s_lo = sigmoid_neg_abs_scaled(t, shift)
+    return out, (-(s_hi + s_lo) * dt, jnp.zeros_like(dt))
+
+
+@jax.custom_jvp
+def sigmoid_neg_abs_scaled(t: jax.Array, shift: jax.Array) -> Pair:
+    """:math:`2^s\\sigma(-t)` as :func:`softplus_neg_abs_scaled` scales. Derivative:
+    :math:`-2^s\\sigma(-t)\\,\\sigma(t)`."""
+    if _is_float32(t):
+        return _sigmoid_neg_abs_f32(t, shift)
+    e = jnp.exp(-t)
+    return e / (1.0 + e) * jnp.ldexp(jnp.ones_like(t), shift.astype(jnp.int32)), jnp.zeros_like(t)
+
+
+@sigmoid_neg_abs_scaled.defjvp
+def _sigmoid_neg_abs_scaled_jvp(
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+) -> tuple[Pair, Pair]:
+    (t, shift), (dt, _) = primals, tangents
+    hi, lo = sigmoid_neg_abs_scaled(t, shift)
+    s_hi, s_lo = sigmoid_neg_abs(t)
+    big = (1.0 - s_hi) - s_lo
+    return (hi, lo), (-((hi + lo) * big) * dt, jnp.zeros_like(dt))
 
 
 # ------------------------------------------------------------------ logarithms

@@ -63,7 +63,9 @@ from jaxbce._elementary import (
     quotient,
     recip_one_minus,
     sigmoid_neg_abs,
+    sigmoid_neg_abs_scaled,
     softplus_neg_abs,
+    softplus_neg_abs_scaled,
     two_sum,
 )
 
@@ -169,9 +171,27 @@ def logit_value_pair(x: jax.Array, lw: LabelWeights) -> Pair:
     pq_lo, qc_lo, c_lo = lw.lo
     finite_t = jnp.where(jnp.isinf(t), 0.0, t)  # a * inf would be split into inf - inf
     a_pair = (a, jnp.where(nonneg, qc_lo, pq_lo))
-    hi, lo = _pair_value(a_pair, (finite_t, jnp.zeros_like(t)), (lw.c, c_lo), softplus_neg_abs(t))
+    up, down, shift = _flush_guard(t, a, lw.c)
+    g = softplus_neg_abs_scaled(t, shift)
+    hi, lo = _pair_value(a_pair, (finite_t * up, jnp.zeros_like(t)), (lw.c, c_lo), g)
     inf = jnp.isinf(t)
-    return jnp.where(inf, safe_mul(a, t), hi), jnp.where(inf, 0.0, lo)
+    return jnp.where(inf, safe_mul(a, t), hi * down), jnp.where(inf, 0.0, lo * down)
+
+
+def _flush_guard(t: jax.Array, a: jax.Array, c: jax.Array) -> tuple[jax.Array, ...]:
+    """``(2^s, 2^-s, s)``, ``s = 64`` where ``t > 80`` (and ``t``, the weights moderate):
+    there ``softplus(-t)`` and ``sigma(-t)`` are below ``2^-115`` and their low parts (for
+    ``t > 87.3`` the values themselves) would be flushed by a device that flushes
+    subnormals, while a weight above 1 may scale them back into the normal range. The
+    caller evaluates its pairs times ``2^s`` and scales the result back."""
+    band = (t > 80.0) & (t < 2.0**20) & (jnp.abs(a) < 2.0**40) & (jnp.abs(c) < 2.0**40)
+    if t.dtype != jnp.float32:
+        band = jnp.zeros_like(band)  # float64's own band (t > 700) is not covered
+    return (
+        jnp.where(band, 2.0**64, 1.0),
+        jnp.where(band, 2.0**-64, 1.0),
+        jnp.where(band, 64.0, 0.0).astype(t.dtype),
+    )
 
 
 def _logit_slope(x: jax.Array, lw: LabelWeights) -> jax.Array:
@@ -195,10 +215,11 @@ def logit_slope_pair(x: jax.Array, lw: LabelWeights) -> Pair:
     base = jnp.where(nonneg, lw.qc, -lw.pq)
     sign = jnp.where(nonneg, -1.0, 1.0)
     pq_lo, qc_lo, c_lo = lw.lo
-    s_hi, s_lo = sigmoid_neg_abs(t)
-    m_hi, m_lo = times(s_hi, sign * lw.c, sign * c_lo)
-    r, err = two_sum(base, m_hi)
-    rest = err + ((jnp.where(nonneg, qc_lo, -pq_lo) + m_lo) + sign * lw.c * s_lo)
+    _, down, shift = _flush_guard(t, base, lw.c)
+    s_hi, s_lo = sigmoid_neg_abs_scaled(t, shift)
+    m_hi, m_lo = times(s_hi, sign * lw.c, sign * c_lo)  # times 2^shift, scaled back here
+    r, err = two_sum(base, m_hi * down)
+    rest = err + ((jnp.where(nonneg, qc_lo, -pq_lo) + m_lo * down) + sign * lw.c * s_lo * down)
     return r, jnp.where(jnp.isfinite(r), rest, 0.0)
 
 

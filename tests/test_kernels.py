@@ -40,18 +40,7 @@ CASES = [
     (1.0, None, None, 0.1),
     (0.0, None, None, 0.1),
     (0.3, None, None, 0.2),
-    pytest.param(
-        1.0,
-        3.5,
-        0.7,
-        0.0,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="z in [87.3, 88.7], y = 1: w pw softplus(-z) is a normal number (up to 2.45 "
-            "tiny) but softplus(-z) alone is subnormal, and XLA:CPU flushes it to 0 before "
-            "the weights scale it (10^7 ulps); not yet fixed",
-        ),
-    ),
+    (1.0, 3.5, 0.7, 0.0),
     (0.0, 3.5, 0.7, 0.0),
     (1.0, 0.25, 1.5, 0.0),
     (0.3, 0.37, 2.5, 0.1),
