@@ -49,12 +49,14 @@ from jaxbce._kernels import (
     neg_abs,
     plus,
     safe_mul,
+    times,
     total,
 )
 
 
 def _mul(a: Pair, b: Pair) -> Pair:
-    """The product of two normalized pairs as a normalized pair (``lo * lo`` dropped)."""
+    """The product of two normalized pairs as a normalized pair (``lo * lo`` dropped); a
+    float times a pair is :func:`~jaxbce._kernels.times`."""
     hi, lo = exact_mul(a[0], b[0])
     return fast_two_sum(hi, lo + (a[0] * b[1] + a[1] * b[0]))
 
@@ -75,7 +77,7 @@ def _alpha_weight(y: jax.Array, alpha: jax.Array) -> tuple[Pair, jax.Array]:
     a = jnp.where(on, alpha, 0.0)
     one = opaque(1.0, y)
     slope = two_sum(2.0 * a, -one)
-    at = plus(two_sum(one, -a), _mul((y, jnp.zeros_like(y)), slope))
+    at = plus(two_sum(one, -a), times(y, *slope))
     return (jnp.where(on, at[0], 1.0), jnp.where(on, at[1], 0.0)), jnp.where(on, 2.0 * a - 1.0, 0.0)
 
 
@@ -208,7 +210,7 @@ def _focal_parts(
         jnp.where(sure, b_lo * sure_ratio, ratio[1]),
     )
     d_log_u = _mul(two_sum(opaque(1.0, y), -2.0 * y), ratio)
-    modulation = _mul(_mul(d_log_u, ce_fin), (jnp.broadcast_to(gamma, x.shape), zero))
+    modulation = times(jnp.broadcast_to(gamma, x.shape), *_mul(d_log_u, ce_fin))
     d_x = _times_pow2(total(_mul(scale, plus(d_ce, modulation))), -shift)
     # d/dy = alpha_t m (d ce/dy + gamma (ce / u) du/dy) + (2 alpha - 1) m ce, d ce/dy =
     # A - B = -x, du/dy = sigma(-x) - sigma(x); ce / u = L(|x|) / s for a right hard label.
