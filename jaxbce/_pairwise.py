@@ -14,20 +14,23 @@ the two come from the same pair:
 with :math:`m_{ij}` the inclusion of both rows. The per-pair term is the library's kernel
 (:func:`jaxbce._kernels.nll`, kind ``"logits"``), never re-typed here.
 
-Blocks. Without ``axis_name`` the candidates are visited ``block_size`` at a time inside a
-:func:`jax.custom_vjp`; each (B, C) block of logits goes through the kernel's value and
-derivative rule (:func:`jaxbce._kernels.nll_bwd`), and ``da``, ``db[block]``, ``dscale``
-and ``dbias`` are accumulated block by block, so memory grows as B x C, not B x B. When
-the whole (B, B) block is small the loss is the dense formula differentiated by JAX
-(forward mode included).
+Blocks. Without ``axis_name`` the candidates are visited ``block_size`` at a time; each
+(B, C) block of logits goes through the kernel's value and derivative rule
+(:func:`jaxbce._kernels.nll_bwd`), and ``da``, ``db[block]``, ``dscale`` and ``dbias`` are
+accumulated block by block, so memory grows as B x C, not B x B. When the whole (B, B)
+block is small the loss is the dense formula differentiated by JAX.
 
-Two custom_vjps. For ``"sum"`` and ``"mean"`` the output is the local anchors' summed loss,
-whose cotangent is one scalar, the same on every device (its only consumer is the psum
-over the ring, and psum's transpose hands every device one value): the forward pass
-computes the gradients at cotangent 1 with the value, from the same blocks (three matrix
-products per block, as autodiff of the dense loss), and the backward rule only scales them.
-For ``"none"`` the output is the per-anchor sums, whose cotangent is a vector: the forward
-pass keeps only the sums and the backward pass recomputes every block (four products).
+Custom derivatives. For ``"sum"`` and ``"mean"`` the output is the local anchors' summed
+loss, a scalar, so its derivative is its gradient: a :func:`jax.custom_jvp` computes the
+gradients with the value in one pass (three matrix products per block, as autodiff of the
+dense loss) and returns as tangent their inner product with the input tangents. Forward
+mode (``jvp``, ``jacfwd``, ``hessian``) applies, and reverse mode transposes the inner
+product: the residuals are the input-sized gradients, never a block. For ``"none"`` the
+output is the per-anchor sums, whose cotangent is a vector: a :func:`jax.custom_vjp` keeps
+only the inputs and its backward pass recomputes every block (four products). (A JVP rule
+for a vector output would make reverse mode keep every block's derivatives, B x B in all,
+and JAX offers no public way to give a linear map its own transpose: forward mode of
+``"none"`` on the blocked paths is refused.)
 
 Ring. With ``axis_name`` each of the D devices holds ``Bl`` anchors and ``Bl`` candidates.
 D steps, in one loop; at each the device scores its anchors against the visiting candidate
@@ -38,7 +41,7 @@ Gradients: the visiting shard travels with a (Bl, d) accumulator of its gradient
 device adds its anchors' contribution before passing it on, and after D steps every
 accumulator is back on its owner, complete. (In the fused ``"sum"``/``"mean"`` pass this
 happens in the forward ring; for ``"none"`` in a second, backward ring.) ``psum`` and the
-mean are ordinary JAX outside the custom_vjps, so ``shard_map`` and ``pmap`` transpose them
+mean are ordinary JAX outside the custom rules, so ``shard_map`` and ``pmap`` transpose them
 by their own rules. Per device there exist at most one (Bl, C) block of logits and the
 derivatives of that block, the local inputs, two visiting shards (current and next) and
 two accumulators: nothing of size global-B x d or Bl x global-B.
@@ -65,7 +68,7 @@ DEFAULT_BLOCK_ELEMENTS = 2**20
 
 
 class _Static(NamedTuple):
-    """Hashable configuration of the ring (the custom_vjp's non-differentiable part)."""
+    """Hashable configuration of the ring (the custom rules' non-differentiable part)."""
 
     axes: tuple[Any, ...] | None  # mesh axes of the ring, or None on one device
     n_dev: int  # D: devices round the ring
@@ -275,6 +278,26 @@ def _ring_grad(
     return grads
 
 
+#: ``_ring_grad`` as one call for partial evaluation. Inside a JVP rule that reverse mode
+#: linearizes, every operation on known values is still processed one at a time, and a
+#: loop's partial-evaluation rule hoists the body's loop-invariant constants (broadcasts of
+#: the kernel's coefficients to the (Bl, C) block shape) out of the loop, each a live block
+#: (1.8x the temporaries). A custom_jvp whose inputs are all known is bound as one call at
+#: the parent trace, its loops staged whole; its derivatives are JAX's own.
+_ring_grad_whole = jax.custom_jvp(_ring_grad, nondiff_argnums=(0, 6))
+
+
+@_ring_grad_whole.defjvp
+def _ring_grad_whole_jvp(
+    s: _Static, with_value: bool, primals: tuple[Any, ...], tangents: tuple[Any, ...]
+) -> tuple[_Grads, _Grads]:
+    def grad(anc: _Rows, cand: _Rows, scale: jax.Array, bias: jax.Array, g: jax.Array) -> _Grads:
+        return _ring_grad(s, anc, cand, scale, bias, g, with_value)
+
+    out: tuple[_Grads, _Grads] = jax.jvp(grad, primals, tangents)
+    return out
+
+
 def _per_anchor_impl(
     s: _Static,
     a: jax.Array,
@@ -335,42 +358,33 @@ def _summed_impl(
     return jnp.sum(_per_anchor_impl(s, a, b, scale, bias, ids, mask))
 
 
-#: The local anchors' loss summed, for "sum" and "mean": its cotangent is a scalar, so the
-#: gradients are computed with the value in one ring (three matrix products per block, as
-#: in the dense loss's autodiff, not four) and the backward rule only scales them. That is
-#: exact because this sum's only consumer is the psum over the ring, whose transpose gives
-#: every device the same cotangent: each shard's db, summed over all devices' anchors on
-#: its way round, takes one factor.
-_summed = jax.custom_vjp(_summed_impl, nondiff_argnums=(0,))
+#: The local anchors' loss summed, for "sum" and "mean". Its output is a scalar, so its
+#: derivative is its gradient: the JVP rule computes the gradients with the value in one
+#: ring (three matrix products per block, as in the dense loss's autodiff, not four) and the
+#: tangent is their inner product with the input tangents. Forward mode therefore works,
+#: and reverse mode transposes that inner product: the residuals are the gradients
+#: (input-sized), and a cotangent only scales them. The per-device tangent uses each
+#: shard's db summed over *all* devices' anchors (it comes home with the shard), not this
+#: sum's own: exact for the psum over the ring, this sum's only consumer, whose value is
+#: the same either way, and whose transpose gives every device the same cotangent.
+_summed = jax.custom_jvp(_summed_impl, nondiff_argnums=(0,))
 
 
-def _summed_fwd(
-    s: _Static,
-    a: jax.Array,
-    b: jax.Array,
-    scale: jax.Array,
-    bias: jax.Array,
-    ids: jax.Array,
-    mask: jax.Array | None,
-) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+@_summed.defjvp
+def _summed_jvp(
+    s: _Static, primals: tuple[Any, ...], tangents: tuple[Any, ...]
+) -> tuple[jax.Array, jax.Array]:
+    a, b, scale, bias, ids, mask = primals
     g = jnp.ones(a.shape[0], s.dtype)
-    grads = _ring_grad(s, _Rows(a, ids, mask), _Rows(b, ids, mask), scale, bias, g, True)
-    cast = (
-        grads.da.astype(a.dtype),
-        grads.db.astype(b.dtype),
-        grads.scale.astype(scale.dtype),
-        grads.bias.astype(bias.dtype),
-    )
+    grads = _ring_grad_whole(s, _Rows(a, ids, mask), _Rows(b, ids, mask), scale, bias, g, True)
     assert grads.total is not None  # computed: with_value=True
-    return grads.total, cast
 
+    def inner(grad: jax.Array, tangent: jax.Array) -> jax.Array:
+        return jnp.sum(grad * tangent.astype(s.dtype))
 
-def _summed_bwd(s: _Static, grads: tuple[jax.Array, ...], g: jax.Array) -> tuple[Any, ...]:
-    del s
-    return (*((g * v).astype(v.dtype) for v in grads), None, None)
-
-
-_summed.defvjp(_summed_fwd, _summed_bwd)
+    gradients = (grads.da, grads.db, grads.scale, grads.bias)
+    tangent = sum(inner(v, t) for v, t in zip(gradients, tangents[:4], strict=True))
+    return grads.total, jnp.asarray(tangent, s.dtype)
 
 
 def _dense_per_anchor(
@@ -476,11 +490,12 @@ def pairwise_sigmoid_loss(
 
     Memory. With ``block_size`` the candidates are visited that many at a time and only a
     (B, block_size) block of logits exists; without it the (B, B) logits are formed whole
-    when they have at most :data:`DENSE_MAX_ELEMENTS` elements (then every JAX
-    transformation, forward mode included, applies), in blocks of about a million logits
-    otherwise. The blocked loss is a ``custom_vjp`` (for ``"sum"`` and ``"mean"`` the
-    gradients are computed with the value, in one pass): ``grad``, ``value_and_grad``,
-    ``vmap``, ``checkpoint`` and grad-of-grad work, ``jax.jvp`` of the loss itself does not.
+    when they have at most :data:`DENSE_MAX_ELEMENTS` elements, in blocks of about a
+    million logits otherwise. Every JAX transformation applies to ``"sum"`` and ``"mean"``
+    on every path (``grad``, ``jvp``, ``jacfwd``, ``hessian``, ``vmap``, ``checkpoint``;
+    the gradients are computed with the value, in one pass). ``"none"`` on the blocked and
+    ring paths is a ``custom_vjp`` (reverse mode to any order, not ``jax.jvp``): a forward
+    rule for its (B,) output would make reverse mode keep a (B, B) block of derivatives.
 
     Data parallelism. Inside ``jax.shard_map`` (or ``jax.pmap``) with ``a``, ``b``,
     ``pair_ids`` and ``where`` split over ``axis_name``, the loss is that of the whole
@@ -572,7 +587,7 @@ def pairwise_sigmoid_loss(
         static = _Static(axes, n_dev, n, block, dt)
         args = (x_a, x_b, t, beta, ids, mask)
         if axes is not None:
-            # Every input varies over the ring before the custom_vjp; the transposes of these
+            # Every input varies over the ring before the custom rule; the transposes of these
             # casts psum the gradients of replicated inputs (scale and bias).
             args = tuple(_vary(v, axes) for v in args)
         if reduction == "none":

@@ -278,9 +278,8 @@ def _loss(block_size):
 
 
 def test_check_grads_order_2(x64):
-    # The blocked loss is a custom_vjp: reverse mode to order 2 (grad of grad) is exact;
-    # the dense one is JAX autodiff through the kernel's custom_jvp (whose derivatives of
-    # every order test_curvature checks): forward mode too.
+    # The dense loss is JAX autodiff through the kernel's custom_jvp (whose derivatives of
+    # every order test_curvature checks).
     a, b, _, _ = problem(batch=6, dim=3)
     ids = np.array([0, 1, 1, 2, 3, 3])
     where = np.array([True, True, False, True, True, True])
@@ -294,8 +293,9 @@ def test_check_grads_order_2(x64):
         return jax.jit(loss)  # check_grads calls it many times: compiled once, not eagerly
 
     args = (a, b, 1.5, -0.5)
-    check_grads(make(4), args, order=2, modes=["rev"])
-    # "none" rests on the other custom_vjp (per-anchor sums, recomputed in the backward).
+    # The blocked "mean" is a custom_jvp: forward and reverse mode to order 2.
+    check_grads(make(4), args, order=2)
+    # "none" rests on a custom_vjp (per-anchor sums, recomputed in the backward).
     weights = np.linspace(-1.0, 2.0, 6)
 
     def per_anchor(a, b, scale, bias):
@@ -305,13 +305,21 @@ def test_check_grads_order_2(x64):
         return jnp.vdot(losses, weights)
 
     check_grads(jax.jit(per_anchor), args, order=2, modes=["rev"])
-    check_grads(make(None), args, order=1, modes=["fwd"])
+    check_grads(make(None), args, order=2)
 
 
-def test_forward_mode_of_the_blocked_loss_is_refused():
+def test_forward_mode_of_blocked_per_anchor_losses_is_refused():
+    # "none" keeps a custom_vjp: a JVP rule for the (B,) output would make reverse mode
+    # keep every (B, C) block of derivatives as a residual (B x B in all).
     a, b, _, _ = problem()
+
+    def per_anchor(a):
+        return jaxbce.pairwise_sigmoid_loss(
+            a, b, scale=1.0, bias=0.0, reduction="none", block_size=5
+        )
+
     with pytest.raises(TypeError, match="custom_vjp"):
-        jax.jvp(lambda a: _loss(5)(a, b, 1.0, 0.0), (a,), (a,))
+        jax.jvp(per_anchor, (a,), (a,))
 
 
 def test_vmap_checkpoint_and_jit_agree(x64):
@@ -374,7 +382,7 @@ RING_CASES = [
     for i, n in enumerate(DEVICES)
     for k, labels in enumerate(LABELS)
 ]
-EXTRA_CASES = ("float32", "pmap", "grad_of_grad", "mesh_2d", "memory")
+EXTRA_CASES = ("float32", "pmap", "grad_of_grad", "forward_mode", "mesh_2d", "memory")
 
 _RING_SCRIPT = textwrap.dedent(
     """
@@ -488,6 +496,31 @@ _RING_SCRIPT = textwrap.dedent(
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
 
     record("grad_of_grad", grad_of_grad_case)
+
+    def forward_mode_case():
+        # jvp of the ring's loss, and forward over reverse (a Hessian-vector product), against
+        # the dense one-device loss: the "sum"/"mean" ring is a custom_jvp.
+        mesh = Mesh(np.array(jax.devices()[:4]), ("x",))
+        ring, kw = ring_loss(mesh, "both", "sum", 5)
+        dense = lambda a, b, s, t: jaxbce.pairwise_sigmoid_loss(
+            a, b, scale=s, bias=t, reduction="sum", **kw)
+        rng = np.random.default_rng(3)
+        primals = (a, b, SCALE, BIAS)
+        tangents = (rng.normal(size=a.shape), rng.normal(size=b.shape), 0.7, -1.1)
+
+        def both(f):
+            def run(primals, tangents):
+                jvp = jax.jvp(f, primals, tangents)
+                grad = lambda *x: jax.grad(f, argnums=(0, 1, 2, 3))(*x)
+                return jvp, jax.jvp(grad, primals, tangents)[1]
+
+            return jax.jit(run)(primals, tangents)
+
+        got, want = both(ring), both(dense)
+        for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12 * np.abs(y).max())
+
+    record("forward_mode", forward_mode_case)
 
     def mesh_2d_case():
         # A ring over two mesh axes at once, axis_name=("x", "y"): devices in row-major order.
