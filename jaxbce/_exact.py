@@ -145,7 +145,11 @@ def binary_cross_entropy(
 
 
 def focal(
-    z: jax.Array, y: jax.Array, *, gamma: float = 2.0, alpha: float | None = 0.25
+    z: jax.Array,
+    y: jax.Array,
+    *,
+    gamma: float | jax.Array = 2.0,
+    alpha: float | jax.Array | None = 0.25,
 ) -> Reference:
     """Sigmoid focal loss ``alpha_t u^gamma ce`` with ``u = y sigmoid(-z) + (1-y) sigmoid(z)``.
 
@@ -162,7 +166,11 @@ def focal(
     dlog_u = jnp.where(
         hard_pos, -s_pos, jnp.where(hard_neg, s_neg, (1.0 - 2.0 * y) * s_pos * s_neg / u)
     )
-    at = 1.0 if alpha is None else alpha * y + (1.0 - alpha) * (1.0 - y)
+    if alpha is None:
+        at: Any = 1.0
+    else:  # a negative alpha turns the weighting off, as in sigmoid_focal_loss
+        alpha = jnp.asarray(alpha, jnp.float64)
+        at = jnp.where(alpha < 0, 1.0, alpha * y + (1.0 - alpha) * (1.0 - y))
     scale = at * jnp.exp(gamma * log_u)
     t_mod, t_up, t_down = scale * gamma * dlog_u * ce, scale * (1.0 - y) * s_pos, scale * y * s_neg
     floor = jnp.maximum(jnp.abs(t_mod), jnp.maximum(jnp.abs(t_up), jnp.abs(t_down)))

@@ -235,6 +235,19 @@ def _worst(err: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
     return ulps, (key & jnp.uint64(0xFFFFFFFF)).astype(jnp.int32)
 
 
+def _batched(sweep: Sweep) -> bool:
+    """The focal sweep's variants, (gamma, alpha) pairs, run in one program, vmapped: the
+    kernel takes both as arrays and has no Python-level branch on their values, so a traced
+    option runs the same operations as the Python float a user passes."""
+    keys = {tuple(k for k, _ in v.options) for v in sweep.variants}
+    return sweep.function == "focal" and len(sweep.variants) > 1 and len(keys) == 1
+
+
+def _option_value(v: Any) -> float:
+    """An option as its float32 value; ``alpha=None`` as -1 (negative alpha is off)."""
+    return -1.0 if v is None else float(np.float32(v))
+
+
 def _as_float32(opts: dict[str, Any]) -> dict[str, Any]:
     """Options as the float32 values a float32 kernel receives (0.1 is 0.1f, 3.7 is 3.7f)."""
     return {k: None if v is None else float(np.float32(v)) for k, v in opts.items()}
@@ -286,21 +299,49 @@ def chunk_function(
             label: _sample_y(label, i) if isinstance(label, str) else jnp.full(x.shape, label)
             for label in sweep.labels
         }
-        out: list[tuple[jax.Array, jax.Array, jax.Array]] = []
-        for variant, label in sweep.rows():
-            opts = dict(variant.options)
-            y = labels[label].astype(dtype)
+        labels = {k: v.astype(dtype) for k, v in labels.items()}
+
+        def scored(
+            opts: dict[str, Any], ref_opts: dict[str, Any], y: jax.Array
+        ) -> list[tuple[jax.Array, ...]]:
+            """``(worst error, its x bits, its y)`` of the loss and of the gradient."""
             with jax.enable_x64(False):
                 loss, grad = _value_and_grad(fn, opts, x, y)
-            exact_loss, exact_grad, floor = ref(xr, y.astype(jnp.float64), **_as_float32(opts))
+            exact_loss, exact_grad, floor = ref(xr, y.astype(jnp.float64), **ref_opts)
+            out: list[tuple[jax.Array, ...]] = []
             for err in (
                 _exact.ulp_error(_exact_float64(loss), exact_loss, dtype, flush=flush),
                 _exact.ulp_error(_exact_float64(grad), exact_grad, dtype, floor, flush=flush),
             ):
                 worst, at = _worst(err, valid)
                 out.append((worst, x_bits[at], y[at].astype(jnp.float64)))
+            return out
+
         shape = (len(sweep.rows()), 2)
-        ulps, where_x, where_y = (jnp.stack(v).reshape(shape) for v in zip(*out, strict=True))
+        if _batched(sweep):
+            # One program for every variant: the options are float32 arrays and the variants
+            # a vmapped axis (the focal kernel compiled once, not once per variant; the
+            # results are bit for bit those of a program per variant with Python floats).
+            keys = [k for k, _ in sweep.variants[0].options]
+            table = jnp.asarray(
+                [[_option_value(v) for _, v in variant.options] for variant in sweep.variants],
+                jnp.float32,
+            )
+
+            def one_variant(values: jax.Array) -> tuple[jax.Array, ...]:
+                opts = dict(zip(keys, values, strict=True))
+                rows = [scored(opts, opts, labels[label]) for label in sweep.labels]
+                flat = [q for row in rows for q in row]
+                return tuple(jnp.stack(v) for v in zip(*flat, strict=True))
+
+            per_variant = jax.vmap(one_variant)(table)
+            ulps, where_x, where_y = (v.reshape(shape) for v in per_variant)
+        else:
+            out = []
+            for variant, label in sweep.rows():
+                opts = dict(variant.options)
+                out.extend(scored(opts, _as_float32(opts), labels[label]))
+            ulps, where_x, where_y = (jnp.stack(v).reshape(shape) for v in zip(*out, strict=True))
         return ulps, where_x, where_y, jnp.sum(valid, dtype=jnp.uint64)
 
     return chunk
@@ -318,6 +359,10 @@ def chunk_params(sweep: Sweep, n: int) -> Iterator[np.ndarray]:
 
 
 def _chunk_size(sweep: Sweep, chunk_log2: int) -> int:
+    """Inputs per call: about ``2^chunk_log2`` evaluations per row (split between the
+    variants of a batched sweep), no more than the sweep has."""
+    if _batched(sweep):
+        chunk_log2 = max(10, chunk_log2 - math.ceil(math.log2(len(sweep.variants))))
     return min(1 << chunk_log2, 1 << max(0, math.ceil(math.log2(max(1, sweep.total())))))
 
 

@@ -287,12 +287,12 @@ def sweeps(
         out.append(Sweep("bce", dtype, "patterns", (0.0, 1.0), HALF, ranges=HALF_PROBS[dtype]))
     out.append(Sweep("sigmoid_bce", "float32", "mix", ("soft",), SIGMOID_OPTIONS, size=n))
     out.append(Sweep("bce", "float32", "mix", ("soft",), PROB_OPTIONS, size=n))
-    for gamma in FOCAL_GAMMAS:
-        variants = tuple(
-            Variant((("gamma", gamma), ("alpha", alpha)), max(4.0, 2.0 + gamma))
-            for alpha in FOCAL_ALPHAS
-        )
-        out.append(Sweep("focal", "float32", "mix", ("hard", "soft"), variants, size=n_focal))
+    variants = tuple(
+        Variant((("gamma", gamma), ("alpha", alpha)), max(4.0, 2.0 + gamma))
+        for gamma in FOCAL_GAMMAS
+        for alpha in FOCAL_ALPHAS
+    )
+    out.append(Sweep("focal", "float32", "mix", ("hard", "soft"), variants, size=n_focal))
     return out
 
 

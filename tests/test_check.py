@@ -6,6 +6,8 @@ check the checker, on injected errors and known values.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -210,3 +212,25 @@ def test_quick_check_is_within_bounds_but_for_the_recorded_gaps():
     # or, for a recorded gap, within the figures measured for it.
     results = _sweep.run(check.sweeps(exhaustive=False), chunk_log2=20, workers=1, progress=False)
     assert_within_bounds_but_for_known_gaps(results)
+
+
+def test_batched_focal_variants_score_as_one_program_per_variant():
+    # The focal sweep runs its (gamma, alpha) variants in one vmapped program; each row must
+    # be bit for bit the row of a sweep of that variant alone (options as Python floats).
+    [focal] = [
+        s for s in check.sweeps(exhaustive=False, focal_samples=2**14) if s.function == "focal"
+    ]
+    variants = (focal.variants[4], focal.variants[14])  # gamma 0.5 alpha 0.25; 3.7, 0.6
+    both = dataclasses.replace(focal, variants=variants)
+    assert _sweep._batched(both)
+    batched = _sweep.run([both], chunk_log2=12, workers=1, progress=False)
+    alone = [
+        r
+        for v in variants
+        for r in _sweep.run(
+            [dataclasses.replace(focal, variants=(v,))], chunk_log2=12, workers=1, progress=False
+        )
+    ]
+    assert [(r.variant, r.label) for r in batched] == [(r.variant, r.label) for r in alone]
+    for got, want in zip(batched, alone, strict=True):
+        assert (got.loss, got.grad, got.inputs) == (want.loss, want.grad, want.inputs)
