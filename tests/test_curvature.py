@@ -41,6 +41,10 @@ from jax.test_util import check_grads
 
 import jaxbce
 
+#: The sweeps are cached per process and shared by several tests: one xdist worker runs
+#: them all, so no sweep is computed twice.
+pytestmark = pytest.mark.xdist_group("curvature")
+
 #: Cases still failing on the kernel, each with what fails (issue 10's curvature target is
 #: not met for them yet). Strict: a fix makes the case pass, the xfail then fails, and the
 #: entry must go.

@@ -133,12 +133,18 @@ def test_focal_matches_torchvision_formula(x64, alpha, gamma):
     np.testing.assert_allclose(g, zt.grad.numpy(), rtol=1e-6, atol=1e-12)
 
 
+#: One compilation for every gamma (traced; see _focal_value_and_grad below).
+_focal_default_alpha = jax.jit(
+    jax.vmap(jax.value_and_grad(lambda z, y, g: FOCAL(z, y, gamma=g)), in_axes=(0, 0, None))
+)
+
+
 @pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 1.0, 2.0])
 def test_focal_stays_finite_where_torchvision_and_optax_do_not(gamma):
     z = jnp.array([-jnp.inf, -200.0, -40.0, -20.0, 20.0, 40.0, 200.0, jnp.inf], jnp.float32)
     for y in (0.0, 1.0):
         yy = jnp.full_like(z, y)
-        loss, grad = jax.vmap(jax.value_and_grad(lambda z, y: FOCAL(z, y, gamma=gamma)))(z, yy)
+        loss, grad = _focal_default_alpha(z, yy, gamma)
         right = (z > 0) == (y == 1)
         assert np.all(np.isfinite(grad)), (y, grad)
         assert np.all(np.asarray(loss)[np.isinf(z) & right] == 0)
@@ -415,10 +421,11 @@ def test_every_transformation_agrees_with_plain_autodiff_of_the_value(fn):
 @pytest.mark.parametrize("fn", FUNCTIONS)
 def test_vmap_nested_and_over_multilabel_batches(fn):
     x, y = _inputs(fn, (2, 3, 5))
-    per = jax.vmap(jax.vmap(lambda a, b: fn(a, b, reduction="sum")))(x, y)
-    np.testing.assert_allclose(per, np.asarray(fn(x, y)).sum(-1), rtol=1e-6)
-    grads = jax.vmap(jax.grad(lambda a, b: fn(a, b, reduction="mean")))(x, y)
-    direct = jax.grad(lambda a: fn(a, y, reduction="sum"))(x) / 15
+    # Under jit (each eagerly would dispatch the kernel op by op).
+    per = jax.jit(jax.vmap(jax.vmap(lambda a, b: fn(a, b, reduction="sum"))))(x, y)
+    np.testing.assert_allclose(per, np.asarray(jax.jit(fn)(x, y)).sum(-1), rtol=1e-6)
+    grads = jax.jit(jax.vmap(jax.grad(lambda a, b: fn(a, b, reduction="mean"))))(x, y)
+    direct = jax.jit(jax.grad(lambda a: fn(a, y, reduction="sum")))(x) / 15
     np.testing.assert_allclose(grads, direct, rtol=1e-6)
 
 
@@ -676,14 +683,24 @@ def test_axis_name_makes_sum_and_mean_global_under_shard_map_and_pmap():
 # ------------------------------------------------------------ focal numerics
 
 
+#: gamma as a traced float32 scalar: one compilation for every case (the kernel has no
+#: Python-level branch on gamma; a Python float gives the same bits, as the self-check's
+#: test_batched_focal_variants_score_as_one_program_per_variant shows).
+_focal_value_and_grad = jax.jit(
+    jax.vmap(
+        jax.value_and_grad(lambda z, y, g: FOCAL(z, y, alpha=0.25, gamma=g)),
+        in_axes=(0, 0, None),
+    )
+)
+
+
 @pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 1.0, 2.0, 3.3])
 @pytest.mark.parametrize("y", [0.0, 1.0, 0.3])
 def test_focal_float32_within_a_few_ulp_of_mpmath(gamma, y):
     z = np.array(
         [-100, -50, -30, -20, -17, -5, -1, -1e-3, 0, 1e-3, 1, 5, 17, 20, 30, 50, 100], np.float32
     )
-    f = jax.jit(jax.vmap(jax.value_and_grad(lambda z, y: FOCAL(z, y, alpha=0.25, gamma=gamma))))
-    got_l, got_g = map(np.asarray, f(z, np.full_like(z, y)))
+    got_l, got_g = map(np.asarray, _focal_value_and_grad(z, np.full_like(z, y), gamma))
     worst_l = worst_g = 0.0
     for zi, li, gi in zip(z, got_l, got_g, strict=True):
         # The options as the float32 kernel receives them (3.3 is 3.3f: at z = -20 the
