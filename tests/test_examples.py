@@ -390,21 +390,36 @@ def test_eight_devices_match_one_device(tmp_path: Path) -> None:
 
 
 def test_multi_host_two_processes_match_one(tmp_path: Path) -> None:
-    """--multi-host with two CPU processes (two devices each) trains like one process.
+    """--multi-host with two CPU processes (two devices each) trains like one process: the
+    binary classifier, and the contrastive example, whose pairwise loss goes round a ring of
+    four devices in two processes.
 
     A cluster launcher would tell ``jax.distributed.initialize()`` where the coordinator is;
-    here the driver passes it, and Gloo does the cross-process collectives.
+    here the driver passes it (once per process), and Gloo does the cross-process
+    collectives.
     """
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     argv = ["--steps", "20", "--eval-every", "10", "--checkpoint-every", "20"]
-    driver = (
-        "import sys, jax; init = jax.distributed.initialize; "
-        f"jax.distributed.initialize = lambda: init('localhost:{port}', 2, int(sys.argv[1])); "
-        "jax.config.update('jax_cpu_collectives_implementation', 'gloo'); "
-        f"sys.path.insert(0, {str(EXAMPLES)!r}); import binary_classifier; "
-        f"binary_classifier.main({[*argv, '--multi-host', '--out', str(tmp_path / 'two')]!r})"
+    runs = {binary_classifier: argv, contrastive_pairs: [*argv, "--pair-ids", "class"]}
+    driver = "\n".join(
+        [
+            "import sys, jax",
+            "init, started = jax.distributed.initialize, []",
+            "def initialize():",
+            "    if not started:",
+            f"        init('localhost:{port}', 2, int(sys.argv[1]))",
+            "        started.append(True)",
+            "jax.distributed.initialize = initialize",
+            "jax.config.update('jax_cpu_collectives_implementation', 'gloo')",
+            f"sys.path.insert(0, {str(EXAMPLES)!r})",
+            *(
+                f"import {m.__name__}; {m.__name__}.main("
+                f"{[*flags, '--multi-host', '--out', str(tmp_path / 'two' / m.__name__)]!r})"
+                for m, flags in runs.items()
+            ),
+        ]
     )
     env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     processes = [
@@ -421,14 +436,15 @@ def test_multi_host_two_processes_match_one(tmp_path: Path) -> None:
     for process in processes:
         out, _ = process.communicate(timeout=300)
         assert process.returncode == 0, out[-3000:]
-    binary_classifier.main([*argv, "--out", str(tmp_path / "one")])
-
-    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["devices"] == 4
-    for a, b in zip(history(tmp_path / "one"), history(tmp_path / "two"), strict=True):
-        np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-5)
-    p_one, p_two = params(tmp_path / "one"), params(tmp_path / "two")
-    for key in p_one:
-        np.testing.assert_allclose(p_two[key], p_one[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    for module, flags in runs.items():
+        one, two = tmp_path / "one" / module.__name__, tmp_path / "two" / module.__name__
+        module.main([*flags, "--out", str(one)])
+        assert json.loads((two / "metrics.json").read_text())["devices"] == 4
+        for a, b in zip(history(one), history(two), strict=True):
+            np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-5)
+        p_one, p_two = params(one), params(two)
+        for key in p_one:
+            np.testing.assert_allclose(p_two[key], p_one[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 # Runs binary_classifier.main(FLAGS --out OUT) and, after step 50, once the checkpoint saved at
