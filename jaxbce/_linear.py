@@ -15,21 +15,22 @@ that chunk, evaluates the loss on them with :func:`jaxbce.sigmoid_binary_cross_e
 (the library's one formula, :mod:`jaxbce._kernels`), and adds the chunk's sum. Only a (B, C)
 slice of logits ever exists.
 
-Gradients. The loss is a scalar, so its cotangent ``g`` is a scalar and every gradient is
-``g`` times the gradient at ``g = 1``. The :func:`jax.custom_vjp` forward rule therefore
-computes the gradients in the same pass as the value (as Liger-Kernel's fused linear
-cross-entropy does): per chunk, ``d_logits`` comes from the kernel's own derivative rule,
-then ``d_features += d_logits @ W_c.T``, ``d_kernel[:, chunk] = features.T @ d_logits`` and
-``d_bias[chunk] = d_logits.sum(0)``. That is three matrix products per chunk, as many as
-unfused autodiff, where recomputing the chunk in the backward pass would cost four. The
-residuals are the gradients themselves (input-sized, never B x L) and the backward rule only
-scales them by ``g``. Only the inputs that are being differentiated (``symbolic_zeros``) get
-gradients, so a plain ``grad`` in the features and kernel computes nothing else.
+Gradients. The loss is a scalar, so its derivative is its gradient. A
+:func:`jax.custom_jvp` rule therefore computes the gradients in the same pass as the value
+(as Liger-Kernel's fused linear cross-entropy does): per chunk, ``d_logits`` comes from the
+kernel's own derivative rule, then ``d_features += d_logits @ W_c.T``,
+``d_kernel[:, chunk] = features.T @ d_logits`` and ``d_bias[chunk] = d_logits.sum(0)``. That
+is three matrix products per chunk, as many as unfused autodiff, where recomputing the chunk
+in a backward pass would cost four. The tangent is the inner product of the gradients with
+the input tangents: forward mode (``jax.jvp``, ``jacfwd``) works, and reverse mode
+transposes the inner product, so the residuals are the gradients themselves (input-sized,
+never B x L) and a cotangent only scales them. Only the inputs with a tangent (not a
+symbolic zero) get gradients, so a plain ``grad`` in the features and kernel computes
+nothing else.
 
-Higher derivatives. The forward rule is ordinary differentiable JAX (a ``fori_loop`` with a
+Higher derivatives. The gradient pass is ordinary differentiable JAX (a ``fori_loop`` with a
 static trip count, and the kernel's own ``custom_jvp``), so ``jax.hessian`` (forward over
-reverse) and grad-of-grad work and match the unfused loss; only forward mode applied to the
-loss itself (``jax.jvp``, ``jacfwd`` of the value) is refused, as for any ``custom_vjp``.
+reverse) and grad-of-grad work and match the unfused loss.
 
 The last, partial chunk is not padded (that would copy the whole kernel): its slice is
 shifted back to end at column L, and the columns that the previous chunk already covered
@@ -58,7 +59,7 @@ _CHUNK_ALIGN, _CHUNK_MIN, _CHUNK_MAX = 128, 512, 4096
 
 
 class _Static(NamedTuple):
-    """Hashable configuration of the chunked loop (the custom_vjp's non-differentiable part)."""
+    """Hashable configuration of the chunked loop (the custom rule's non-differentiable part)."""
 
     n_labels: int  # L: the label columns on this device
     chunk: int  # C: columns per chunk, 1 <= C <= L
@@ -194,7 +195,7 @@ def _chunk_loss(
     return jnp.sum(loss)
 
 
-# ------------------------------------------------------------------ the custom_vjp
+# ------------------------------------------------------------------ the custom_jvp
 
 #: Chunk inputs other than the logits that can carry a gradient.
 _CHUNK_DIFF = ("labels", "pos_weight", "weights", "label_smoothing")
@@ -226,7 +227,7 @@ def _fused_sum_impl(s: _Static, a: _Args[jax.Array]) -> jax.Array:
     return _loop_value(s, a)
 
 
-_fused_sum = jax.custom_vjp(_fused_sum_impl, nondiff_argnums=(0,))
+_fused_sum = jax.custom_jvp(_fused_sum_impl, nondiff_argnums=(0,))
 
 
 def _zeros(shape: tuple[int, ...], dtype: Any, like: jax.Array) -> jax.Array:
@@ -247,15 +248,10 @@ def _add_columns(s: _Static, buf: jax.Array, part: jax.Array, start: jax.Array) 
     return lax.dynamic_update_slice_in_dim(buf, part, start, axis=axis)
 
 
-def _fused_sum_fwd(s: _Static, p: _Args[Any]) -> tuple[jax.Array, _Args[jax.Array | None]]:
-    """Value and, for every perturbed input, its gradient at cotangent 1, in one pass.
-
-    ``p`` holds ``CustomVJPPrimal``s (``symbolic_zeros``): each input's value and whether
-    it is perturbed."""
-    values: list[Any] = [None if v is None else v.value for v in p]
-    perturbed: list[Any] = [v is not None and v.perturbed for v in p]
-    a: _Args[jax.Array] = _Args(*values)
-    want: _Args[bool] = _Args(*perturbed)
+def _fused_grads(
+    s: _Static, want: _Args[bool], a: _Args[jax.Array]
+) -> tuple[jax.Array, _Args[jax.Array | None]]:
+    """Value and, for every input ``want`` names, its gradient, in one pass."""
     dt = s.dtype
     need_dz = want.features or want.kernel or want.bias
 
@@ -327,20 +323,46 @@ def _fused_sum_fwd(s: _Static, p: _Args[Any]) -> tuple[jax.Array, _Args[jax.Arra
     return total, _Args(*cast)
 
 
-def _fused_sum_bwd(
-    s: _Static, grads: _Args[jax.Array | None], g: Any
-) -> tuple[_Args[jax.Array | None]]:
-    """Scales the gradients computed in the forward pass by the output cotangent."""
-    del s
-    scaled: list[Any]
-    if isinstance(g, SymbolicZero):
-        scaled = [None for _ in grads]
-    else:
-        scaled = [None if v is None else (g * v).astype(v.dtype) for v in grads]
-    return (_Args(*scaled),)
+#: ``_fused_grads`` as one call for partial evaluation (see ``jaxbce._pairwise``'s
+#: ``_ring_grad_whole``): inside the linearized JVP rule the loop would otherwise be
+#: partially evaluated op by op and its chunk-shaped constants hoisted out of it.
+_fused_grads_whole = jax.custom_jvp(_fused_grads, nondiff_argnums=(0, 1))
 
 
-_fused_sum.defvjp(_fused_sum_fwd, _fused_sum_bwd, symbolic_zeros=True)
+@_fused_grads_whole.defjvp
+def _fused_grads_whole_jvp(
+    s: _Static, want: _Args[bool], primals: tuple[Any, ...], tangents: tuple[Any, ...]
+) -> tuple[Any, Any]:
+    def grads(a: _Args[jax.Array]) -> tuple[jax.Array, _Args[jax.Array | None]]:
+        return _fused_grads(s, want, a)
+
+    out: tuple[Any, Any] = jax.jvp(grads, primals, tangents)
+    return out
+
+
+def _fused_sum_jvp(
+    s: _Static, primals: tuple[_Args[Any]], tangents: tuple[_Args[Any]]
+) -> tuple[jax.Array, jax.Array]:
+    """The loss is a scalar, so its derivative is its gradient: the value and the gradient
+    of every perturbed input in one pass, and the tangent their inner product with the
+    input tangents. Reverse mode transposes that product (the residuals are the gradients,
+    and a cotangent only scales them); forward mode applies as for any JVP rule. Only the
+    inputs with a tangent (not a symbolic zero) get a gradient."""
+    (a,), (t,) = primals, tangents
+    perturbed = [
+        v is not None and d is not None and not isinstance(d, SymbolicZero)
+        for v, d in zip(a, t, strict=True)
+    ]
+    want: _Args[bool] = _Args(*perturbed)
+    total, grads = _fused_grads_whole(s, want, a)
+    tangent = jnp.zeros((), s.dtype)
+    for g, d in zip(grads, t, strict=True):
+        if g is not None:
+            tangent = tangent + jnp.sum(g.astype(s.dtype) * d.astype(s.dtype))
+    return total, tangent
+
+
+_fused_sum.defjvp(_fused_sum_jvp, symbolic_zeros=True)
 
 
 # --------------------------------------------------------------------- public API
@@ -389,9 +411,9 @@ def linear_sigmoid_binary_cross_entropy(
     The labels are processed ``chunk_size`` columns at a time, so only a (B, chunk_size)
     block of logits exists at once; the gradients of the features, kernel and bias (and of
     ``pos_weight``, ``weights``, soft labels and a traced ``label_smoothing``) are
-    accumulated in the same pass by a ``custom_vjp`` (reverse mode: ``grad``,
-    ``value_and_grad``, ``hessian`` and grad-of-grad work; ``jax.jvp`` of the loss itself
-    does not). Temporary memory grows with ``B * chunk_size``, not with ``L``.
+    accumulated in the same pass by a ``custom_jvp`` (``grad``, ``value_and_grad``,
+    ``jax.jvp``, ``jacfwd``, ``hessian`` and grad-of-grad all work). Temporary memory grows
+    with ``B * chunk_size``, not with ``L``.
 
     Labels come in either of two formats:
 
@@ -557,7 +579,7 @@ def linear_sigmoid_binary_cross_entropy(
         offset=offset,
     )
     if axis_name is not None:
-        # Every input becomes device-varying before the custom_vjp, so the loop is purely
+        # Every input becomes device-varying before the custom_jvp, so the loop is purely
         # local; the transposes of these casts psum the gradients of replicated inputs.
         varied: list[Any] = [_vary(v, axis_name) for v in args]
         args = _Args(*varied)

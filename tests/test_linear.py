@@ -292,8 +292,8 @@ def test_vmap_and_grad_of_shared_kernel(x64):
 
 
 def test_second_derivatives(x64):
-    """hessian (forward over reverse) and grad of grad equal the unfused ones; jvp of the
-    loss itself is refused, as for any custom_vjp function."""
+    """hessian (forward over reverse), grad of grad and forward mode (jvp, jacfwd) equal
+    the unfused ones."""
     h, w, b, idx, dense = (jnp.asarray(a) for a in _problem(seed=15, batch=4, d=3, n_labels=10))
     fused = lambda h, w: linear_sigmoid_binary_cross_entropy(h, w, idx, bias=b, chunk_size=3)
     unfused = lambda h, w: _unfused(h, w, b, dense, "mean")
@@ -301,8 +301,12 @@ def test_second_derivatives(x64):
     np.testing.assert_allclose(hessian(fused), hessian(unfused), rtol=1e-12, atol=1e-15)
     outer = lambda f: jax.jit(jax.grad(lambda w: jnp.sum(jax.grad(f)(h, w) ** 2)))(w)
     np.testing.assert_allclose(outer(fused), outer(unfused), rtol=1e-12, atol=1e-15)
-    with pytest.raises(TypeError, match="forward-mode"):
-        jax.jvp(fused, (h, w), (h, w))
+    tangents = (jnp.cos(h), jnp.sin(w))
+    jvp = lambda f: jax.jit(lambda h, w, th, tw: jax.jvp(f, (h, w), (th, tw)))(h, w, *tangents)
+    np.testing.assert_allclose(jvp(fused), jvp(unfused), rtol=1e-12, atol=1e-15)
+    jacfwd = lambda f: jax.jit(jax.jacfwd(f, argnums=(0, 1)))(h, w)
+    for a, c in zip(jacfwd(fused), jacfwd(unfused), strict=True):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-15)
 
 
 def test_bfloat16_inputs_keep_their_dtype():
