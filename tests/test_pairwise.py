@@ -604,7 +604,8 @@ def test_ring_matches_reference_float64(ring_results, case):
 @pytest.mark.parametrize("case", EXTRA_CASES)
 def test_ring_float32_pmap_grad_of_grad_and_memory(ring_results, case):
     # float32 within 1e-5 of each result's size; pmap's psum-transposed gradients; reverse
-    # over reverse through the ring; a ring over two mesh axes; temporaries of the ring at a
+    # over reverse through the ring; forward mode (jvp, and jvp of grad) through the ring; a
+    # ring over two mesh axes; temporaries of the ring at a
     # local batch of 256 flat in the number of devices (2, 4, 8: within 10%) and under 4
     # (Bl, Bl) float32 blocks plus 4 (Bl, d) buffers.
     assert ring_results[case] == "ok", ring_results[case]
