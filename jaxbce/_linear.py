@@ -49,6 +49,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from jaxbce import _checks as checks
+from jaxbce._fused import tangent, whole_call
 from jaxbce._losses import sigmoid_binary_cross_entropy
 
 #: Target number of elements of one (B, C) chunk of logits when ``chunk_size=None``.
@@ -323,21 +324,8 @@ def _fused_grads(
     return total, _Args(*cast)
 
 
-#: ``_fused_grads`` as one call for partial evaluation (see ``jaxbce._pairwise``'s
-#: ``_ring_grad_whole``): inside the linearized JVP rule the loop would otherwise be
-#: partially evaluated op by op and its chunk-shaped constants hoisted out of it.
-_fused_grads_whole = jax.custom_jvp(_fused_grads, nondiff_argnums=(0, 1))
-
-
-@_fused_grads_whole.defjvp
-def _fused_grads_whole_jvp(
-    s: _Static, want: _Args[bool], primals: tuple[Any, ...], tangents: tuple[Any, ...]
-) -> tuple[Any, Any]:
-    def grads(a: _Args[jax.Array]) -> tuple[jax.Array, _Args[jax.Array | None]]:
-        return _fused_grads(s, want, a)
-
-    out: tuple[Any, Any] = jax.jvp(grads, primals, tangents)
-    return out
+#: The gradient pass as one call when the JVP rule is linearized (see :mod:`jaxbce._fused`).
+_fused_grads_whole = whole_call(_fused_grads, nondiff_argnums=(0, 1))
 
 
 def _fused_sum_jvp(
@@ -355,11 +343,7 @@ def _fused_sum_jvp(
     ]
     want: _Args[bool] = _Args(*perturbed)
     total, grads = _fused_grads_whole(s, want, a)
-    tangent = jnp.zeros((), s.dtype)
-    for g, d in zip(grads, t, strict=True):
-        if g is not None:
-            tangent = tangent + jnp.sum(g.astype(s.dtype) * d.astype(s.dtype))
-    return total, tangent
+    return total, tangent(grads, t, s.dtype)
 
 
 _fused_sum.defjvp(_fused_sum_jvp, symbolic_zeros=True)

@@ -58,6 +58,7 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from jaxbce import _checks as checks
+from jaxbce._fused import tangent, whole_call
 from jaxbce._kernels import nll, nll_bwd
 
 #: Without ``axis_name`` and ``block_size``, the (B, B) logits are formed whole (plain
@@ -278,24 +279,8 @@ def _ring_grad(
     return grads
 
 
-#: ``_ring_grad`` as one call for partial evaluation. Inside a JVP rule that reverse mode
-#: linearizes, every operation on known values is still processed one at a time, and a
-#: loop's partial-evaluation rule hoists the body's loop-invariant constants (broadcasts of
-#: the kernel's coefficients to the (Bl, C) block shape) out of the loop, each a live block
-#: (1.8x the temporaries). A custom_jvp whose inputs are all known is bound as one call at
-#: the parent trace, its loops staged whole; its derivatives are JAX's own.
-_ring_grad_whole = jax.custom_jvp(_ring_grad, nondiff_argnums=(0, 6))
-
-
-@_ring_grad_whole.defjvp
-def _ring_grad_whole_jvp(
-    s: _Static, with_value: bool, primals: tuple[Any, ...], tangents: tuple[Any, ...]
-) -> tuple[_Grads, _Grads]:
-    def grad(anc: _Rows, cand: _Rows, scale: jax.Array, bias: jax.Array, g: jax.Array) -> _Grads:
-        return _ring_grad(s, anc, cand, scale, bias, g, with_value)
-
-    out: tuple[_Grads, _Grads] = jax.jvp(grad, primals, tangents)
-    return out
+#: The gradient pass as one call when a JVP rule is linearized (see :mod:`jaxbce._fused`).
+_ring_grad_whole = whole_call(_ring_grad, nondiff_argnums=(0, 6))
 
 
 def _per_anchor_impl(
@@ -358,15 +343,13 @@ def _summed_impl(
     return jnp.sum(_per_anchor_impl(s, a, b, scale, bias, ids, mask))
 
 
-#: The local anchors' loss summed, for "sum" and "mean". Its output is a scalar, so its
-#: derivative is its gradient: the JVP rule computes the gradients with the value in one
-#: ring (three matrix products per block, as in the dense loss's autodiff, not four) and the
-#: tangent is their inner product with the input tangents. Forward mode therefore works,
-#: and reverse mode transposes that inner product: the residuals are the gradients
-#: (input-sized), and a cotangent only scales them. The per-device tangent uses each
-#: shard's db summed over *all* devices' anchors (it comes home with the shard), not this
-#: sum's own: exact for the psum over the ring, this sum's only consumer, whose value is
-#: the same either way, and whose transpose gives every device the same cotangent.
+#: The local anchors' loss summed, for "sum" and "mean": a custom_jvp whose rule computes
+#: the gradients with the value in one ring (three matrix products per block, as in the
+#: dense loss's autodiff, not four) and returns their inner product with the tangents (see
+#: :mod:`jaxbce._fused`). The per-device tangent uses each shard's db summed over *all*
+#: devices' anchors (it comes home with the shard), not this sum's own: exact for the psum
+#: over the ring, this sum's only consumer, whose value is the same either way, and whose
+#: transpose gives every device the same cotangent.
 _summed = jax.custom_jvp(_summed_impl, nondiff_argnums=(0,))
 
 
@@ -378,13 +361,8 @@ def _summed_jvp(
     g = jnp.ones(a.shape[0], s.dtype)
     grads = _ring_grad_whole(s, _Rows(a, ids, mask), _Rows(b, ids, mask), scale, bias, g, True)
     assert grads.total is not None  # computed: with_value=True
-
-    def inner(grad: jax.Array, tangent: jax.Array) -> jax.Array:
-        return jnp.sum(grad * tangent.astype(s.dtype))
-
     gradients = (grads.da, grads.db, grads.scale, grads.bias)
-    tangent = sum(inner(v, t) for v, t in zip(gradients, tangents[:4], strict=True))
-    return grads.total, jnp.asarray(tangent, s.dtype)
+    return grads.total, tangent(gradients, tangents[:4], s.dtype)
 
 
 def _dense_per_anchor(
