@@ -32,11 +32,13 @@ from jax import lax
 
 from jaxbce._elementary import (
     Pair,
+    divide,
     exact_mul,
     fast_two_sum,
     neg_log,
     opaque,
     pow_neg_log,
+    reciprocal,
     sigmoid_neg_abs,
     softplus_neg_abs,
     two_sum,
@@ -59,15 +61,6 @@ def _mul(a: Pair, b: Pair) -> Pair:
     float times a pair is :func:`~jaxbce._kernels.times`."""
     hi, lo = exact_mul(a[0], b[0])
     return fast_two_sum(hi, lo + (a[0] * b[1] + a[1] * b[0]))
-
-
-def _div(a: Pair, b: Pair) -> Pair:
-    """``a / b`` for normalized pairs, ``b > 0`` normal: a quotient and its correction from
-    the exact residual."""
-    q = a[0] / b[0]
-    p_hi, p_lo = exact_mul(q, b[0])
-    residual = ((a[0] - p_hi) - p_lo) + (a[1] - q * b[1])
-    return fast_two_sum(q, residual / b[0])
 
 
 def _alpha_weight(y: jax.Array, alpha: jax.Array) -> tuple[Pair, jax.Array]:
@@ -96,27 +89,58 @@ def _times_pow2(x: jax.Array, n: jax.Array) -> jax.Array:
 
 
 @jax.custom_jvp
-def _softplus_over_sigmoid(t: jax.Array) -> jax.Array:
+def _softplus_over_sigmoid(t: jax.Array, softplus: Pair, sigmoid: Pair) -> jax.Array:
     """:math:`f(t) = L(t)/\\sigma(-t) = (1 + e^{-t})\\operatorname{log1p}(e^{-t})/e^{-t}`,
     :math:`t \\ge 0`: between :math:`2\\log 2` and 1, 1 at :math:`t = \\infty`.
 
-    Derivative :math:`f' = \\sigma(t) f - 1`, in terms of :math:`f` itself, so that no
-    derivative divides by the underflowing :math:`\\sigma(-t)^2`.
+    ``softplus`` and ``sigmoid`` are the caller's :math:`L(t)` and :math:`\\sigma(-t)`
+    (:func:`~jaxbce._elementary.softplus_neg_abs`, :func:`~jaxbce._elementary.sigmoid_neg_abs`
+    of this ``t``), not evaluated twice; their tangents are not read, the derivative is
+    taken in ``t``: :math:`f' = \\sigma(t) f - 1`, in terms of :math:`f` itself, so that no
+    derivative divides by the underflowing :math:`\\sigma(-t)^2`. Above :math:`t = 20`,
+    :math:`f - 1 < e^{-t} < 2^{-28}` and :math:`f` rounds to 1 (float32; float64 to within
+    :math:`2^{-28}`, for a label derivative only).
     """
-    far = t > 0.9 * np.log(jnp.finfo(t.dtype).max)
-    l_hi, l_lo = softplus_neg_abs(jnp.where(far, 0.0, t))
-    s_hi, s_lo = sigmoid_neg_abs(jnp.where(far, 0.0, t))
-    return jnp.where(far, 1.0, (l_hi + l_lo) / (s_hi + s_lo))
+    near = t <= 20.0
+    s_safe = (jnp.where(near, sigmoid[0], 1.0), jnp.where(near, sigmoid[1], 0.0))
+    return jnp.where(near, total(divide(softplus, s_safe)), 1.0)
 
 
 @_softplus_over_sigmoid.defjvp
 def _softplus_over_sigmoid_jvp(
-    primals: tuple[jax.Array], tangents: tuple[jax.Array]
+    primals: tuple[jax.Array, Pair, Pair], tangents: tuple[jax.Array, Pair, Pair]
 ) -> tuple[jax.Array, jax.Array]:
-    (t,), (dt,) = primals, tangents
-    f = _softplus_over_sigmoid(t)
-    big = 1.0 - total(sigmoid_neg_abs(t))
+    t, softplus, sigmoid = primals
+    dt = tangents[0]
+    f = _softplus_over_sigmoid(t, softplus, sigmoid)
+    big = 1.0 - total(sigmoid)
     return f, (big * f - 1.0) * dt
+
+
+@jax.custom_jvp
+def _sure_terms(n_s: jax.Array, n_b: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """:math:`(\\log D, 1/D)`, :math:`D = n_s + n_b e^t`, where the caller reads them: at a
+    right hard label, :math:`n_b = 0` and :math:`n_s = 1`, where they are ``(0, 1)``.
+
+    The values are those constants, so that a first derivative computes no exponential,
+    logarithm or division (XLA would write each to memory); the derivatives are those of
+    :math:`\\log D` and :math:`1/D` in the labels' weights and in ``t`` (:math:`e^t` capped
+    so that :math:`D` stays finite), which the label derivatives of the focal loss need.
+    """
+    del n_b, t
+    return jnp.zeros_like(n_s), jnp.ones_like(n_s)
+
+
+@_sure_terms.defjvp
+def _sure_terms_jvp(
+    primals: tuple[jax.Array, jax.Array, jax.Array],
+    tangents: tuple[jax.Array, jax.Array, jax.Array],
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    (n_s, n_b, t), (d_ns, d_nb, dt) = primals, tangents
+    ex = jnp.exp(jnp.minimum(t, np.log(jnp.finfo(t.dtype).max) - 1.0))  # D <= max
+    inv = 1.0 / (n_s + n_b * ex)
+    d_log = (d_ns + ex * d_nb + (n_b * ex) * dt) * inv
+    return _sure_terms(n_s, n_b, t), (d_log, -inv * d_log)
 
 
 def _focal_parts(
@@ -167,11 +191,12 @@ def _focal_parts(
     u_safe = jnp.where(sure, 1.0, u_hi)
     nlu_hi, nlu_lo = neg_log(u_safe)
     # For a right hard label, -log u = softplus(|x|) - log(n_s + n_b e^|x|): the log is of
-    # 1 there, but it carries the label derivative of log u (e^|x| capped, finite).
-    ex = jnp.exp(jnp.minimum(t, np.log(jnp.finfo(x.dtype).max) - 1.0))  # n_s + n_b ex <= max
-    tail_lo = jnp.where(jnp.isinf(t), 0.0, tail_err + l_lo) - jnp.log(n_s + n_b * ex)
+    # 1 there, but it carries the label derivative of log u.
+    log_d, inv_d = _sure_terms(n_s, n_b, t)
+    tail_lo = jnp.where(jnp.isinf(t), 0.0, tail_err + l_lo) - log_d
     nl_hi = jnp.where(sure, tail_hi, nlu_hi)
-    nl_lo = jnp.where(sure, tail_lo, nlu_lo - u_err / u_safe)
+    inv_u = reciprocal(u_safe)  # to 2^-17, for corrections
+    nl_lo = jnp.where(sure, tail_lo, nlu_lo - u_err * inv_u)
     # u^gamma below 2^-64 is computed times 2^shift, near 2^-64 (and the products scaled
     # back), so that u^gamma * ce stays exact where u^gamma alone would underflow.
     log2_m = lax.stop_gradient(gamma * nl_hi * np.log2(np.e))  # -log2(u^gamma), about
@@ -184,11 +209,7 @@ def _focal_parts(
         power = jnp.power(jnp.where(small, 1.0, u_val), gamma)  # no 0^(gamma - 1) behind
         # u = s (n_s + n_b e^|x|) for a right hard label: the second factor is 1 there,
         # but its power carries the label derivative of u^gamma.
-        power = power * jnp.where(
-            sure,
-            jnp.power(jnp.where(sure, n_s + n_b * ex, 1.0), gamma),
-            1.0 + gamma * u_err / u_safe,
-        )
+        power = power * jnp.where(sure, jnp.exp(gamma * log_d), 1.0 + gamma * u_err * inv_u)
         m_hi = jnp.where(small, m_hi, _times_pow2(power, shift))
         m_lo = jnp.where(small, m_lo, 0.0)
     m = m_hi + m_lo
@@ -202,19 +223,22 @@ def _focal_parts(
     # d log u / dx = (1 - 2y) ratio: big / n_s for a right hard label, where the capped
     # e^|x| only carries the derivative in the labels; s big / u elsewhere (u >= n_b / 2).
     # At x = +-inf the factor's own slope is 0 (ce_fin = 0 there).
-    sure_ratio = 1.0 / (n_s + n_b * ex)  # 1, but for its derivative in the labels
     u_pair = (u_safe, jnp.where(sure, 0.0, u_err))
-    ratio = _div(_mul((s_hi, s_lo), (b_hi, b_lo)), u_pair)
-    ratio = (
-        jnp.where(sure, b_hi * sure_ratio, ratio[0]),
-        jnp.where(sure, b_lo * sure_ratio, ratio[1]),
+    ratio = divide(_mul((s_hi, s_lo), (b_hi, b_lo)), u_pair)
+    ratio = (  # inv_d is 1, but for its derivative in the labels
+        jnp.where(sure, b_hi * inv_d, ratio[0]),
+        jnp.where(sure, b_lo * inv_d, ratio[1]),
     )
     d_log_u = _mul(two_sum(opaque(1.0, y), -2.0 * y), ratio)
     modulation = times(jnp.broadcast_to(gamma, x.shape), *_mul(d_log_u, ce_fin))
     d_x = _times_pow2(total(_mul(scale, plus(d_ce, modulation))), -shift)
     # d/dy = alpha_t m (d ce/dy + gamma (ce / u) du/dy) + (2 alpha - 1) m ce, d ce/dy =
     # A - B = -x, du/dy = sigma(-x) - sigma(x); ce / u = L(|x|) / s for a right hard label.
-    ce_over_u = jnp.where(sure, _softplus_over_sigmoid(t), ce / u_safe)
+    ce_over_u = jnp.where(
+        sure,
+        _softplus_over_sigmoid(t, (l_hi, l_lo), (s_hi, s_lo)),
+        jnp.where(inf_ce, ce, total(divide(ce_fin, u_pair))),
+    )
     du_dy = jnp.where(nonneg, s - big, big - s)
     d_y_m = _times_pow2(safe_mul(m, -x) + gamma * m * ce_over_u * du_dy, -shift)
     m_ce = _times_pow2(safe_mul(m, ce), -shift)
