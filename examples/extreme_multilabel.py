@@ -48,7 +48,6 @@ import optax
 from flax import nnx
 
 import jaxbce
-from jaxbce._linear import linear_sigmoid_binary_cross_entropy
 
 # The examples' shared package sits beside this file. A script run as ``python examples/...``
 # finds it anyway; a file loaded by its path, as tests/test_linear.py loads this one, does not.
@@ -194,7 +193,7 @@ def dense_labels(positives: jax.Array, n_labels: int) -> jax.Array:
 def fused_loss(model: ExtremeClassifier, x: jax.Array, positives: jax.Array) -> jax.Array:
     """Sum over labels of the BCE, averaged over the batch; no (batch, labels) array."""
     h = model.embed(x)
-    total = linear_sigmoid_binary_cross_entropy(
+    total = jaxbce.linear_sigmoid_binary_cross_entropy(
         h, model.kernel[...], positives, bias=model.bias[...], reduction="sum"
     )
     return total / x.shape[0]

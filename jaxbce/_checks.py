@@ -227,6 +227,28 @@ def check_sparse_labels(
             f"over {split}: pass them whole there (a PartitionSpec that names none of "
             f"{split}), or pass dense bool/float labels split like the kernel"
         )
+    if y.size:
+
+        def in_range() -> jax.Array:  # widened: n_total may not fit an int8
+            return (y.astype(jnp.promote_types(y.dtype, jnp.int32)) < n_total).ravel()
+
+        value_check(
+            (y,),
+            lambda: jnp.all(in_range()),
+            f"sparse label indices must be below the number of labels ({n_total}); "
+            "the first that is not, at flat index {}, is {}",
+            lambda: jnp.argmin(in_range()),
+            lambda: y.ravel()[jnp.argmin(in_range())],
+        )
+
+
+def check_chunk_size(chunk_size: Any, n_labels: int) -> int:
+    """A positive int (clamped to ``n_labels``); ``None`` is the caller's to resolve."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        raise TypeError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
+    return int(min(chunk_size, n_labels))
 
 
 def compute_dtype(dtype: Any) -> Any:

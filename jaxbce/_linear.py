@@ -522,11 +522,7 @@ def linear_sigmoid_binary_cross_entropy(
         symbolic = jax.export.is_symbolic_dim(n_batch)
         chunk = default_chunk_size(1024 if symbolic else n_batch, n_labels)
     else:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-            raise TypeError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
-        chunk = int(min(chunk_size, n_labels))
+        chunk = checks.check_chunk_size(chunk_size, n_labels)
 
     out_dtype = jnp.result_type(h, w_mat) if b_vec is None else jnp.result_type(h, w_mat, b_vec)
     dt = checks.compute_dtype(out_dtype)
@@ -537,19 +533,6 @@ def linear_sigmoid_binary_cross_entropy(
     offset = None
     if sparse and label_axes:
         offset = (lax.axis_index(label_axes) * n_labels).astype(jnp.int32)
-    if sparse and y.size:
-
-        def in_range() -> jax.Array:
-            return (y < n_total).ravel()
-
-        checks.value_check(
-            (y,),
-            lambda: jnp.all(in_range()),
-            f"sparse label indices must be below the number of labels ({n_total}); "
-            "the first that is not, at flat index {}, is {}",
-            lambda: jnp.argmin(in_range()),
-            lambda: y.ravel()[jnp.argmin(in_range())],
-        )
 
     args = _Args(
         features=h,
