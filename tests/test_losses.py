@@ -1,15 +1,14 @@
-"""The public losses: parity with optax and PyTorch, options, masks, reductions, errors,
-every JAX transformation, memory, and lowering for GPU and TPU."""
+"""The public losses: parity with optax and PyTorch, options, masks, every JAX
+transformation, lowering for GPU and TPU, data parallelism and the focal loss' numerics.
+Errors are in test_errors.py, memory and long sums in test_memory.py."""
 
 from __future__ import annotations
 
 import functools
-import re
 import subprocess
 import sys
 import textwrap
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,23 +19,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
-
-import jaxbce
-
-BCE = jaxbce.sigmoid_binary_cross_entropy
-PROBS = jaxbce.binary_cross_entropy
-FOCAL = jaxbce.sigmoid_focal_loss
-FUNCTIONS = [BCE, PROBS, FOCAL]
-
-
-def _inputs(fn, shape=(4, 5), seed=0, dtype=np.float32):
-    """Predictions suited to ``fn`` (logits, or probabilities for BCELoss) and soft labels."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=shape) * 3
-    if fn is PROBS:
-        x = 1 / (1 + np.exp(-x))
-    return x.astype(dtype), rng.uniform(size=shape).astype(dtype)
-
+from loss_cases import BCE, FOCAL, FUNCTIONS, PROBS
+from loss_cases import inputs as _inputs
 
 # ----------------------------------------------------------------- parity
 
@@ -245,140 +229,6 @@ def test_float64_inputs_stay_float64(x64):
     assert BCE(x, y, reduction="mean").dtype == jnp.float64
 
 
-# ------------------------------------------------------------------ errors
-
-
-def test_mismatched_shapes_name_both_and_refuse_to_broadcast():
-    with pytest.raises(
-        ValueError, match=re.escape("labels shape (8,) must equal logits shape (8, 1)")
-    ):
-        BCE(jnp.zeros((8, 1)), jnp.zeros((8,)))
-    with pytest.raises(ValueError, match=re.escape("probs shape (2, 3)")):
-        PROBS(jnp.zeros((2, 3)), jnp.zeros((3, 2)))
-
-
-@pytest.mark.parametrize(
-    "kwargs, error, message",
-    [
-        ({"weights": np.ones((3,))}, ValueError, r"weights of shape \(3,\) does not broadcast"),
-        ({"pos_weight": np.ones((2, 2))}, ValueError, r"pos_weight of shape \(2, 2\)"),
-        ({"where": np.ones((4, 1), bool)}, ValueError, r"where of shape \(4, 1\)"),
-        ({"where": np.ones((2, 5))}, TypeError, "where must be a boolean mask, got dtype float"),
-        ({"reduction": "avg"}, ValueError, r"reduction must be one of \('none', 'sum', 'mean'\)"),
-        ({"label_smoothing": 1.5}, ValueError, r"label_smoothing must be in \[0.0, 1.0\], got 1.5"),
-        ({"label_smoothing": -0.1}, ValueError, "label_smoothing must be in"),
-        ({"weights": np.ones((2, 5), complex)}, TypeError, "weights must be a real"),
-    ],
-)
-def test_bad_options_raise_clear_errors(kwargs, error, message):
-    with pytest.raises(error, match=message):
-        BCE(jnp.zeros((2, 5)), jnp.zeros((2, 5)), **kwargs)
-
-
-@pytest.mark.parametrize("fn", FUNCTIONS)
-def test_non_real_floating_predictions_are_rejected(fn):
-    with pytest.raises(TypeError, match=r"must have a real floating dtype.*int32"):
-        fn(jnp.zeros((2,), jnp.int32), jnp.zeros((2,)))
-    with pytest.raises(TypeError, match="complex dtype complex64"):
-        fn(jnp.zeros((2,), jnp.complex64), jnp.zeros((2,)))
-    with pytest.raises(TypeError, match="labels must be float, integer or bool"):
-        fn(jnp.zeros((2,)), jnp.zeros((2,), jnp.complex64))
-
-
-def test_focal_gamma_must_be_non_negative():
-    with pytest.raises(ValueError, match="gamma must be in"):
-        FOCAL(jnp.zeros(2), jnp.zeros(2), gamma=-0.5)
-
-
-@pytest.mark.parametrize("fn", FUNCTIONS)
-def test_labels_outside_unit_interval_are_caught_under_jit_with_value_checks(fn):
-    x, y = _inputs(fn, (3, 4))
-    bad = y.copy()
-    bad[1, 2] = 1.5
-    f = jax.jit(jaxbce.with_value_checks(functools.partial(fn, reduction="mean")))
-    err, _ = f(x, y)
-    err.throw()  # no error for valid labels
-    err, _ = f(x, bad)
-    with pytest.raises(Exception, match=r"labels must lie in \[0, 1\].*flat index 6, is 1.5"):
-        err.throw()
-    # ...unless the offending element is masked out.
-    mask = np.ones((3, 4), bool)
-    mask[1, 2] = False
-    g = jax.jit(jaxbce.with_value_checks(lambda x, y: fn(x, y, where=mask, reduction="mean")))
-    g(x, bad)[0].throw()
-
-
-def test_traced_label_smoothing_is_checked_under_checkify():
-    f = jax.jit(
-        jaxbce.with_value_checks(lambda z, y, e: BCE(z, y, label_smoothing=e, reduction="sum"))
-    )
-    f(jnp.zeros(3), jnp.zeros(3), 0.1)[0].throw()
-    with pytest.raises(Exception, match="label_smoothing must be in"):
-        f(jnp.zeros(3), jnp.zeros(3), 1.5)[0].throw()
-
-
-@pytest.mark.parametrize("fn", FUNCTIONS)
-def test_concrete_labels_outside_unit_interval_raise_at_once(fn):
-    x, y = _inputs(fn, (3, 4))
-    bad = y.copy()
-    bad[2, 1] = -0.25
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\].*flat index 9, is -0.25"):
-        fn(x, bad)
-    mask = np.ones((3, 4), bool)
-    mask[2, 1] = False
-    assert np.isfinite(fn(x, bad, where=mask, reduction="mean"))  # excluded: not an error
-    bad_x = x.copy()
-    bad_x[0, 0] = 1.5
-    if fn is PROBS:
-        with pytest.raises(ValueError, match=r"probs must lie in \[0, 1\].*flat index 0, is 1.5"):
-            fn(bad_x, y)
-
-
-@pytest.mark.parametrize("fn", FUNCTIONS)
-@pytest.mark.parametrize(
-    "options",
-    [{}, {"label_smoothing": "traced"}, {"where": "traced", "weights": "traced"}],
-    ids=["plain", "traced-smoothing", "traced-mask-weights"],
-)
-def test_traces_carry_no_effect_outside_with_value_checks(fn, options):
-    """A checkify check would put an effect in every jaxpr around the loss and take the
-    caller's jit off JAX's C++ dispatch path (a small train step: 107 us a call, not 45)."""
-    x, y = _inputs(fn, (3, 4))
-    if fn is FOCAL and "label_smoothing" in options:
-        options = {"gamma": "traced"}
-    names = list(options)
-
-    def loss(x, y, *traced):
-        kw = dict(zip(names, traced, strict=True))
-        if "where" in kw:
-            kw["where"] = kw["where"] > 0.5
-        return fn(x, y, reduction="mean", **kw)
-
-    traced = [np.float32(0.1) if n in ("label_smoothing", "gamma") else y for n in names]
-    for f in (loss, jax.value_and_grad(loss), jax.hessian(loss)):
-        assert jax.make_jaxpr(f)(x, y, *traced).effects == set()
-
-
-@pytest.mark.parametrize("fn", FUNCTIONS)
-def test_new_values_of_traced_arguments_reuse_the_jitted_loss(fn):
-    """A jitted loss traces once per shape and dtype: new labels, weights, masks and scalar
-    options (``label_smoothing``; ``gamma`` and ``alpha`` of the focal loss) are arguments
-    of the compiled program, never constants that force a new trace."""
-    x, y = _inputs(fn, (3, 4))
-    scalars = ("gamma", "alpha") if fn is FOCAL else ("label_smoothing",)
-    chex.clear_trace_counter()  # chex counts traces per definition site: reset for each case
-
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def loss(x, y, w, mask, *values):
-        options = dict(zip(scalars, values, strict=True))
-        return fn(x, y, weights=w, where=mask, reduction="mean", **options)
-
-    for k, value in enumerate((0.0, 0.1, 0.25)):
-        out = loss(x, y, y + k, y > value, *[np.float32(value)] * len(scalars))
-        assert np.isfinite(out)
-
-
 # ---------------------------------------------------------- transformations
 
 
@@ -532,96 +382,6 @@ def test_property_gradient_is_weighted_sigmoid_minus_label(problem):
     np.testing.assert_allclose(got, np.broadcast_to(g, z.shape), rtol=1e-4, atol=1e-6)
 
 
-# ------------------------------------------------------------------ memory
-
-
-def _temp_bytes(f, *args):
-    return jax.jit(f).lower(*args).compile().memory_analysis().temp_size_in_bytes
-
-
-@pytest.mark.parametrize(
-    "label_dtype, kwargs",
-    [
-        (jnp.float32, {}),
-        (jnp.bool_, {}),
-        (jnp.int8, {}),
-        (jnp.float32, {"pos_weight": jnp.ones(1024)}),
-        (jnp.float32, {"label_smoothing": 0.1}),
-        (jnp.bool_, {"where": "labels"}),
-    ],
-)
-def test_value_and_grad_of_mean_needs_no_n_sized_temporary(label_dtype, kwargs):
-    n_rows, n_cols = 512, 1024  # N = 2^19
-    z = jnp.zeros((n_rows, n_cols), jnp.float32)
-    y = jnp.zeros((n_rows, n_cols), label_dtype)
-    if kwargs.get("where") == "labels":
-        kwargs = {"where": jnp.ones((n_rows, n_cols), bool)}
-
-    def f(z, y):
-        return BCE(z, y, reduction="mean", **kwargs)
-
-    ours = _temp_bytes(jax.value_and_grad(f), z, y)
-    optax_bytes = _temp_bytes(
-        jax.value_and_grad(lambda z, y: optax.sigmoid_binary_cross_entropy(z, y).mean()),
-        z,
-        y.astype(jnp.float32),
-    )
-    n_bytes = z.size * 4
-    # Nothing N-sized: only the N / 512 partial sums and counts of the two-level reduction.
-    assert ours <= 2 * 4 * z.size // 512 + 1024, f"{ours} temporary bytes (N*4 = {n_bytes})"
-    assert optax_bytes >= 2 * n_bytes  # the baseline this improves on (3 N-sized today)
-
-
-def test_value_and_grad_of_focal_mean_needs_no_n_sized_temporary():
-    # XLA:CPU writes to memory an exponential, logarithm or division read by more than one
-    # consumer: the focal kernel had 7 N-sized temporaries until it used none of them.
-    z = jnp.zeros((512, 1024), jnp.float32)  # N = 2^19
-    ours = _temp_bytes(jax.value_and_grad(lambda z, y: FOCAL(z, y, reduction="mean")), z, z)
-    assert ours <= 2 * 4 * z.size // 512 + 1024, f"{ours / (4 * z.size):.2f} x 4N bytes"
-
-
-@pytest.mark.parametrize("n", [2**22, 2**22 + 37])
-def test_sum_and_mean_of_millions_of_elements_are_accurate(n):
-    # XLA:CPU's own reduction adds sequentially (1e-3 relative error at 2^25 elements);
-    # the two-level reduction keeps a mean of millions of losses within a few float32 ulps.
-    rng = np.random.default_rng(7)
-    z = rng.normal(size=n).astype(np.float32) * 4
-    y = (rng.uniform(size=n) > 0.5).astype(np.float32)
-    z64, y64 = z.astype(np.float64), y.astype(np.float64)
-    exact = np.maximum(z64, 0) - z64 * y64 + np.log1p(np.exp(-np.abs(z64)))
-    f = jax.jit(jax.value_and_grad(lambda z, y: BCE(z, y, reduction="mean")))
-    assert float(f(z, y)[0]) == pytest.approx(exact.mean(), rel=4e-7)
-    assert float(jax.jit(BCE, static_argnames="reduction")(z, y, reduction="sum")) == (
-        pytest.approx(exact.sum(), rel=4e-7)
-    )
-
-
-def test_sum_and_mean_of_2_to_the_25_elements_are_within_1e_6():
-    # At 2^25 elements one sequential XLA:CPU reduction is 2e-3 off on these data (measured
-    # with SUM_BLOCK = 2^25); the blocked one must stay within 1e-6 of float64. A random
-    # block tiled 1024 times keeps the float64 reference cheap: 1024 times the block's sum.
-    rng = np.random.default_rng(7)
-    z_block = rng.normal(size=2**15).astype(np.float32) * 4
-    y_block = (rng.uniform(size=2**15) > 0.5).astype(np.float32)
-    z64, y64 = z_block.astype(np.float64), y_block.astype(np.float64)
-    exact = np.maximum(z64, 0) - z64 * y64 + np.log1p(np.exp(-np.abs(z64)))
-    z, y = np.tile(z_block, 2**10), np.tile(y_block, 2**10)
-    f = jax.jit(jax.value_and_grad(lambda z, y: BCE(z, y, reduction="mean")))
-    assert float(f(z, y)[0]) == pytest.approx(exact.mean(), rel=1e-6)
-    assert float(jax.jit(BCE, static_argnames="reduction")(z, y, reduction="sum")) == (
-        pytest.approx(exact.sum() * 2**10, rel=1e-6)
-    )
-
-
-def test_bool_labels_are_read_as_bool():
-    z = jnp.zeros((256, 256), jnp.float32)
-    y = jnp.zeros((256, 256), jnp.bool_)
-    compiled = jax.jit(jax.value_and_grad(lambda z, y: BCE(z, y, reduction="mean"))).lower(z, y)
-    stats = compiled.compile().memory_analysis()
-    assert stats.argument_size_in_bytes == z.size * 4 + y.size * 1
-    assert stats.temp_size_in_bytes <= 2 * 4 * z.size // 512 + 1024
-
-
 # ------------------------------------------------------- lowering elsewhere
 
 
@@ -740,25 +500,3 @@ def test_property_low_precision_rounds_the_float32_result_once(fn, dtype, shape,
     # The float32 computation on the same (rounded) inputs, rounded once to dtype.
     expected = jax.jit(fn)(x_low.astype(jnp.float32), y).astype(dtype)
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(expected, np.float32))
-
-
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_low_precision_value_and_grad_needs_no_float32_temporary(dtype):
-    z = jnp.zeros((512, 1024), dtype)
-    y = jnp.zeros((512, 1024), jnp.bool_)
-    ours = _temp_bytes(jax.value_and_grad(lambda z, y: BCE(z, y, reduction="mean")), z, y)
-    assert ours <= 2 * 4 * z.size // 512 + 1024, ours
-
-
-@pytest.mark.parametrize("masked", [False, True])
-def test_two_to_the_31_elements_trace_without_int32_overflow(masked):
-    # Lowered only (8 GiB of logits): the element count must not overflow int32.
-    shape = (2**16, 2**15)
-    z = jax.ShapeDtypeStruct(shape, jnp.float32)
-    b = jax.ShapeDtypeStruct(shape, jnp.bool_)
-
-    def f(z, y, m):
-        return BCE(z, y, where=m if masked else None, reduction="mean")
-
-    value, grad = jax.jit(jax.value_and_grad(f)).lower(z, b, b).out_info
-    assert value.shape == () and grad.shape == shape

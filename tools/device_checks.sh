@@ -30,5 +30,5 @@ step memory-probe "${T_PROBE:-45}" $PY tools/memory_probe.py --hlo "$OUT/hlo.txt
 mkdir -p "$OUT/bench"
 step benchmark "${T_BENCH:-200}" $PY benchmarks/run.py --budget 5 --linear --out "$OUT/bench"
 step gpu-tests "${T_UNIT:-60}" $PY -m pytest -q -x -p no:cacheprovider -m "not gpu" \
-  tests/test_kernels.py tests/test_losses.py
+  tests/test_kernels.py tests/test_losses.py tests/test_errors.py tests/test_memory.py
 for f in "$OUT"/*.log; do echo "---- $f"; tail -n 25 "$f"; done
