@@ -45,9 +45,9 @@ its relative accuracy at :math:`x \\to 0`, where :math:`A` and :math:`B` are bot
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -369,6 +369,38 @@ def _label_weights(
 Residuals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array | None]
 
 
+class Overflowing(NamedTuple):
+    """A partial derivative that may overflow where the loss is finite, with the map
+    ``t -> value * t`` written so that a zero ``t`` gives 0 rather than ``inf * 0``.
+
+    ``jacfwd`` and ``hessian`` push a zero tangent into every input but one: a coefficient
+    that overflowed (``d/dy`` at ``x = -finfo.max`` with ``pos_weight``) would turn the
+    finite derivatives of the other inputs into NaN.
+    ``times`` multiplies ``t`` by finite factors in turn; it is used only where ``value``
+    is not finite, and is linear in ``t``, so reverse mode transposes it.
+    """
+
+    value: jax.Array
+    times: Callable[[jax.Array], jax.Array]
+
+
+Coefficient: TypeAlias = "jax.Array | Overflowing | None"
+
+
+def apply(c: jax.Array | Overflowing, t: jax.Array) -> jax.Array:
+    """``c * t``: through ``c.times`` where an :class:`Overflowing` ``c`` is not finite."""
+    if not isinstance(c, Overflowing):
+        return c * t
+    finite = jnp.isfinite(c.value)
+    # Both branches stay finite where they are not taken: reverse mode sends a zero
+    # cotangent through the other branch too.
+    return jnp.where(finite, jnp.where(finite, c.value, 0.0) * t, c.times(t))
+
+
+def _coefficient_value(c: Coefficient) -> jax.Array | None:
+    return c.value if isinstance(c, Overflowing) else c
+
+
 def nll_fwd(
     kind: Kind,
     x: jax.Array,
@@ -397,7 +429,7 @@ def nll_fwd(
     return loss, (x, y, eps, pw, w)
 
 
-def _jacobian(kind: Kind, res: Residuals) -> Residuals:
+def _jacobian(kind: Kind, res: Residuals) -> tuple[Coefficient, ...]:
     """The diagonal Jacobian of the kernel: one coefficient per input and element.
 
     .. math::
@@ -407,18 +439,29 @@ def _jacobian(kind: Kind, res: Residuals) -> Residuals:
         \\partial_\\epsilon \\ell = w(\\tfrac12 - y)(\\pi A - B),\\quad
         \\partial_\\pi \\ell = w q A,\\quad \\partial_w \\ell = \\pi q A + \\bar q B.
 
-    ``None`` for an absent input (``eps``, ``pw``, ``w``).
+    ``None`` for an absent input (``eps``, ``pw``, ``w``). ``d/dy`` of logits with
+    ``pos_weight`` is :class:`Overflowing`: ``(pi - 1) A`` overflows at ``x = -finfo.max``
+    where the loss' other derivatives do not.
     """
     x, y, eps, pw, w = res
     q, _ = smoothed(y, eps)
+    lw = _label_weights(y, eps, pw, w)
     a, gap = _neg_log_odds_gap(kind, x, pw)
-    d_x = _slope(kind, x, _label_weights(y, eps, pw, w))
+    d_x = _slope(kind, x, lw)
     d_y = gap if eps is None else (1.0 - eps) * gap
     d_eps = None if eps is None else (0.5 - y) * gap
     d_pw = None if pw is None else q * a
     d_w = None if w is None else _value(kind, x, _label_weights(y, eps, pw, None))
     if w is not None:
         d_y, d_eps, d_pw = w * d_y, _times_or_none(w, d_eps), _times_or_none(w, d_pw)
+    if kind == "logits" and pw is not None:
+        scale = w if eps is None else (1.0 - eps) if w is None else w * (1.0 - eps)
+
+        def gap_times(t: jax.Array) -> jax.Array:
+            ts = t if scale is None else t * scale
+            return (ts * (pw - 1.0)) * a - ts * x
+
+        return d_x, Overflowing(d_y, gap_times), d_eps, d_pw, d_w
     return d_x, d_y, d_eps, d_pw, d_w
 
 
@@ -432,8 +475,9 @@ def nll_bwd(kind: Kind, res: Residuals, g: jax.Array) -> Residuals:
     ``g`` times :func:`_jacobian`; the cotangent of the scalar ``eps`` is summed.
     """
     c_x, c_y, c_eps, c_pw, c_w = _jacobian(kind, res)
-    d_x, d_y = g * c_x, g * c_y
-    d_eps, d_pw, d_w = (_times_or_none(g, c) for c in (c_eps, c_pw, c_w))
+    assert c_x is not None and c_y is not None
+    d_x, d_y = apply(c_x, g), apply(c_y, g)
+    d_eps, d_pw, d_w = (_times_or_none(g, _coefficient_value(c)) for c in (c_eps, c_pw, c_w))
     eps = res[2]
     d_eps_sum = None if eps is None or d_eps is None else jnp.sum(d_eps).astype(eps.dtype)
     return d_x, d_y, d_eps_sum, d_pw, d_w
@@ -490,22 +534,28 @@ def _nll_jvp(
     out = nll(kind, *primals, summed)
     # The barrier keeps XLA from merging the value's and the derivative's identical range
     # reductions and exponentials: shared, they would be written to memory between the
-    # reduction and the gradient pass; apart, each pass recomputes them in registers.
-    coefficients = _jacobian(kind, lax.optimization_barrier(primals))
+    # reduction and the gradient pass; apart, each pass recomputes them in registers. Only
+    # x and y pass it: differentiated again, a barrier gives every operand a tangent, and
+    # an instantiated zero tangent of a constant weight meets an overflowed coefficient
+    # (0 * inf) where a symbolic zero would not.
+    x, y, *options = primals
+    x, y = lax.optimization_barrier((x, y))
+    coefficients = _jacobian(kind, (x, y, *options))
     return out, contract(out, coefficients, tangents)
 
 
 def contract(
-    out: jax.Array, coefficients: Sequence[jax.Array | None], tangents: Sequence[Any]
+    out: jax.Array, coefficients: Sequence[Coefficient], tangents: Sequence[Any]
 ) -> jax.Array:
     """The tangent of an elementwise function: ``sum(c * t)`` over the inputs.
 
     ``coefficients`` holds the diagonal of each input's Jacobian (``None`` for an absent
-    input); tangents that are symbolic zeros are skipped, so their coefficients are never
-    needed and XLA drops them. A scalar tangent (``eps``) broadcasts.
+    input; :func:`apply` for an :class:`Overflowing` one); tangents that are symbolic zeros
+    are skipped, so their coefficients are never needed and XLA drops them. A scalar
+    tangent (``eps``) broadcasts.
     """
     terms = [
-        c * t
+        apply(c, t)
         for c, t in zip(coefficients, tangents, strict=True)
         if c is not None and not isinstance(t, jax.custom_derivatives.SymbolicZero)
     ]

@@ -50,11 +50,6 @@ pytestmark = pytest.mark.xdist_group("curvature")
 #: entry must go.
 _MAX = "x = +-finfo.max: "
 KNOWN_FAILURES = {
-    "test_every_derivative_is_finite_where_the_exact_one_is[sigmoid_bce-pos_weight-weights-"
-    "float32]": _MAX + "d/dy = w(pw A - B) overflows, and joint forward mode multiplies it by "
-    "a zero tangent (NaN in jacfwd d/dx and hessian[y,x])",
-    "test_every_derivative_is_finite_where_the_exact_one_is[sigmoid_bce-pos_weight-weights-"
-    "float64]": _MAX + "the same overflow of d/dy in float64",
     "test_every_derivative_is_finite_where_the_exact_one_is[probs_bce-float32]": "subnormal p: "
     "jacfwd d/dy and jacrev(grad) d2/dp2 are NaN (0 * inf in a flushed intermediate)",
     "test_every_derivative_is_finite_where_the_exact_one_is[probs_bce-smoothing-float32]": (
