@@ -601,4 +601,7 @@ def _quotient_jvp(
     num, p = primals
     d_num, d_p = tangents
     q = quotient(num, p)
-    return q, quotient(d_num - q * d_p, p)
+    # Not quotient(d_num - q d_p, p): reverse mode transposes that into q * (ct / p), 0 * inf
+    # for num = 0 at a subnormal p. Nor (q / p) d_p, whose coefficient overflows at p ~ 1e-20
+    # where forward mode multiplies it by a zero tangent. Where q = 0 the term is 0 in both.
+    return q, quotient(d_num, p) - jnp.where(q == 0, 0.0, quotient(q * d_p, p))

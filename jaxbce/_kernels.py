@@ -441,7 +441,9 @@ def _jacobian(kind: Kind, res: Residuals) -> tuple[Coefficient, ...]:
 
     ``None`` for an absent input (``eps``, ``pw``, ``w``). ``d/dy`` of logits with
     ``pos_weight`` is :class:`Overflowing`: ``(pi - 1) A`` overflows at ``x = -finfo.max``
-    where the loss' other derivatives do not.
+    where the loss' other derivatives do not. (``d/dp`` of probabilities, ``pi q / p``,
+    overflows below ``p = pi q / finfo.max`` and is not: the safe map cost 10% of the
+    probabilities' ``value_and_grad``, measured, for ``jacfwd`` at such ``p``.)
     """
     x, y, eps, pw, w = res
     q, _ = smoothed(y, eps)
