@@ -1,13 +1,11 @@
 """The public losses: parity with optax and PyTorch, options, masks, every JAX
-transformation, lowering for GPU and TPU, data parallelism and the focal loss' numerics.
-Errors are in test_errors.py, memory and long sums in test_memory.py."""
+transformation, lowering for GPU and TPU and the focal loss' numerics. Errors are in
+test_errors.py, memory and long sums in test_memory.py, data parallelism (shard_map, pmap)
+and symbolic-batch export in test_sharded.py."""
 
 from __future__ import annotations
 
 import functools
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -401,51 +399,6 @@ def test_exports_for_cpu_cuda_and_tpu(fn):
         )
         assert exp.platforms == ("cpu", "cuda", "tpu"), name
         assert exp.mlir_module_serialized, name
-
-
-# ------------------------------------------------------- data parallelism
-
-
-_PARALLEL_SCRIPT = textwrap.dedent(
-    """
-    import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    import numpy as np, jax, jax.numpy as jnp
-    from jax.sharding import Mesh, PartitionSpec as P
-    import jaxbce
-
-    assert jax.device_count() == 8
-    rng = np.random.default_rng(0)
-    z = jnp.asarray(rng.normal(size=(16, 6)) * 3, jnp.float32)
-    y = jnp.asarray(rng.uniform(size=(16, 6)) > 0.5)
-    m = jnp.asarray(rng.uniform(size=(16, 6)) > 0.2)
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    for fn in (jaxbce.sigmoid_binary_cross_entropy, jaxbce.sigmoid_focal_loss):
-        for red in ("sum", "mean"):
-            single = fn(z, y, where=m, reduction=red)
-            g_single = jax.grad(lambda z: fn(z, y, where=m, reduction=red))(z)
-
-            def local(z, y, m, fn=fn, red=red):
-                return fn(z, y, where=m, reduction=red, axis_name="data")
-
-            sm = jax.shard_map(local, mesh=mesh, in_specs=(P("data"),) * 3, out_specs=P())
-            np.testing.assert_allclose(jax.jit(sm)(z, y, m), single, rtol=1e-6)
-            g_sm = jax.jit(jax.grad(lambda z: sm(z, y, m)))(z)
-            np.testing.assert_allclose(g_sm, g_single, rtol=1e-6, atol=1e-9)
-            pm = jax.pmap(local, axis_name="data")
-            out = pm(z.reshape(8, 2, 6), y.reshape(8, 2, 6), m.reshape(8, 2, 6))
-            np.testing.assert_allclose(out, np.full(8, single), rtol=1e-6)
-    print("PARALLEL OK")
-    """
-)
-
-
-def test_axis_name_makes_sum_and_mean_global_under_shard_map_and_pmap():
-    out = subprocess.run(
-        [sys.executable, "-c", _PARALLEL_SCRIPT], capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "PARALLEL OK" in out.stdout
 
 
 # ------------------------------------------------------------ focal numerics
