@@ -629,7 +629,9 @@ def _with_labels(x, soft):
 
 
 def _check_grads(f, x, **kw):
-    check_grads(f, (x, SOFT), order=2, modes=["fwd", "rev"], **kw)
+    # Jitted, as a gradient-checking script would call it: eager, each of the kernel's
+    # operations would be dispatched alone, many times over.
+    check_grads(jax.jit(f), (x, SOFT), order=2, modes=["fwd", "rev"], **kw)
 
 
 def test_check_grads_sigmoid_bce_at_extreme_logits(x64):

@@ -173,8 +173,8 @@ def test_reverse_only_kernel_registers_the_same_rules():
             return jnp.sum(f(kind, *a))
 
         argnums = (0, 1, 2, 4)
-        g_jvp = jax.grad(lambda *a: total(_kernels.nll, *a), argnums=argnums)(*args)
-        g_vjp = jax.grad(lambda *a: total(_kernels.nll_vjp, *a), argnums=argnums)(*args)
+        g_jvp = jax.jit(jax.grad(lambda *a: total(_kernels.nll, *a), argnums=argnums))(*args)
+        g_vjp = jax.jit(jax.grad(lambda *a: total(_kernels.nll_vjp, *a), argnums=argnums))(*args)
         for a, b in zip(g_jvp, g_vjp, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6)
 
@@ -196,8 +196,9 @@ def test_kernel_check_grads_order_2_every_input(x64, kind):
     eps = np.float64(0.15)
     pw = rng.uniform(0.5, 2, size=7) if kind == "logits" else None
     w = rng.uniform(0.5, 2, size=7)
-    f = lambda x, y, eps, w: _kernels.nll(kind, x, y, eps, pw, w)
+    # Under jit (eager, each of the kernel's hundreds of operations is dispatched alone).
+    f = jax.jit(lambda x, y, eps, w: _kernels.nll(kind, x, y, eps, pw, w))
     check_grads(f, (x, y, eps, w), order=2, modes=["fwd", "rev"], eps=1e-4)
     if pw is not None:
-        g = lambda pw: _kernels.nll(kind, x, y, eps, pw, w)
+        g = jax.jit(lambda pw: _kernels.nll(kind, x, y, eps, pw, w))
         check_grads(g, (pw,), order=2, modes=["fwd", "rev"], eps=1e-4)
