@@ -371,8 +371,10 @@ def softplus_neg_abs_scaled(t: jax.Array, shift: jax.Array) -> Pair:
     the product back). Derivative: :math:`-2^s\\sigma(-t)`; ``shift`` has none."""
     if _is_float32(t):
         return _softplus_neg_abs_f32(t, shift)
-    scale = jnp.ldexp(jnp.ones_like(t), shift.astype(jnp.int32))
-    return jnp.log1p(jnp.exp(-t)) * scale, jnp.zeros_like(t)
+    # Scaled inside the exponential, before it goes subnormal: where shift > 0 (t > 690,
+    # the caller's band) log1p(e) = e to far below an ulp.
+    scaled = jnp.exp(shift * np.log(2.0) - t)
+    return jnp.where(shift > 0, scaled, jnp.log1p(jnp.exp(-t))), jnp.zeros_like(t)
 
 
 @softplus_neg_abs_scaled.defjvp
@@ -392,7 +394,7 @@ def sigmoid_neg_abs_scaled(t: jax.Array, shift: jax.Array) -> Pair:
     if _is_float32(t):
         return _sigmoid_neg_abs_f32(t, shift)
     e = jnp.exp(-t)
-    return e / (1.0 + e) * jnp.ldexp(jnp.ones_like(t), shift.astype(jnp.int32)), jnp.zeros_like(t)
+    return jnp.exp(shift * np.log(2.0) - t) / (1.0 + e), jnp.zeros_like(t)
 
 
 @sigmoid_neg_abs_scaled.defjvp

@@ -179,14 +179,14 @@ def logit_value_pair(x: jax.Array, lw: LabelWeights) -> Pair:
 
 
 def _flush_guard(t: jax.Array, a: jax.Array, c: jax.Array) -> tuple[jax.Array, ...]:
-    """``(2^s, 2^-s, s)``, ``s = 64`` where ``t > 80`` (and ``t``, the weights moderate):
-    there ``softplus(-t)`` and ``sigma(-t)`` are below ``2^-115`` and their low parts (for
-    ``t > 87.3`` the values themselves) would be flushed by a device that flushes
-    subnormals, while a weight above 1 may scale them back into the normal range. The
-    caller evaluates its pairs times ``2^s`` and scales the result back."""
-    band = (t > 80.0) & (t < 2.0**20) & (jnp.abs(a) < 2.0**40) & (jnp.abs(c) < 2.0**40)
-    if t.dtype != jnp.float32:
-        band = jnp.zeros_like(band)  # float64's own band (t > 700) is not covered
+    """``(2^s, 2^-s, s)``, ``s = 64`` where ``t > 80`` (float32; ``t > 690`` in float64)
+    and ``t``, the weights are moderate: there ``softplus(-t)`` and ``sigma(-t)`` are below
+    ``2^-115`` (``2^-995``) and their low parts (for ``t > 87.3``, ``708.4``, the values
+    themselves) would be flushed by a device that flushes subnormals, while a weight above
+    1 may scale them back into the normal range. The caller evaluates its pairs times
+    ``2^s`` and scales the result back."""
+    low = 80.0 if t.dtype == jnp.float32 else 690.0
+    band = (t > low) & (t < 2.0**20) & (jnp.abs(a) < 2.0**40) & (jnp.abs(c) < 2.0**40)
     return (
         jnp.where(band, 2.0**64, 1.0),
         jnp.where(band, 2.0**-64, 1.0),
