@@ -172,7 +172,8 @@ def _focal_parts(
     qc, qc_lo = fast_two_sum(opaque(1.0, y), -y)  # 1 - y exactly
     zero = jnp.zeros_like(y)
     lw = LabelWeights(y, qc, jnp.ones_like(y), (zero, qc_lo, zero))
-    ce_pair, d_ce = logit_value_pair(x, lw), logit_slope_pair(x, lw)
+    ce_pair = logit_value_pair(x, lw, band64=False)
+    d_ce = logit_slope_pair(x, lw, band64=False)
     ce = total(ce_pair)
     n_s = jnp.where(nonneg, y, qc)
     n_b = jnp.where(nonneg, qc, y)
