@@ -73,6 +73,8 @@ Kind = Literal["logits", "probs"]
 
 #: PyTorch's ``BCELoss`` clamps each log-probability at this value.
 LOG_CLAMP = 100.0
+#: The smallest float64 whose log is above -100: fl(exp(-100)), which exceeds exp(-100).
+_CLAMP_P64 = 3.720075976020836e-44
 
 
 def neg_abs(z: jax.Array) -> jax.Array:
@@ -237,8 +239,9 @@ def _unclamped(p: jax.Array) -> jax.Array:
     if p.dtype == jnp.float32:
         # exp(-100) = 26.53 * 2^-149: the float32 values above it are the bit patterns > 26.
         return lax.bitcast_convert_type(p, jnp.int32) > 26
-    # Elsewhere by the log itself: fl(exp(-100)) is above exp(-100) in float64.
-    return (p > 0) & (-jnp.log(jnp.where(p > 0, p, 1.0)) < LOG_CLAMP)
+    # Float64: the smallest float64 above exp(-100) is fl(exp(-100)) itself (checked with
+    # mpmath in the tests). Not by the log: XLA's float64 log rounds -log of it to 100.
+    return p >= _CLAMP_P64
 
 
 def _probs_pairs(p: jax.Array) -> tuple[Pair, Pair, jax.Array, jax.Array]:

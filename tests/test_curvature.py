@@ -71,9 +71,6 @@ KNOWN_FAILURES = {
     "test_every_mode_computes_the_same_second_derivatives[focal-alpha_0.25-float64]": (
         "as without alpha"
     ),
-    "test_float64_second_derivatives_match_mpmath[probs_bce]": "p = fl(exp(-100)): its log "
-    "is above -100 exactly, but XLA's float64 log rounds it to 100 and the kernel clamps",
-    "test_float64_second_derivatives_match_mpmath[probs_bce-smoothing]": "as without smoothing",
     "test_float64_second_derivatives_match_mpmath[focal-alpha_none]": (
         "mixed derivative d2/dxdy off (see the modes test)"
     ),

@@ -9,6 +9,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import mpmath
 import numpy as np
 import optax
 import pytest
@@ -84,6 +85,27 @@ def test_matches_torch_bce_loss_including_clamped_logs(x64, reduction):
     # Where p(1-p) > 1e-12 PyTorch's gradient is the exact derivative, as is ours.
     interior = (p * (1 - p)) > 1e-12
     np.testing.assert_allclose(g[interior], pt.grad.numpy()[interior], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_log_clamp_starts_exactly_where_log_p_reaches_minus_100(x64, dtype):
+    # The smallest p of the dtype whose exact log is above -100 (mpmath) keeps its log and
+    # its slope -1/p; the next below is clamped (slope 0). In float64 that p is
+    # fl(exp(-100)), whose log XLA rounds to -100 (and so does correct rounding).
+    mpmath.mp.prec = 200
+    bound = mpmath.exp(-100)
+    p = dtype(float(bound))
+    p = p if mpmath.mpf(float(p)) > bound else np.nextafter(p, dtype(1))
+    below = np.nextafter(p, dtype(0))
+    assert mpmath.mpf(float(below)) < bound
+    ps = np.array([p, below], dtype)
+    value, grad = jax.value_and_grad(lambda p: PROBS(p, np.ones(2, dtype)).sum())(ps)
+    exact = float(-mpmath.log(mpmath.mpf(float(p))))
+    assert float(value) == pytest.approx(exact + 100.0, rel=np.finfo(dtype).eps)
+    slope = float(-1 / mpmath.mpf(float(p)))  # -2.6e43 at float32's 27 * 2^-149: -inf
+    huge = -slope > float(np.finfo(dtype).max)
+    assert float(grad[0]) == (-np.inf if huge else pytest.approx(slope))
+    assert float(grad[1]) == 0.0
 
 
 def _torchvision_focal(inputs, targets, alpha, gamma):
