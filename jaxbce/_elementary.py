@@ -33,7 +33,7 @@ Error analysis, float32 (:math:`u = 2^{-24}`):
 3. :math:`L = \\operatorname{log1p}(e) = 2\\operatorname{artanh}(w)`, :math:`w = e / (2 + e)
    \\le 1/3`, taken unscaled as :math:`W = E / (2 + e)` so that nothing is subnormal before
    the final exact scaling by :math:`2^{-k}`. The quotient is an approximate reciprocal
-   (:func:`_reciprocal`) corrected by its exact residual (:func:`_divide`), a pair good to
+   (:func:`reciprocal`) corrected by its exact residual (:func:`_divide`), a pair good to
    :math:`2^{-34}`; :math:`L = 2w + 2w^3 T(w^2)`, whose tail is at most 3.6% of :math:`L`
    and carries a relative error of :math:`4u`: :math:`L` is within :math:`2^{-27}`.
 4. :math:`\\sigma(-t) = 2^{-k} E/(1 + e)`, the same corrected quotient.
@@ -167,14 +167,16 @@ def _exact_mul_jvp(
     return (hi, lo), (d, jnp.zeros_like(d))
 
 
-def _reciprocal(d: jax.Array) -> jax.Array:
-    """``1 / d`` to about ``2^-17`` relative for normal ``d > 0``, without a division.
+def reciprocal(d: jax.Array) -> jax.Array:
+    """``1 / d`` to about ``2^-17`` for normal ``d > 0``, no division (other dtypes divide).
 
     A bit-pattern seed (5% error) and two Newton steps. XLA will not fuse a division (an
     "expensive" operation) into a consumer that reads its result more than once, and
     every error-free correction below does; multiplications it fuses freely. The
     corrections in :func:`_divide` make the quotient exact whatever this error is.
     """
+    if not _is_float32(d):
+        return 1.0 / d
     r = lax.bitcast_convert_type(
         jnp.uint32(0x7EF311C3) - lax.bitcast_convert_type(d, jnp.uint32), jnp.float32
     )
@@ -185,7 +187,7 @@ def _reciprocal(d: jax.Array) -> jax.Array:
 def _divide(num: Pair, den: Pair, q0: jax.Array, inv_den: jax.Array) -> Pair:
     """``num / den`` as a normalized pair ``(hi, lo)``, to about ``2^-34``.
 
-    ``q0`` is the caller's approximate quotient (:func:`_reciprocal`, within ``2^-17``).
+    ``q0`` is the caller's approximate quotient (:func:`reciprocal`, within ``2^-17``).
     It is split at once into ``qh`` (12 bits, by a mask) and ``ql``, and only the two
     halves are used from then on: ``q0`` is itself a product, and a compiler that fuses
     it into some of its uses but not others (contraction into a multiply-add) would use
@@ -201,22 +203,13 @@ def _divide(num: Pair, den: Pair, q0: jax.Array, inv_den: jax.Array) -> Pair:
     return fast_two_sum(qh, ql + residual * inv_den)
 
 
-def reciprocal(d: jax.Array) -> jax.Array:
-    """``1 / d`` for ``d > 0`` normal: to about ``2^-17`` in float32, by
-    :func:`_reciprocal` (no division); exactly rounded in other dtypes. For corrections,
-    whose own size makes ``2^-17`` enough."""
-    return _reciprocal(d) if _is_float32(d) else 1.0 / d
-
-
 def divide(num: Pair, den: Pair) -> Pair:
-    """``num / den`` for normalized pairs, ``den > 0`` normal, as a normalized pair within
-    about ``2^-34`` in float32, with no division (:func:`_divide`; XLA writes a division
-    that is read more than once to memory); ``(num / den, 0)`` to one rounding in other
-    dtypes. ``num`` must be finite."""
+    """``num / den`` for normalized pairs (``num`` finite, ``den > 0`` normal) as a pair within
+    about ``2^-34`` in float32, without a division (:func:`_divide`); other dtypes divide."""
     if not _is_float32(den[0]):
         q = (num[0] + num[1]) / (den[0] + den[1])
         return q, jnp.zeros_like(q)
-    inv = _reciprocal(den[0])
+    inv = reciprocal(den[0])
     return _divide(num, den, num[0] * inv, inv)
 
 
@@ -297,7 +290,7 @@ def _exp_over(
     copaque = opaque(c, t)
     d_hi = copaque + x_hi
     d_lo = (x_hi - (d_hi - copaque)) + x_lo
-    w0 = e_hi * _reciprocal(d_hi)
+    w0 = e_hi * reciprocal(d_hi)
     # 1 / (c + e) = (1 - w) / c: the reciprocal the correction needs, from w itself.
     w = _divide((e_hi, e_lo), (d_hi, d_lo), w0, (1.0 - scale * w0) / c)
     out_scale = scale
@@ -371,8 +364,7 @@ def softplus_neg_abs_scaled(t: jax.Array, shift: jax.Array) -> Pair:
     the product back). Derivative: :math:`-2^s\\sigma(-t)`; ``shift`` has none."""
     if _is_float32(t):
         return _softplus_neg_abs_f32(t, shift)
-    # Scaled inside the exponential, before it goes subnormal: where shift > 0 (t > 690,
-    # the caller's band) log1p(e) = e to far below an ulp.
+    # Scaled inside the exponential; where shift > 0 (t > 690) log1p(e) = e below an ulp.
     scaled = jnp.exp(shift * np.log(2.0) - t)
     return jnp.where(shift > 0, scaled, jnp.log1p(jnp.exp(-t))), jnp.zeros_like(t)
 
@@ -421,7 +413,7 @@ def _neg_log_f32(p: jax.Array) -> Pair:
     mf = m.astype(jnp.float32)
     num = f - 1.0  # exact (Sterbenz)
     den = two_sum(f, opaque(1.0, p))
-    w0 = num * _reciprocal(den[0])
+    w0 = num * reciprocal(den[0])
     w = _divide((num, jnp.zeros_like(num)), den, w0, 0.5 * (1.0 - w0))  # 2/(f+1) = 1 - w
     a_hi, a_lo = _artanh2(w)
     # m ln 2 + a, m * _LN2_HI exact (|m| < 2^8).
@@ -438,7 +430,7 @@ def _neg_log1m_f32(p: jax.Array) -> Pair:
     two = opaque(2.0, p)
     m_hi = two - pc
     m_lo = (two - m_hi) - pc
-    w0 = -pc * _reciprocal(m_hi)
+    w0 = -pc * reciprocal(m_hi)
     w = _divide((-pc, jnp.zeros_like(pc)), (m_hi, m_lo), w0, 0.5 * (1.0 - w0))
     a_hi, a_lo = _artanh2(w)
     lower = p < 0.5
@@ -509,7 +501,7 @@ def recip_one_minus(p: jax.Array) -> Pair:
         return 1.0 / (1.0 - p), jnp.zeros_like(p)
     one = opaque(1.0, p)
     m_hi, m_lo = fast_two_sum(one, -p)
-    r0 = _reciprocal(m_hi)
+    r0 = reciprocal(m_hi)
     return _divide((one, jnp.zeros_like(p)), (m_hi, m_lo), r0, r0)
 
 
@@ -603,7 +595,6 @@ def _quotient_jvp(
     num, p = primals
     d_num, d_p = tangents
     q = quotient(num, p)
-    # Not quotient(d_num - q d_p, p): reverse mode transposes that into q * (ct / p), 0 * inf
-    # for num = 0 at a subnormal p. Nor (q / p) d_p, whose coefficient overflows at p ~ 1e-20
-    # where forward mode multiplies it by a zero tangent. Where q = 0 the term is 0 in both.
+    # Not quotient(d_num - q d_p, p), transposed into q * (ct / p) = 0 * inf at a subnormal p,
+    # nor (q / p) d_p, which overflows at p ~ 1e-20 (0 * inf in forward mode).
     return q, quotient(d_num, p) - jnp.where(q == 0, 0.0, quotient(q * d_p, p))
