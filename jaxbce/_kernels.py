@@ -406,10 +406,6 @@ def apply(c: jax.Array | Overflowing, t: jax.Array) -> jax.Array:
     return jnp.where(finite, jnp.where(finite, c.value, 0.0) * t, c.times(t))
 
 
-def _coefficient_value(c: Coefficient) -> jax.Array | None:
-    return c.value if isinstance(c, Overflowing) else c
-
-
 def nll_fwd(
     kind: Kind,
     x: jax.Array,
@@ -488,7 +484,7 @@ def nll_bwd(kind: Kind, res: Residuals, g: jax.Array) -> Residuals:
     c_x, c_y, c_eps, c_pw, c_w = _jacobian(kind, res)
     assert c_x is not None and c_y is not None
     d_x, d_y = apply(c_x, g), apply(c_y, g)
-    d_eps, d_pw, d_w = (_times_or_none(g, _coefficient_value(c)) for c in (c_eps, c_pw, c_w))
+    d_eps, d_pw, d_w = (None if c is None else apply(c, g) for c in (c_eps, c_pw, c_w))
     eps = res[2]
     d_eps_sum = None if eps is None or d_eps is None else jnp.sum(d_eps).astype(eps.dtype)
     return d_x, d_y, d_eps_sum, d_pw, d_w
