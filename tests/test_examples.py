@@ -337,15 +337,41 @@ def test_resume_refuses_other_settings(tmp_path: Path, capsys: pytest.CaptureFix
 # --------------------------------------------------------------------------------------------
 
 
-def test_eight_devices_match_one_device(tmp_path: Path) -> None:
+#: The flags of the multi-device runs, and the single-device runs they are compared with:
+#: each runs once (:func:`one_device`), for the 8-device and the two-process test alike.
+DEVICE_RUNS = {
+    binary_classifier: ["--steps", "20", "--eval-every", "5", "--checkpoint-every", "20"],
+    multilabel_classifier: [
+        *("--steps", "20", "--eval-every", "5", "--checkpoint-every", "20"),
+        *("--hide-fraction", "0.3"),
+    ],
+    # The pairwise loss round a ring of devices (8: local batch 32) against one device.
+    contrastive_pairs: [
+        *("--steps", "20", "--eval-every", "5", "--checkpoint-every", "20"),
+        *("--pair-ids", "class"),
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``one_device(module)``: the output folder of ``module``'s run with
+    ``DEVICE_RUNS[module]`` on one device, run on first use and shared."""
+    root, done = tmp_path_factory.mktemp("one_device"), {}
+
+    def get(module: Any) -> Path:
+        if module not in done:
+            module.main([*DEVICE_RUNS[module], "--out", str(root / module.__name__)])
+            done[module] = root / module.__name__
+        return done[module]
+
+    return get
+
+
+@pytest.mark.xdist_group("devices")
+def test_eight_devices_match_one_device(tmp_path: Path, one_device: Any) -> None:
     """The batch sharded over 8 simulated CPU devices gives the single-device losses and params."""
-    flags = ["--steps", "20", "--eval-every", "5", "--checkpoint-every", "20"]
-    runs = {
-        binary_classifier: flags,
-        multilabel_classifier: [*flags, "--hide-fraction", "0.3"],
-        # The pairwise loss round a ring of 8 devices (local batch 32) against one device.
-        contrastive_pairs: [*flags, "--pair-ids", "class"],
-    }
+    runs = DEVICE_RUNS
     # Both examples in one fresh process: XLA_FLAGS only counts before JAX starts.
     driver = f"import sys; sys.path.insert(0, {str(EXAMPLES)!r}); "
     driver += f"import {', '.join(m.__name__ for m in runs)}; "
@@ -370,9 +396,8 @@ def test_eight_devices_match_one_device(tmp_path: Path) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    for module, argv in runs.items():
-        one, eight = tmp_path / "one" / module.__name__, tmp_path / "eight" / module.__name__
-        module.main([*argv, "--out", str(one)])
+    for module in runs:
+        one, eight = one_device(module), tmp_path / "eight" / module.__name__
         assert json.loads((eight / "metrics.json").read_text())["devices"] == 8
         rows_one, rows_eight = history(one), history(eight)
         assert len(rows_one) == len(rows_eight) == 4
@@ -389,7 +414,8 @@ def test_eight_devices_match_one_device(tmp_path: Path) -> None:
                 np.testing.assert_allclose(m_eight[key], m_one[key], rtol=1e-5, err_msg=key)
 
 
-def test_multi_host_two_processes_match_one(tmp_path: Path) -> None:
+@pytest.mark.xdist_group("devices")
+def test_multi_host_two_processes_match_one(tmp_path: Path, one_device: Any) -> None:
     """--multi-host with two CPU processes (two devices each) trains like one process: the
     binary classifier, and the contrastive example, whose pairwise loss goes round a ring of
     four devices in two processes.
@@ -401,8 +427,7 @@ def test_multi_host_two_processes_match_one(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    argv = ["--steps", "20", "--eval-every", "10", "--checkpoint-every", "20"]
-    runs = {binary_classifier: argv, contrastive_pairs: [*argv, "--pair-ids", "class"]}
+    runs = {m: DEVICE_RUNS[m] for m in (binary_classifier, contrastive_pairs)}
     driver = "\n".join(
         [
             "import sys, jax",
@@ -436,9 +461,8 @@ def test_multi_host_two_processes_match_one(tmp_path: Path) -> None:
     for process in processes:
         out, _ = process.communicate(timeout=300)
         assert process.returncode == 0, out[-3000:]
-    for module, flags in runs.items():
-        one, two = tmp_path / "one" / module.__name__, tmp_path / "two" / module.__name__
-        module.main([*flags, "--out", str(one)])
+    for module in runs:
+        one, two = one_device(module), tmp_path / "two" / module.__name__
         assert json.loads((two / "metrics.json").read_text())["devices"] == 4
         for a, b in zip(history(one), history(two), strict=True):
             np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-5)
