@@ -7,6 +7,8 @@ the last place (ulps) of the exact value.
 
 from __future__ import annotations
 
+import functools
+
 import ml_dtypes
 import mpmath
 import numpy as np
@@ -58,21 +60,23 @@ def bce_probs(p, y, *, w=1.0, eps=0.0):
     return -w * (q * a + qc * b), -w * (q * da + qc * db)
 
 
+def focal_value(z, y, *, alpha=0.25, gamma=2.0):
+    """Exact torchvision sigmoid focal loss at the mpf ``z``."""
+    p = sigmoid(z)
+    yy = mpmath.mpf(float(y))
+    ce = yy * softplus(-z) + (1 - yy) * softplus(z)
+    one_minus_pt = yy * (1 - p) + (1 - yy) * p
+    loss = ce * one_minus_pt ** mpmath.mpf(float(gamma))
+    if alpha is not None and alpha >= 0:
+        a = mpmath.mpf(float(alpha))
+        loss *= a * yy + (1 - a) * (1 - yy)
+    return loss
+
+
 def focal(z, y, *, alpha=0.25, gamma=2.0):
     """Exact torchvision sigmoid focal loss and d/dz (derivative by mpmath.diff)."""
-
-    def value(zz):
-        p = sigmoid(zz)
-        yy = mpmath.mpf(float(y))
-        ce = yy * softplus(-zz) + (1 - yy) * softplus(zz)
-        one_minus_pt = yy * (1 - p) + (1 - yy) * p
-        loss = ce * one_minus_pt ** mpmath.mpf(float(gamma))
-        if alpha is not None and alpha >= 0:
-            a = mpmath.mpf(float(alpha))
-            loss *= a * yy + (1 - a) * (1 - yy)
-        return loss
-
     z = mpmath.mpf(float(z))
+    value = functools.partial(focal_value, y=y, alpha=alpha, gamma=gamma)
     return value(z), mpmath.diff(value, z)
 
 

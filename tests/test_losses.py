@@ -165,6 +165,39 @@ def test_focal_stays_finite_where_torchvision_and_optax_do_not(gamma):
     assert not np.all(np.isfinite(ol))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_focal_loss_is_exact_out_to_the_largest_logits(dtype):
+    """Beyond |x| = 2^64 the focal loss is c(y)|x| (sigma(-|x|) is 0): the loss and d/dx, by
+    grad and by jacfwd in (x, y) (which was NaN at finfo.max: the kernel's intermediate
+    terms overflowed), are within the focal bound max(4, 2 + gamma) ulps of mpmath there,
+    at 2^64's neighbours and up to finfo.max."""
+    big = np.array([2.0**64, 1e25, 1e30, 3e38], dtype)
+    big = np.concatenate([big, np.nextafter(big[:1], 0), np.nextafter(big[:1], np.inf)])
+    if dtype == np.float64:
+        big = np.concatenate([big, [1e300]])
+    big = np.concatenate([big, [np.finfo(dtype).max]]).astype(dtype)
+    grid = [(x, y, g) for x in (*big, *-big) for y in (0.0, 1.0, 0.3, 1e-6) for g in (0, 0.5, 2, 5)]
+    x, y, gamma = (np.array(a, dtype) for a in zip(*grid, strict=True))
+    with jax.enable_x64(dtype == np.float64):
+        for alpha in (None, 0.25):
+
+            def loss(x, y, g, alpha=alpha):
+                return FOCAL(x, y, alpha=alpha, gamma=g)
+
+            def both(x, y, g, loss=loss):
+                value, slope = jax.value_and_grad(loss)(x, y, g)
+                return value, slope, jax.jacfwd(loss, (0, 1))(x, y, g)[0]
+
+            got = jax.jit(jax.vmap(both))(x, y, gamma)
+            for xi, yi, gi, v, d, d_fwd in zip(x, y, gamma, *map(np.asarray, got), strict=True):
+                exact = ref.focal_value(mpmath.mpf(float(xi)), yi, alpha=alpha, gamma=gi)
+                slope = ref.focal_curvature(xi, yi, alpha=alpha, gamma=gi)["dz"]
+                bound, where = max(4, 2 + gi), f"x={xi!r} y={yi} alpha={alpha} gamma={gi}"
+                assert ref.ulp_error(v, exact, dtype) <= bound, (where, v, exact)
+                assert ref.ulp_error(d, slope, dtype) <= bound, (where, d, slope)
+                assert ref.ulp_error(d_fwd, slope, dtype) <= bound, (where, d_fwd, slope)
+
+
 # ----------------------------------------------------------- options, masks
 
 
