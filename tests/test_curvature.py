@@ -49,13 +49,6 @@ pytestmark = pytest.mark.xdist_group("curvature")
 #: not met for them yet). Strict: a fix makes the case pass, the xfail then fails, and the
 #: entry must go.
 KNOWN_FAILURES = {
-    "test_every_derivative_is_finite_where_the_exact_one_is[probs_bce-float32]": "subnormal p: "
-    "d/dp = -pi q / p overflows (the exact one too) and jacfwd multiplies it by the zero "
-    "tangent of y (NaN in d/dy); a contraction safe for zero tangents cost 10% of "
-    "value_and_grad (measured), not taken",
-    "test_every_derivative_is_finite_where_the_exact_one_is[probs_bce-smoothing-float32]": (
-        "subnormal p: as without smoothing"
-    ),
     "test_every_mode_computes_the_same_second_derivatives[focal-alpha_none-float64]": (
         "float64 focal d2/dxdy: the orders differ by more than 2e-10 where the exact value "
         "is a cancellation of O(1) terms (|x| < 1e-15 at y = 1) and for |x| > ~480, where "

@@ -315,7 +315,8 @@ def test_every_transformation_agrees_with_plain_autodiff_of_the_value(fn):
     np.testing.assert_allclose(
         jnp.tensordot(h, t, axes=t.ndim), hvp_fwd_over_rev, rtol=1e-4, atol=1e-7
     )
-    np.testing.assert_allclose(jax.jit(jax.jacrev(jax.jacrev(f)))(x), h, rtol=1e-4, atol=1e-7)
+    if fn is not FOCAL:  # the focal kernel's: jacrev(grad) in tests/test_curvature.py (15 s)
+        np.testing.assert_allclose(jax.jit(jax.jacrev(jax.jacrev(f)))(x), h, rtol=1e-4, atol=1e-7)
     # Elementwise loss: the Hessian is diagonal.
     off = np.asarray(h).reshape(x.size, x.size) * (1 - np.eye(x.size))
     assert np.all(off == 0)
