@@ -374,11 +374,14 @@ def test_check_grads_order_2_forward_and_reverse_in_float64(x64, fn, kw):
     x = 0.2 + 0.6 / (1 + np.exp(-x)) if fn is PROBS else x
     y = rng.uniform(0.1, 0.9, size=(2, 3))
     # Under jit, as a gradient-checking script would call it (and much faster than eager).
+    # The weights too, in the same call: each check_grads call compiles six programs.
+    options = {o: kw[o] for o in ("weights", "pos_weight") if o in kw}
+
+    def loss(x, y, *values):
+        return fn(x, y, **{**kw, **dict(zip(options, values, strict=True))})
+
     check = functools.partial(check_grads, order=2, modes=["fwd", "rev"], eps=1e-5)
-    check(jax.jit(lambda x, y: fn(x, y, **kw)), (x, y))
-    for option in ("weights", "pos_weight"):
-        if option in kw:
-            check(jax.jit(lambda v, o=option: fn(x, y, **{**kw, o: v})), (kw[option],))
+    check(jax.jit(loss), (x, y, *options.values()))
 
 
 # -------------------------------------------------------- property tests

@@ -58,6 +58,7 @@ def _build(kind: str, tmp: Path) -> Path:
 # ------------------------------------------------------------------------ types
 
 
+@pytest.mark.static
 def test_mypy_strict_reports_no_errors(tmp_path: Path) -> None:
     # The package ships py.typed: users' type checkers read these signatures.
     cmd = [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path), "jaxbce"]
