@@ -352,9 +352,11 @@ def one_device(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.mark.xdist_group("devices")
 def test_eight_devices_match_one_device(tmp_path: Path, one_device: Any) -> None:
-    """The batch sharded over 8 simulated CPU devices gives the single-device losses and params."""
-    runs = DEVICE_RUNS
-    # Both examples in one fresh process: XLA_FLAGS only counts before JAX starts.
+    """The batch sharded over 8 simulated CPU devices gives the single-device losses and
+    params: the contrastive example, whose batch is sharded with the binary one's code and
+    whose pairwise loss goes round the ring (the binary one: the two-process test)."""
+    runs = {contrastive_pairs: DEVICE_RUNS[contrastive_pairs]}
+    # A fresh process: XLA_FLAGS only counts before JAX starts.
     driver = f"import sys; sys.path.insert(0, {str(EXAMPLES)!r}); "
     driver += f"import {', '.join(m.__name__ for m in runs)}; "
     # ... and the arrays really are spread: a batch in 8 slices, parameters copied to all 8.
