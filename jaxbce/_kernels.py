@@ -435,7 +435,7 @@ def nll_fwd(
     return loss, (x, y, eps, pw, w)
 
 
-def _jacobian(kind: Kind, res: Residuals) -> tuple[Coefficient, ...]:
+def _jacobian(kind: Kind, res: Residuals, several: bool = False) -> tuple[Coefficient, ...]:
     """The diagonal Jacobian of the kernel: one coefficient per input and element.
 
     .. math::
@@ -447,15 +447,16 @@ def _jacobian(kind: Kind, res: Residuals) -> tuple[Coefficient, ...]:
 
     ``None`` for an absent input (``eps``, ``pw``, ``w``). ``d/dy`` of logits with
     ``pos_weight`` is :class:`Overflowing`: ``(pi - 1) A`` overflows at ``x = -finfo.max``
-    where the loss' other derivatives do not. (``d/dp`` of probabilities, ``pi q / p``,
-    overflows below ``p = pi q / finfo.max``: :func:`_nll_jvp` makes it one where
-    several inputs carry tangents, :func:`_probs_slope_overflowing`.)
+    where the loss' other derivatives do not. ``d/dp`` of probabilities, ``pi q / p``,
+    overflows below ``p = pi q / finfo.max``: it is one where ``several`` inputs carry
+    tangents (:func:`_probs_slope_overflowing`).
     """
     x, y, eps, pw, w = res
     q, _ = smoothed(y, eps)
     lw = _label_weights(y, eps, pw, w)
     a, gap = _neg_log_odds_gap(kind, x, pw)
-    d_x = _slope(kind, x, lw)
+    slope = _slope(kind, x, lw)
+    d_x = _probs_slope_overflowing(x, lw, slope) if kind == "probs" and several else slope
     d_y = gap if eps is None else (1.0 - eps) * gap
     d_eps = None if eps is None else (0.5 - y) * gap
     d_pw = None if pw is None else q * a
@@ -548,15 +549,12 @@ def _nll_jvp(
     # (0 * inf) where a symbolic zero would not.
     x, y, *options = primals
     x, y = lax.optimization_barrier((x, y))
-    coefficients = _jacobian(kind, (x, y, *options))
     carried = [t for t in tangents if t is not None and not isinstance(t, SymbolicZero)]
-    if kind == "probs" and len(carried) > 1:
-        lw = _label_weights(y, *options)
-        coefficients = (_probs_slope_overflowing(x, lw, coefficients[0]), *coefficients[1:])
+    coefficients = _jacobian(kind, (x, y, *options), several=len(carried) > 1)
     return out, contract(out, coefficients, tangents)
 
 
-def _probs_slope_overflowing(p: jax.Array, lw: LabelWeights, slope: Coefficient) -> Overflowing:
+def _probs_slope_overflowing(p: jax.Array, lw: LabelWeights, slope: jax.Array) -> Overflowing:
     """``d/dp`` of probabilities, :math:`-\\pi q/p + \\bar q/(1-p)`, as an
     :class:`Overflowing` coefficient: it overflows where :math:`\\pi q/p` exceeds
     ``finfo.max`` (the exact one too), and ``jacfwd`` and ``hessian`` in ``(p, y)`` give
@@ -567,13 +565,11 @@ def _probs_slope_overflowing(p: jax.Array, lw: LabelWeights, slope: Coefficient)
     ``value_and_grad`` in ``p``), a zero tangent is a zero direction, and the plain product
     keeps the gradient pass as fast as before (the safe map cost it 8-13%, measured).
     """
-    assert slope is not None and not isinstance(slope, Overflowing)
     pq = lw.pq if lw.lo is None else lw.pq + lw.lo[0]
     # pi q / p times 2^-64, finite: the map is read where pi q / p overflows (so pi q >
-    # 2^-21 and pi q 2^-64 is a normal number). The tangent only meets multiplications: a
-    # division of it would be differentiated again as t dp / p^2, 0 * inf where p^2
-    # underflows. quotient reads a subnormal p from its bits and has no 1/p^2 either.
-    # Below the log's clamp the term is constant: no map, and no derivative to overflow.
+    # 2^-21 and pi q 2^-64 is normal). The tangent meets only multiplications: a division
+    # of it, differentiated again, is t dp / p^2 = 0 * inf where p^2 underflows (quotient
+    # has no 1/p^2). Below the log's clamp the term is constant: no map.
     in_a = _probs_pairs(p)[2]
     ratio = quotient(jnp.where(in_a, pq, 0.0) * 2.0**-64, jnp.where(in_a, p, 1.0))
 
