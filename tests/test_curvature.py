@@ -37,7 +37,6 @@ import mpmath
 import numpy as np
 import pytest
 import reference as ref
-from jax.test_util import check_grads
 
 import jaxbce
 
@@ -595,57 +594,3 @@ def test_label_derivative_is_minus_the_logit_to_the_last_bits(name, keep):
             f"expected {expected[i]!r} (relative error {rel[i]:.3g}; "
             f"{(rel > 2.0**-22).sum()} of {rel.size} points over 2^-22)"
         )
-
-
-# ---------------------------------------------------------------- check_grads
-#
-# jax.test_util.check_grads, order 2, forward and reverse, float64, called eagerly (under jit
-# every transformation it takes compiles anew, which is slower here). Every input is three
-# copies of the points, against labels 0, 1 and soft labels 0.3 (only the soft ones are
-# differentiated: a hard label moved by a finite difference leaves [0, 1]).
-
-EXTREME_LOGITS = np.array([30.0, 50.0, 80.0, -30.0, -50.0, -80.0])
-SOFT = np.full(6, 0.3)
-
-
-def _with_labels(x, soft):
-    return jnp.tile(x, 3), jnp.concatenate([jnp.zeros(6), jnp.ones(6), soft])
-
-
-def _check_grads(f, x, **kw):
-    # Jitted, as a gradient-checking script would call it: eager, each of the kernel's
-    # operations would be dispatched alone, many times over.
-    check_grads(jax.jit(f), (x, SOFT), order=2, modes=["fwd", "rev"], **kw)
-
-
-def test_check_grads_sigmoid_bce_at_extreme_logits(x64):
-    def f(z, y):
-        zz, yy = _with_labels(z, y)
-        options = {"pos_weight": 3.5, "weights": 0.7, "label_smoothing": 0.1}
-        return jnp.concatenate([SBCE(zz, yy), SBCE(zz, yy, **options)])
-
-    _check_grads(f, EXTREME_LOGITS, eps=1e-6)
-
-
-def test_check_grads_focal_at_extreme_logits(x64):
-    """The default (gamma 2, alpha 0.25) and gamma 0.5 without alpha, whose modulating
-    factor's derivative u^(gamma - 1) grows without bound where u = 1 - p_t underflows."""
-
-    def f(z, y):
-        zz, yy = _with_labels(z, y)
-        return jnp.concatenate([FOCAL(zz, yy), FOCAL(zz, yy, alpha=None, gamma=0.5)])
-
-    _check_grads(f, EXTREME_LOGITS, eps=1e-6)
-
-
-def test_check_grads_probs_bce_near_0_and_1(x64):
-    """p = 1e-10 with steps of 1e-14 (truncation (1e-4)^2), and p = 1 - 1e-10 with steps of
-    1e-13: next to 1, p is resolved only to 1.1e-16, which quantises each step to ~5e-4 of
-    itself, hence rtol 2e-3 there."""
-
-    def f(p, y):
-        pp, yy = _with_labels(p, y)
-        return jnp.concatenate([PROBS(pp, yy), PROBS(pp, yy, label_smoothing=0.1)])
-
-    _check_grads(f, np.full(6, 1e-10), eps=1e-14)
-    _check_grads(f, np.full(6, 1 - 1e-10), eps=1e-13, rtol=2e-3)
