@@ -4,12 +4,11 @@ every case in one fresh Python with 8 devices (a module fixture); and the ring's
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+from devices import script_results
 from test_pairwise import LABELS, REDUCTIONS
 
 # --------------------------------------------------------------- rings of devices
@@ -221,17 +220,7 @@ _RING_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def ring_results():
-    from pathlib import Path
-
-    out = subprocess.run(
-        [sys.executable, "-c", _RING_SCRIPT, str(Path(__file__).parent)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULTS ")]
-    assert out.returncode == 0 and lines, out.stderr[-3000:]
-    return json.loads(lines[-1].removeprefix("RESULTS "))
+    return script_results(_RING_SCRIPT, str(Path(__file__).parent), timeout=900)
 
 
 @pytest.mark.xdist_group("ring")

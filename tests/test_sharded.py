@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from devices import script_results
 
 import jaxbce
 
@@ -167,15 +166,7 @@ _PARALLEL_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def parallel_results():
-    out = subprocess.run(
-        [sys.executable, "-c", _PARALLEL_SCRIPT, json.dumps(CASES)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULTS ")]
-    assert out.returncode == 0 and lines, out.stderr[-3000:]
-    return json.loads(lines[-1].removeprefix("RESULTS "))
+    return script_results(_PARALLEL_SCRIPT, json.dumps(CASES), timeout=600)
 
 
 @pytest.mark.parametrize("case", CASES)
