@@ -120,29 +120,61 @@ def _softplus_over_sigmoid_jvp(
 
 
 @jax.custom_jvp
-def _sure_terms(n_s: jax.Array, n_b: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """:math:`(\\log D, 1/D)`, :math:`D = n_s + n_b e^t`, where the caller reads them: at a
-    right hard label, :math:`n_b = 0` and :math:`n_s = 1`, where they are ``(0, 1)``.
+def _sure_log_d(n_s: jax.Array, n_b: jax.Array, t: jax.Array) -> jax.Array:
+    """:math:`\\log D`, :math:`D = n_s + n_b e^t`, where the caller reads it: at a right
+    hard label, :math:`n_b = 0` and :math:`n_s = 1`, where it is 0.
 
-    The values are those constants, so that a first derivative computes no exponential,
-    logarithm or division (XLA would write each to memory); the derivatives are those of
-    :math:`\\log D` and :math:`1/D` in the labels' weights and in ``t`` (:math:`e^t` capped
-    so that :math:`D` stays finite), which the label derivatives of the focal loss need.
+    The value is that constant, so that a first derivative computes no exponential or
+    logarithm (XLA would write each to memory); the derivatives are those of :math:`\\log D`
+    in the labels' weights and in ``t`` (:math:`e^t` capped so that :math:`D` stays
+    finite), which the label derivatives of the focal loss need.
     """
     del n_b, t
-    return jnp.zeros_like(n_s), jnp.ones_like(n_s)
+    return jnp.zeros_like(n_s)
 
 
-@_sure_terms.defjvp
-def _sure_terms_jvp(
+@_sure_log_d.defjvp
+def _sure_log_d_jvp(
     primals: tuple[jax.Array, jax.Array, jax.Array],
     tangents: tuple[jax.Array, jax.Array, jax.Array],
-) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+) -> tuple[jax.Array, jax.Array]:
     (n_s, n_b, t), (d_ns, d_nb, dt) = primals, tangents
     ex = jnp.exp(jnp.minimum(t, np.log(jnp.finfo(t.dtype).max) - 1.0))  # D <= max
+    return _sure_log_d(n_s, n_b, t), (d_ns + ex * d_nb + (n_b * ex) * dt) / (n_s + n_b * ex)
+
+
+@jax.custom_jvp
+def _times_sure_d(
+    v: jax.Array, k: Any, sure: jax.Array, n_s: jax.Array, n_b: jax.Array, t: jax.Array
+) -> jax.Array:
+    """:math:`v D^k`, :math:`D = n_s + n_b e^t`, where ``sure`` (a right hard label): there
+    :math:`D = 1` and this is ``v`` itself; elsewhere ``v``, with the derivatives of ``v``.
+
+    Its derivative in the labels' weights, :math:`k v D^{k-1} e^t\\,dn_b`, is a product of
+    a tiny :math:`v` (about :math:`e^{-t}`, or its power) and the huge :math:`e^t`: formed
+    here as :math:`k (v e^t)\\,dn_b`, so that reverse mode, which multiplies the cotangent
+    by the other factors first, meets no underflow. Through separate factors (a ``1 / D``
+    and a ``D^gamma`` of value 1), reverse-over-reverse mixed derivatives in float64 lost
+    terms of :math:`\\gamma/|x|` relative wherever the cotangent times :math:`v` underflowed
+    (:math:`|x| > 745 / (\\gamma + 1)`); they are now exact out to :math:`|x| \\approx 580`,
+    where the cotangent of ``u^gamma 2^shift``, :math:`2^{-180}` times a cross-entropy
+    slope near :math:`e^{-|x|}`, underflows in its turn (``tests/test_curvature.py``).
+    """
+    del k, sure, n_s, n_b, t
+    return v
+
+
+@_times_sure_d.defjvp
+def _times_sure_d_jvp(
+    primals: tuple[jax.Array, ...], tangents: tuple[jax.Array, ...]
+) -> tuple[jax.Array, jax.Array]:
+    (v, k, sure, n_s, n_b, t), (dv, _, _, d_ns, d_nb, dt) = primals, tangents
+    v, t = jnp.where(sure, v, 0.0), jnp.where(sure, t, 0.0)  # finite where not read
+    ex = jnp.exp(jnp.minimum(t, np.log(jnp.finfo(t.dtype).max) - 1.0))  # D <= max
     inv = 1.0 / (n_s + n_b * ex)
-    d_log = (d_ns + ex * d_nb + (n_b * ex) * dt) * inv
-    return _sure_terms(n_s, n_b, t), (d_log, -inv * d_log)
+    kv, kv_ex = k * v, k * (v * ex)  # v e^t: about 1 where v is e^-t
+    d_d = (kv * d_ns + kv_ex * d_nb + (n_b * kv_ex) * dt) * inv
+    return _times_sure_d(*primals), dv + jnp.where(sure, d_d, 0.0)
 
 
 #: Beyond :math:`|x| = 2^{64}` the focal loss is :math:`c(y)\,|x|` to the last bit:
@@ -226,9 +258,10 @@ def _focal_parts_near(
     u_hi, u_err = fast_two_sum(u_hi, u_err)
     u_safe = jnp.where(sure, 1.0, u_hi)
     nlu_hi, nlu_lo = neg_log(u_safe)
-    # For a right hard label, -log u = softplus(|x|) - log(n_s + n_b e^|x|): the log is of
-    # 1 there, but it carries the label derivative of log u.
-    log_d, inv_d = _sure_terms(n_s, n_b, t)
+    # For a right hard label, u = s D and -log u = softplus(|x|) - log D, D = n_s + n_b e^|x|:
+    # D is 1 there, but it carries the label derivatives of u.
+    log_d = _sure_log_d(n_s, n_b, t)
+
     tail_lo = jnp.where(jnp.isinf(t), 0.0, tail_err + l_lo) - log_d
     nl_hi = jnp.where(sure, tail_hi, nlu_hi)
     inv_u = reciprocal(u_safe)  # to 2^-17, for corrections
@@ -243,9 +276,11 @@ def _focal_parts_near(
         u_val = jnp.where(sure, s, u_safe)
         small = u_val < jnp.finfo(x.dtype).tiny
         power = jnp.power(jnp.where(small, 1.0, u_val), gamma)  # no 0^(gamma - 1) behind
-        # u = s (n_s + n_b e^|x|) for a right hard label: the second factor is 1 there,
-        # but its power carries the label derivative of u^gamma.
-        power = power * jnp.where(sure, jnp.exp(gamma * log_d), 1.0 + gamma * u_err * inv_u)
+        power = power * jnp.where(sure, 1.0, 1.0 + gamma * u_err * inv_u)
+        # s^gamma D^gamma for a right hard label (D^gamma: :func:`_times_sure_d`), but where
+        # the power is not read (small): its stand-in 1 times e^|x| made the second
+        # derivatives of reverse mode NaN.
+        power = _times_sure_d(power, gamma, sure & ~small, n_s, n_b, t)
         m_hi = jnp.where(small, m_hi, _times_pow2(power, shift))
         m_lo = jnp.where(small, m_lo, 0.0)
     m = m_hi + m_lo
@@ -261,12 +296,15 @@ def _focal_parts_near(
     # At x = +-inf the factor's own slope is 0 (ce_fin = 0 there).
     u_pair = (u_safe, jnp.where(sure, 0.0, u_err))
     ratio = divide(_mul((s_hi, s_lo), (b_hi, b_lo)), u_pair)
-    ratio = (  # inv_d is 1, but for its derivative in the labels
-        jnp.where(sure, b_hi * inv_d, ratio[0]),
-        jnp.where(sure, b_lo * inv_d, ratio[1]),
-    )
+    ratio = (jnp.where(sure, b_hi, ratio[0]), jnp.where(sure, b_lo, ratio[1]))
     d_log_u = _mul(two_sum(opaque(1.0, y), -2.0 * y), ratio)
-    modulation = times(jnp.broadcast_to(gamma, x.shape), *_mul(d_log_u, ce_fin))
+    # For a right hard label, ratio is big / D (D = 1): the 1 / D, which carries the label
+    # derivative, goes with the cross-entropy (:func:`_times_sure_d`).
+    ce_d = (
+        _times_sure_d(ce_fin[0], -1.0, sure, n_s, n_b, t),
+        _times_sure_d(ce_fin[1], -1.0, sure, n_s, n_b, t),
+    )
+    modulation = times(jnp.broadcast_to(gamma, x.shape), *_mul(d_log_u, ce_d))
     d_x = _times_pow2(total(_mul(scale, plus(d_ce, modulation))), -shift)
     # d/dy = alpha_t m (d ce/dy + gamma (ce / u) du/dy) + (2 alpha - 1) m ce, d ce/dy =
     # A - B = -x, du/dy = sigma(-x) - sigma(x); ce / u = L(|x|) / s for a right hard label.
