@@ -120,30 +120,6 @@ def _softplus_over_sigmoid_jvp(
 
 
 @jax.custom_jvp
-def _sure_log_d(n_s: jax.Array, n_b: jax.Array, t: jax.Array) -> jax.Array:
-    """:math:`\\log D`, :math:`D = n_s + n_b e^t`, where the caller reads it: at a right
-    hard label, :math:`n_b = 0` and :math:`n_s = 1`, where it is 0.
-
-    The value is that constant, so that a first derivative computes no exponential or
-    logarithm (XLA would write each to memory); the derivatives are those of :math:`\\log D`
-    in the labels' weights and in ``t`` (:math:`e^t` capped so that :math:`D` stays
-    finite), which the label derivatives of the focal loss need.
-    """
-    del n_b, t
-    return jnp.zeros_like(n_s)
-
-
-@_sure_log_d.defjvp
-def _sure_log_d_jvp(
-    primals: tuple[jax.Array, jax.Array, jax.Array],
-    tangents: tuple[jax.Array, jax.Array, jax.Array],
-) -> tuple[jax.Array, jax.Array]:
-    (n_s, n_b, t), (d_ns, d_nb, dt) = primals, tangents
-    ex = jnp.exp(jnp.minimum(t, np.log(jnp.finfo(t.dtype).max) - 1.0))  # D <= max
-    return _sure_log_d(n_s, n_b, t), (d_ns + ex * d_nb + (n_b * ex) * dt) / (n_s + n_b * ex)
-
-
-@jax.custom_jvp
 def _times_sure_d(
     v: jax.Array, k: Any, sure: jax.Array, n_s: jax.Array, n_b: jax.Array, t: jax.Array
 ) -> jax.Array:
@@ -259,9 +235,9 @@ def _focal_parts_near(
     u_safe = jnp.where(sure, 1.0, u_hi)
     nlu_hi, nlu_lo = neg_log(u_safe)
     # For a right hard label, u = s D and -log u = softplus(|x|) - log D, D = n_s + n_b e^|x|:
-    # D is 1 there, but it carries the label derivatives of u.
-    log_d = _sure_log_d(n_s, n_b, t)
-
+    # D is 1 there, but it carries the label derivatives of u (log D: D - 1, of derivative
+    # dD / D there).
+    log_d = _times_sure_d(jnp.ones_like(t), 1.0, sure, n_s, n_b, t) - 1.0
     tail_lo = jnp.where(jnp.isinf(t), 0.0, tail_err + l_lo) - log_d
     nl_hi = jnp.where(sure, tail_hi, nlu_hi)
     inv_u = reciprocal(u_safe)  # to 2^-17, for corrections
