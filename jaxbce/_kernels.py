@@ -570,7 +570,7 @@ def _probs_slope_overflowing(p: jax.Array, lw: LabelWeights, slope: jax.Array) -
     # 2^-21 and pi q 2^-64 is normal). The tangent meets only multiplications: a division
     # of it, differentiated again, is t dp / p^2 = 0 * inf where p^2 underflows (quotient
     # has no 1/p^2). Below the log's clamp the term is constant: no map.
-    in_a = _probs_pairs(p)[2]
+    in_a = _unclamped(p)
     ratio = quotient(jnp.where(in_a, pq, 0.0) * 2.0**-64, jnp.where(in_a, p, 1.0))
 
     def times(t: jax.Array) -> jax.Array:
