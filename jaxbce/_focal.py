@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -159,6 +159,23 @@ def _times_sure_d_jvp(
 _LINEAR_FROM = 2.0**64
 
 
+def _near(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(x', stretch)``: beyond :data:`_LINEAR_FROM`, where the loss is linear in
+    :math:`|x|`, :math:`x' = \\pm 2^{64}` and ``stretch`` :math:`= |x|/2^{64}` (exact);
+    elsewhere ``x`` and 1."""
+    far = (jnp.abs(x) > _LINEAR_FROM) & jnp.isfinite(x)
+    near_x = jnp.where(far, jnp.copysign(_LINEAR_FROM, x), x)
+    stretch = jnp.where(far, jnp.abs(x) * 2.0**-64, 1.0)  # |x| / 2^64, exact
+    return near_x, stretch
+
+
+def _focal_value(x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array) -> jax.Array:
+    """The value alone (:func:`_focal_parts`' first result): what the primal of
+    :func:`focal_term` traces, half the operations of the value and its derivatives."""
+    near_x, stretch = _near(x)
+    return _value_near(near_x, y, gamma, alpha, stretch)[0]
+
+
 def _focal_parts(
     x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array
 ) -> tuple[jax.Array, jax.Array, Coefficient, jax.Array, jax.Array]:
@@ -176,36 +193,39 @@ def _focal_parts(
     so that ``jacfwd`` does not multiply it by the zero tangent of ``y``. Infinite ``x`` keeps
     the kernel's own limits.
     """
-    far = (jnp.abs(x) > _LINEAR_FROM) & jnp.isfinite(x)
-    near_x = jnp.where(far, jnp.copysign(_LINEAR_FROM, x), x)
-    stretch = jnp.where(far, jnp.abs(x) * 2.0**-64, 1.0)  # |x| / 2^64, exact
+    near_x, stretch = _near(x)
     return _focal_parts_near(near_x, y, gamma, alpha, stretch)
 
 
-def _focal_parts_near(
+class _Value(NamedTuple):
+    """What :func:`_value_near` computed on the way to the value that the derivatives read
+    again (see :func:`_focal_parts_near` for the notation)."""
+
+    nonneg: jax.Array
+    t: jax.Array
+    s: Pair  # sigma(-|x|)
+    big: Pair  # 1 - s
+    sums: tuple[jax.Array, jax.Array, jax.Array]  # s, big and m = u^gamma 2^shift, rounded
+    lw: LabelWeights  # (y, 1 - y)
+    n_s: jax.Array
+    n_b: jax.Array
+    sure: jax.Array  # a right hard label
+    softplus: Pair  # L(|x|)
+    u: Pair  # u, its correction 0 where sure
+    nl: Pair  # -log u
+    shift: jax.Array
+    at: Pair  # alpha_t
+    d_at: jax.Array
+    scale: Pair  # alpha_t u^gamma 2^shift
+    ce: jax.Array
+    ce_fin: Pair  # the cross-entropy, 0 where infinite
+    inf_ce: jax.Array
+
+
+def _value_near(
     x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array, stretch: jax.Array
-) -> tuple[jax.Array, jax.Array, Coefficient, jax.Array, jax.Array]:
-    """Value and partial derivatives of :math:`\\alpha_t u^\\gamma\\operatorname{BCE}(x, y)`
-    for :math:`|x| \\le 2^{64}` (or infinite).
-
-    :math:`u = 1 - p_t = y\\sigma(-x) + (1-y)\\sigma(x) = n_s s + n_b (1 - s)` with
-    :math:`s = \\sigma(-|x|)` and :math:`(n_s, n_b)` the label weights of the small and
-    the big sigmoid. The cross-entropy and its slope are the kernel's own, as pairs.
-    :math:`-\\log u` is kept as a pair, :math:`|x| + L(|x|)` exactly when :math:`n_b = 0`
-    (a right hard label, where :math:`u = s` may underflow), and :math:`u^\\gamma` comes
-    from :func:`~jaxbce._elementary.pow_neg_log`, so that neither is rounded before the
-    power.
-
-    The derivative of :math:`\\log u` is :math:`(\\bar y - y)\\,s(1-s)/u =
-    (\\bar y - y)(1-s)/(n_s + n_b e^{|x|})`, written without dividing by :math:`u` where it
-    may underflow: every derivative of it stays finite.
-
-    ``stretch`` (1 but beyond :data:`_LINEAR_FROM`) multiplies the value and every
-    derivative but :math:`\\partial_x`.
-
-    Returns:
-      ``(value, d/dx, d/dy, d/dgamma, d/dalpha)``.
-    """
+) -> tuple[jax.Array, _Value]:
+    """:func:`_focal_parts_near`'s value and the intermediates its derivatives read."""
     nonneg = x >= 0
     t = -neg_abs(x)
     s_hi, s_lo = sigmoid_neg_abs(t)
@@ -216,7 +236,6 @@ def _focal_parts_near(
     zero = jnp.zeros_like(y)
     lw = LabelWeights(y, qc, jnp.ones_like(y), (zero, qc_lo, zero))
     ce_pair = logit_value_pair(x, lw, band64=False)
-    d_ce = logit_slope_pair(x, lw, band64=False)
     ce = total(ce_pair)
     n_s = jnp.where(nonneg, y, qc)
     n_b = jnp.where(nonneg, qc, y)
@@ -267,36 +286,89 @@ def _focal_parts_near(
     ce_fin = (jnp.where(inf_ce, 0.0, ce_pair[0]), jnp.where(inf_ce, 0.0, ce_pair[1]))
     value = jnp.where(inf_ce, safe_mul(total(scale), ce), total(_mul(scale, ce_fin)) * stretch)
     value = _times_pow2(value, -shift)
+    u_pair = (u_safe, jnp.where(sure, 0.0, u_err))
+    parts = _Value(
+        nonneg=nonneg,
+        t=t,
+        s=(s_hi, s_lo),
+        big=(b_hi, b_lo),
+        sums=(s, big, m),
+        lw=lw,
+        n_s=n_s,
+        n_b=n_b,
+        sure=sure,
+        softplus=(l_hi, l_lo),
+        u=u_pair,
+        nl=(nl_hi, nl_lo),
+        shift=shift,
+        at=at,
+        d_at=d_at,
+        scale=scale,
+        ce=ce,
+        ce_fin=ce_fin,
+        inf_ce=inf_ce,
+    )
+    return value, parts
+
+
+def _focal_parts_near(
+    x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array, stretch: jax.Array
+) -> tuple[jax.Array, jax.Array, Coefficient, jax.Array, jax.Array]:
+    """Value and partial derivatives of :math:`\\alpha_t u^\\gamma\\operatorname{BCE}(x, y)`
+    for :math:`|x| \\le 2^{64}` (or infinite).
+
+    :math:`u = 1 - p_t = y\\sigma(-x) + (1-y)\\sigma(x) = n_s s + n_b (1 - s)` with
+    :math:`s = \\sigma(-|x|)` and :math:`(n_s, n_b)` the label weights of the small and
+    the big sigmoid. The cross-entropy and its slope are the kernel's own, as pairs.
+    :math:`-\\log u` is kept as a pair, :math:`|x| + L(|x|)` exactly when :math:`n_b = 0`
+    (a right hard label, where :math:`u = s` may underflow), and :math:`u^\\gamma` comes
+    from :func:`~jaxbce._elementary.pow_neg_log`, so that neither is rounded before the
+    power.
+
+    The derivative of :math:`\\log u` is :math:`(\\bar y - y)\\,s(1-s)/u =
+    (\\bar y - y)(1-s)/(n_s + n_b e^{|x|})`, written without dividing by :math:`u` where it
+    may underflow: every derivative of it stays finite.
+
+    ``stretch`` (1 but beyond :data:`_LINEAR_FROM`) multiplies the value and every
+    derivative but :math:`\\partial_x`.
+
+    Returns:
+      ``(value, d/dx, d/dy, d/dgamma, d/dalpha)``.
+    """
+    value, v = _value_near(x, y, gamma, alpha, stretch)
+    nonneg, t, sure, n_s, n_b, shift, ce = v.nonneg, v.t, v.sure, v.n_s, v.n_b, v.shift, v.ce
+    b_hi, b_lo = v.big
+    s, big, m = v.sums
+    d_ce = logit_slope_pair(x, v.lw, band64=False)
     # d log u / dx = (1 - 2y) ratio: big / n_s for a right hard label, where the capped
     # e^|x| only carries the derivative in the labels; s big / u elsewhere (u >= n_b / 2).
     # At x = +-inf the factor's own slope is 0 (ce_fin = 0 there).
-    u_pair = (u_safe, jnp.where(sure, 0.0, u_err))
-    ratio = divide(_mul((s_hi, s_lo), (b_hi, b_lo)), u_pair)
+    ratio = divide(_mul(v.s, v.big), v.u)
     ratio = (jnp.where(sure, b_hi, ratio[0]), jnp.where(sure, b_lo, ratio[1]))
     d_log_u = _mul(two_sum(opaque(1.0, y), -2.0 * y), ratio)
     # For a right hard label, ratio is big / D (D = 1): the 1 / D, which carries the label
     # derivative, goes with the cross-entropy (:func:`_times_sure_d`).
     ce_d = (
-        _times_sure_d(ce_fin[0], -1.0, sure, n_s, n_b, t),
-        _times_sure_d(ce_fin[1], -1.0, sure, n_s, n_b, t),
+        _times_sure_d(v.ce_fin[0], -1.0, sure, n_s, n_b, t),
+        _times_sure_d(v.ce_fin[1], -1.0, sure, n_s, n_b, t),
     )
     modulation = times(jnp.broadcast_to(gamma, x.shape), *_mul(d_log_u, ce_d))
-    d_x = _times_pow2(total(_mul(scale, plus(d_ce, modulation))), -shift)
+    d_x = _times_pow2(total(_mul(v.scale, plus(d_ce, modulation))), -shift)
     # d/dy = alpha_t m (d ce/dy + gamma (ce / u) du/dy) + (2 alpha - 1) m ce, d ce/dy =
     # A - B = -x, du/dy = sigma(-x) - sigma(x); ce / u = L(|x|) / s for a right hard label.
     ce_over_u = jnp.where(
         sure,
-        _softplus_over_sigmoid(t, (l_hi, l_lo), (s_hi, s_lo)),
-        jnp.where(inf_ce, ce, total(divide(ce_fin, u_pair))),
+        _softplus_over_sigmoid(t, v.softplus, v.s),
+        jnp.where(v.inf_ce, ce, total(divide(v.ce_fin, v.u))),
     )
     du_dy = jnp.where(nonneg, s - big, big - s)
     m_ce = safe_mul(m, ce)  # times 2^shift, as m
-    d_y = total(at) * (safe_mul(m, -x) + gamma * m * ce_over_u * du_dy) + d_at * m_ce
+    d_y = total(v.at) * (safe_mul(m, -x) + gamma * m * ce_over_u * du_dy) + v.d_at * m_ce
     # Times stretch, d/dy may overflow (with the exact one) where jacfwd gives it a zero tangent.
     d_y_far = Overflowing(
         _times_pow2(d_y * stretch, -shift), lambda t: _times_pow2((d_y * t) * stretch, -shift)
     )
-    d_gamma = -safe_mul(value, nl_hi + nl_lo)
+    d_gamma = -safe_mul(value, v.nl[0] + v.nl[1])
     d_alpha = jnp.where(alpha >= 0, (2.0 * y - 1.0) * _times_pow2(m_ce * stretch, -shift), 0.0)
     return value, d_x, d_y_far, d_gamma, d_alpha
 
@@ -315,7 +387,7 @@ def focal_term(x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array) -
     Returns:
       The elementwise alpha-weighted, modulated cross-entropy (no element weights).
     """
-    return _focal_parts(x, y, gamma, alpha)[0]
+    return _focal_value(x, y, gamma, alpha)
 
 
 @partial(focal_term.defjvp, symbolic_zeros=True)
