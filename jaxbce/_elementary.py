@@ -356,6 +356,17 @@ def _sigmoid_neg_abs_jvp(primals: Unary, tangents: Unary) -> tuple[Pair, Pair]:
     return (hi, lo), (-(s * ((1.0 - hi) - lo)) * dt, jnp.zeros_like(dt))
 
 
+#: ln 2 = _LN2_HI64 + _LN2_LO64, the first a multiple of 2^-38 (38 significant bits).
+_LN2_HI64, _LN2_LO64 = 0.6931471805582987, 1.6465949582897082e-12
+
+
+def _exp_neg_scaled_f64(t: jax.Array, shift: jax.Array) -> jax.Array:
+    """:math:`2^s e^{-t}` in float64 (integer :math:`s \\le 64`): :math:`s \\ln 2_{hi} - t` is
+    exact for :math:`t \\in [512, 1024)`, :math:`1 + s \\ln 2_{lo} = e^{s \\ln 2_{lo}}` to
+    :math:`2^{-66}`. (``exp(s log 2 - t)`` rounded its argument: 51 ulps off at t = 700.)"""
+    return jnp.exp(shift * _LN2_HI64 - t) * (1.0 + shift * _LN2_LO64)
+
+
 @jax.custom_jvp
 def softplus_neg_abs_scaled(t: jax.Array, shift: jax.Array) -> Pair:
     """:math:`2^s\\operatorname{log1p}(e^{-t})`, ``shift`` :math:`s` an integer in [0, 64]
@@ -365,7 +376,7 @@ def softplus_neg_abs_scaled(t: jax.Array, shift: jax.Array) -> Pair:
     if _is_float32(t):
         return _softplus_neg_abs_f32(t, shift)
     # Scaled inside the exponential; where shift > 0 (t > 690) log1p(e) = e below an ulp.
-    scaled = jnp.exp(shift * np.log(2.0) - t)
+    scaled = _exp_neg_scaled_f64(t, shift)
     return jnp.where(shift > 0, scaled, jnp.log1p(jnp.exp(-t))), jnp.zeros_like(t)
 
 
@@ -386,7 +397,7 @@ def sigmoid_neg_abs_scaled(t: jax.Array, shift: jax.Array) -> Pair:
     if _is_float32(t):
         return _sigmoid_neg_abs_f32(t, shift)
     e = jnp.exp(-t)
-    return jnp.exp(shift * np.log(2.0) - t) / (1.0 + e), jnp.zeros_like(t)
+    return _exp_neg_scaled_f64(t, shift) / (1.0 + e), jnp.zeros_like(t)
 
 
 @sigmoid_neg_abs_scaled.defjvp
