@@ -141,14 +141,20 @@ def value_check(
         checkify.debug_check(ok(), message, *(d() for d in details))
 
 
-def check_scalar_range(name: str, value: Any, low: float, high: float) -> None:
-    """Checks a scalar option against [low, high]: now if concrete, else when checks are on."""
+def check_scalar_range(
+    name: str, value: Any, low: float, high: float, expected: str | None = None
+) -> None:
+    """Checks that a scalar option is a finite number in [low, high] (NaN and infinities are
+    refused): now if concrete, else when checks are on. ``expected`` replaces the range in
+    the message."""
     if jnp.ndim(value) != 0:
         raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
+    if expected is None:
+        expected = f"a finite number >= {low}" if high == float("inf") else f"in [{low}, {high}]"
     value_check(
         (value,),
-        lambda: (value >= low) & (value <= high),
-        f"{name} must be in [{low}, {high}], got {{}}",
+        lambda: (value >= low) & (value <= high) & jnp.isfinite(value),
+        f"{name} must be {expected}, got {{}}",
         lambda: value,
     )
 

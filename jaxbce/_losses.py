@@ -17,7 +17,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Real
 
 from jaxbce import _checks as checks
 from jaxbce._focal import focal_term
-from jaxbce._kernels import Kind, nll
+from jaxbce._kernels import Kind, nll, safe_mul
 from jaxbce._reductions import Reduction, reduce_loss
 
 
@@ -121,6 +121,17 @@ def _cross_entropy_program(
     return reduce_loss(loss, p.mask, reduction, axis_name, p.out_dtype)
 
 
+@jax.custom_jvp
+def _times_weight(w: jax.Array, loss: jax.Array) -> jax.Array:
+    """``w * loss`` with ``0 * inf = 0``: an element of weight 0 is absent, as in the
+    cross-entropies' kernel (a wrong answer at an infinite logit made the focal sum NaN).
+    The derivatives are those of ``w * loss`` (``d/dw = loss``, ``inf`` there)."""
+    return safe_mul(w, loss)
+
+
+_times_weight.defjvps(lambda dw, _, w, loss: dw * loss, lambda dl, _, w, loss: w * dl)
+
+
 @partial(jax.jit, static_argnames=("reduction", "axis_name"))
 def _focal_program(
     a: _Inputs, gamma: Any, alpha: Any, *, reduction: str, axis_name: Any
@@ -131,7 +142,7 @@ def _focal_program(
     a_t = jnp.asarray(-1.0 if alpha is None else alpha, x.dtype)  # in the compute dtype
     loss = focal_term(x, y, jnp.asarray(gamma, x.dtype), a_t)
     if p.w is not None:
-        loss = p.w * loss
+        loss = _times_weight(p.w, loss)
     return reduce_loss(loss, p.mask, reduction, axis_name, p.out_dtype)
 
 
@@ -319,9 +330,11 @@ def sigmoid_focal_loss(
     Args:
       logits: real floating array.
       labels: same shape; float in [0, 1], integer or bool.
-      alpha: weight of the positive class in [0, 1]; ``None`` or a negative value turns the
-        alpha weighting off (torchvision's convention).
-      gamma: focusing exponent, ``gamma >= 0``; 0 gives the (alpha-weighted) cross-entropy.
+      alpha: scalar weight of the positive class in [0, 1]; ``None`` or a negative value
+        turns the alpha weighting off (torchvision's convention). Above 1, NaN or infinite:
+        refused.
+      gamma: scalar focusing exponent, finite and ``>= 0``; 0 gives the (alpha-weighted)
+        cross-entropy.
       weights: element weights broadcasting to ``logits.shape``.
       where: boolean mask of included elements.
       reduction: ``"none"``, ``"sum"`` or ``"mean"``.
@@ -345,5 +358,9 @@ def sigmoid_focal_loss(
         reduction=reduction,
     )
     checks.check_scalar_range("gamma", gamma, 0.0, float("inf"))
+    if alpha is not None:  # a negative alpha turns the weighting off, as None does
+        checks.check_scalar_range(
+            "alpha", alpha, -float("inf"), 1.0, "in [0, 1], or negative for no weighting"
+        )
     loss: jax.Array = _focal_program(a, gamma, alpha, reduction=reduction, axis_name=axis_name)
     return loss

@@ -54,9 +54,37 @@ def test_non_real_floating_predictions_are_rejected(fn):
         fn(jnp.zeros((2,)), jnp.zeros((2,), jnp.complex64))
 
 
-def test_focal_gamma_must_be_non_negative():
-    with pytest.raises(ValueError, match="gamma must be in"):
-        FOCAL(jnp.zeros(2), jnp.zeros(2), gamma=-0.5)
+@pytest.mark.parametrize("gamma", [-0.5, float("inf"), float("nan")])
+def test_focal_gamma_must_be_finite_and_non_negative(gamma):
+    # gamma = inf passed the range check once and gave NaN at every element.
+    with pytest.raises(ValueError, match=r"gamma must be a finite number >= 0.0, got"):
+        FOCAL(jnp.zeros(2), jnp.zeros(2), gamma=gamma)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, float("nan"), float("inf"), -float("inf")])
+def test_focal_alpha_above_one_or_not_finite_is_refused(alpha):
+    # alpha was not checked: 1.5 gave a negative loss (-1.38 at z = 3, y = 0) and NaN turned
+    # the weighting off silently (NaN >= 0 is false).
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], or negative for no"):
+        FOCAL(jnp.array([3.0]), jnp.array([0.0]), alpha=alpha)
+
+
+def test_focal_alpha_traced_above_one_is_caught_with_value_checks():
+    f = jax.jit(jaxbce.with_value_checks(lambda z, y, a: FOCAL(z, y, alpha=a)))
+    z, y = jnp.array([3.0, -1.0]), jnp.array([0.0, 1.0])
+    for fine in (0.0, 0.25, 1.0, -1.0):
+        f(z, y, fine)[0].throw()
+    err, _ = f(z, y, 1.5)
+    with pytest.raises(Exception, match="alpha must be in"):
+        err.throw()
+
+
+@pytest.mark.parametrize("shape", [(3,), (5,), (4, 5, 1)])
+def test_focal_alpha_must_be_a_scalar(shape):
+    # A (C,) alpha broadcast silently as a per-class weight; others gave JAX's bare
+    # broadcasting error, which does not name alpha.
+    with pytest.raises(ValueError, match=r"alpha must be a scalar, got shape"):
+        FOCAL(jnp.zeros((4, 5)), jnp.zeros((4, 5)), alpha=jnp.full(shape, 0.25))
 
 
 @pytest.mark.parametrize("fn", FUNCTIONS)

@@ -218,6 +218,21 @@ def test_pos_weight_broadcasts_along_the_class_axis():
     np.testing.assert_allclose(BCE(z, y, pos_weight=pw), per_class, rtol=1e-6)
 
 
+@pytest.mark.parametrize("fn", [BCE, FOCAL])
+def test_a_zero_weight_makes_an_infinitely_wrong_element_absent(fn):
+    # 0 * inf = 0 in the cross-entropies' kernel; the focal loss multiplied its weights
+    # outside the kernel and gave NaN for the element and for the sum (adversarial pass).
+    z, y = jnp.array([jnp.inf, -jnp.inf, 1.0]), jnp.array([0.0, 1.0, 1.0])
+    w = jnp.array([0.0, 0.0, 2.0])
+    loss = fn(z, y, weights=w)
+    assert loss[0] == 0.0 and loss[1] == 0.0 and loss[2] == 2.0 * fn(z[2:], y[2:])[0]
+    total, (dz, dw) = jax.value_and_grad(
+        lambda z, w: fn(z, y, weights=w, reduction="sum"), argnums=(0, 1)
+    )(z, w)
+    assert total == loss[2]
+    assert np.all(np.asarray(dz)[:2] == 0.0) and np.all(np.isinf(np.asarray(dw)[:2]))
+
+
 @pytest.mark.parametrize("fn", FUNCTIONS)
 def test_excluded_elements_contribute_exactly_zero_even_when_nan(fn):
     x, y = _inputs(fn, (4, 6))
