@@ -4,7 +4,8 @@ It evaluates every public loss and its derivative under ``jax.jit`` on the defau
 and prints, per (function, options, dtype, label set), the worst error in ulps of the loss
 and of the gradient, the input where each occurs, the bound and whether it holds; then
 ``jax.test_util.check_grads`` (order 2, forward and reverse mode, float64) on every loss.
-The exit status is 1 if anything is out of bounds: run it on a new accelerator before
+The exit status is 1 if anything is out of bounds, 2 for arguments that would measure nothing
+(an ``--only`` that matches no row, a count below 1): run it on a new accelerator before
 trusting it.
 
 Inputs. The default check (quick) takes every 2^12-th float32 bit pattern (2^10-th for
@@ -80,6 +81,10 @@ CASES: list[tuple[str, Callable[..., jax.Array], dict[str, Any], float]] = [
     ("focal gamma=2", sigmoid_focal_loss, {"gamma": 2.0}, 4.0),
     ("focal gamma=0.5", sigmoid_focal_loss, {"gamma": 0.5, "alpha": None}, 4.0),
 ]
+
+
+#: the dtypes the check measures
+DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 def _mantissa_bits(dtype: Any) -> int:
@@ -334,8 +339,37 @@ def _row(r: Result) -> str:
 
 
 def _count(text: str) -> int:
-    """A count written as ``100000000`` or ``1e8``."""
-    return int(float(text))
+    """A positive count written as ``100000000`` or ``1e8``."""
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected a count such as 100000 or 1e8, got {text!r}"
+        ) from err
+    if not (value >= 1 and value == int(value) and value < 2**63):
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(value)
+
+
+def _in_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from err
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({err}): {text!r}") from err
+    return text
 
 
 def _default_workers() -> int:
@@ -352,11 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="every float32 bit pattern and 1e8 (1e7 focal) samples per case",
     )
-    parser.add_argument(
-        "--dtypes", nargs="+", default=["float32", "bfloat16", "float16", "float64"]
-    )
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     parser.add_argument(
         "--only",
+        type=_regex,
         metavar="REGEX",
         help="rows whose 'function options dtype labels inputs' match (float64 grid rows are"
         " named '<case> float64 grid', gradient checks 'check_grads <case>')",
@@ -368,26 +401,43 @@ def main(argv: list[str] | None = None) -> int:
         "--focal-samples", type=_count, help="drawn inputs per focal case (1e5; 1e7 exhaustive)"
     )
     parser.add_argument(
-        "--stride-log2", type=int, help="take every 2^K-th float32 bit pattern (0: all)"
+        "--stride-log2",
+        type=_in_range(0, 31),
+        help="take every 2^K-th float32 bit pattern (0: all)",
     )
     parser.add_argument(
         "--chunk-log2",
-        type=int,
+        type=_in_range(8, 30),
         help="inputs per jitted call (default 2^18 on CPU, 2^24 elsewhere)",
     )
-    parser.add_argument("--workers", type=int, help="chunks in flight (default: CPU cores)")
+    parser.add_argument(
+        "--workers", type=_in_range(1, 256), help="chunks in flight (default: CPU cores)"
+    )
     parser.add_argument("--out", metavar="FILE", help="also write the report to FILE")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    out = open(args.out, "w") if args.out else None
+    chosen = select(
+        sweeps(
+            exhaustive=args.exhaustive,
+            samples=args.samples,
+            focal_samples=args.focal_samples,
+            stride_log2=args.stride_log2,
+        ),
+        args.only,
+        args.dtypes,
+    )
+    if not chosen and not any(_host_cases(args.only, "float64" in args.dtypes)):
+        # A run that measures nothing must not report "all within bounds".
+        parser.error(f"--only {args.only!r} with --dtypes {' '.join(args.dtypes)}: no row")
+    out = open(args.out, "w") if args.out else None  # after every argument is checked
     try:
-        return _report(args, out)
+        return _report(args, chosen, out)
     finally:
         if out:
             out.close()
 
 
-def _report(args: argparse.Namespace, out: TextIO | None) -> int:
+def _report(args: argparse.Namespace, chosen: list[Sweep], out: TextIO | None) -> int:
     def emit(line: str = "") -> None:
         print(line, flush=True)
         if out:
@@ -403,16 +453,6 @@ def _report(args: argparse.Namespace, out: TextIO | None) -> int:
     )
     for line in _LEGEND:
         emit(line)
-    chosen = select(
-        sweeps(
-            exhaustive=args.exhaustive,
-            samples=args.samples,
-            focal_samples=args.focal_samples,
-            stride_log2=args.stride_log2,
-        ),
-        args.only,
-        args.dtypes,
-    )
     t0 = time.perf_counter()
     # The float64 grid and check_grads are compile-bound: they run beside the sweeps.
     with ThreadPoolExecutor(1) as background:
@@ -440,13 +480,22 @@ def _report(args: argparse.Namespace, out: TextIO | None) -> int:
     return 1 if failed else 0
 
 
+def _host_cases(pattern: str | None, float64: bool) -> tuple[list[Any], list[Any]]:
+    """The cases of the float64 grid (if ``float64``) and of ``check_grads`` that
+    ``pattern`` selects."""
+    grid = [c for c in CASES if not pattern or re.search(pattern, f"{c[0]} float64 grid")]
+    grid = grid if float64 else []
+    grads = [c for c in CASES if not pattern or re.search(pattern, f"check_grads {c[0]}")]
+    return grid, grads
+
+
 def _host_checks(pattern: str | None, float64: bool) -> tuple[list[str], bool]:
     """The float64 grid against the host's extended precision and ``check_grads``: the
     report's lines and whether anything failed."""
     lines: list[str] = []
     failed = False
-    cases = [c for c in CASES if not pattern or re.search(pattern, f"{c[0]} float64 grid")]
-    if float64 and cases:
+    cases, grad_cases = _host_cases(pattern, float64)
+    if cases:
         lines.append("\nfloat64 inputs: grid of 33 logits x 5 labels, host np.longdouble reference")
         lines.append(f"  {'case':34s} {'loss ulp':>9s} {'grad ulp':>9s} {'bound':>6s}  ok")
         if np.finfo(np.longdouble).nmant <= 52:
@@ -458,10 +507,9 @@ def _host_checks(pattern: str | None, float64: bool) -> tuple[list[str], bool]:
             ok = el <= bound and eg <= bound
             failed |= not ok
             lines.append(f"  {name:34s} {el:9.2f} {eg:9.2f} {bound:6.1f}  {'yes' if ok else 'NO'}")
-    cases = [c for c in CASES if not pattern or re.search(pattern, f"check_grads {c[0]}")]
-    if cases:
+    if grad_cases:
         lines.append("\ncheck_grads (order 2, fwd + rev, float64):")
-        for name, ok, msg in gradient_checks(cases):
+        for name, ok, msg in gradient_checks(grad_cases):
             failed |= not ok
             lines.append(f"  {name:34s} {'pass' if ok else 'FAIL ' + msg}")
     return lines, failed

@@ -193,6 +193,32 @@ def test_exhaustive_runs_end_to_end_on_a_restricted_set(tmp_path, capsys):
     assert status == (0 if all(row.endswith("yes") for row in rows) else 1)
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--samples", "-5"], "--samples: expected a whole number >= 1"),
+        (["--samples", "0"], "--samples: expected a whole number >= 1"),
+        (["--focal-samples", "1.5"], "--focal-samples: expected a whole number >= 1"),
+        (["--only", "fcoal"], "--only 'fcoal' with --dtypes float32 bfloat16 float16 float64: no"),
+        (["--only", "("], "--only: not a regular expression"),
+        (["--dtypes", "float8"], "--dtypes: invalid choice: 'float8'"),
+        (["--stride-log2", "40"], "--stride-log2: expected 0 to 31, got 40"),
+        (["--workers", "0"], "--workers: expected 1 to 256, got 0"),
+    ],
+)
+def test_arguments_that_would_measure_nothing_are_refused(tmp_path, capsys, argv, message):
+    # --samples -5 ran nothing and printed "all within bounds" with exit 0, 0 was read as
+    # the default, a mistyped --only passed vacuously, a bad regex ended in a traceback with
+    # the exit status of a failed bound, and --out was emptied before any of this.
+    out_file = tmp_path / "report.txt"
+    out_file.write_text("kept")
+    with pytest.raises(SystemExit) as exit_info:
+        check.main([*argv, "--no-progress", "--out", str(out_file)])
+    assert exit_info.value.code == 2  # argparse's usage error, not 1 (a bound failed)
+    assert message in capsys.readouterr().err
+    assert out_file.read_text() == "kept"
+
+
 def test_nan_inputs_must_give_nan(monkeypatch):
     fn = _sweep.FUNCTIONS["sigmoid_bce"]
 
