@@ -52,6 +52,7 @@ import jaxbce
 # The examples' shared package sits beside this file. A script run as ``python examples/...``
 # finds it anyway; a file loaded by its path, as tests/test_linear.py loads this one, does not.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common.checkpoints import check_out_dir
 from common.config import ConfigError, as_json, check_at_least_one
 from common.input_pipeline import Split
 from common.outputs import write_json
@@ -439,6 +440,10 @@ def parse_args(argv: Sequence[str] | None) -> ExtremeConfig:
         p.error("--mean-positives must be at least 1")
     if config.labels < 5:
         p.error("--labels must be at least 5 (precision@5)")
+    try:  # an --out written with other settings is refused, as in the other examples
+        check_out_dir(config.out, {k: v for k, v in as_json(config).items() if k != "out"})
+    except ConfigError as e:
+        p.error(str(e))
     return config
 
 

@@ -498,3 +498,10 @@ def test_example_trains_and_writes_metrics(tmp_path):
     assert metrics["fused"]["first_loss_relative_error"] < 1e-6
     assert metrics["max_relative_loss_difference"] < 1e-3
     assert metrics["fused"]["step_memory"]["temp_bytes"] > 0  # (a real ratio needs large L)
+    # Another run with other settings into the same --out is refused before it trains; its
+    # results replaced the first run's without a word (adversarial pass).
+    written = (tmp_path / "metrics.json").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        example.main(["--out", str(tmp_path), "--seed", "7", "--steps", "12"])
+    assert exit_info.value.code == 2
+    assert (tmp_path / "metrics.json").read_bytes() == written
