@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 Pair = tuple[jax.Array, jax.Array]
@@ -356,15 +355,13 @@ def _sigmoid_neg_abs_jvp(primals: Unary, tangents: Unary) -> tuple[Pair, Pair]:
     return (hi, lo), (-(s * ((1.0 - hi) - lo)) * dt, jnp.zeros_like(dt))
 
 
-#: ln 2 = _LN2_HI64 + _LN2_LO64, the first a multiple of 2^-38 (38 significant bits).
-_LN2_HI64, _LN2_LO64 = 0.6931471805582987, 1.6465949582897082e-12
-
-
 def _exp_neg_scaled_f64(t: jax.Array, shift: jax.Array) -> jax.Array:
-    """:math:`2^s e^{-t}` in float64 (integer :math:`s \\le 64`): :math:`s \\ln 2_{hi} - t` is
-    exact for :math:`t \\in [512, 1024)`, :math:`1 + s \\ln 2_{lo} = e^{s \\ln 2_{lo}}` to
-    :math:`2^{-66}`. (``exp(s log 2 - t)`` rounded its argument: 51 ulps off at t = 700.)"""
-    return jnp.exp(shift * _LN2_HI64 - t) * (1.0 + shift * _LN2_LO64)
+    """:math:`2^s e^{-t}` in float64, integer :math:`s \\in [0, 180]`, :math:`t < 1024`, and
+    :math:`s \\ln 2 \\le t` where it matters: with :math:`\\ln 2 = h + l`, :math:`h` of 38
+    bits, :math:`s h - t` is exact and :math:`1 + s l = e^{s l}` to :math:`2^{-60}`.
+    (``exp(s log 2 - t)`` rounded its argument: 51 ulps off at t = 700.)"""
+    hi, lo = 0.6931471805582987, 1.6465949582897082e-12
+    return jnp.exp(shift * hi - t) * (1.0 + shift * lo)
 
 
 @jax.custom_jvp
@@ -558,7 +555,7 @@ def pow_neg_log(nl_hi: jax.Array, nl_lo: jax.Array, gamma: jax.Array, shift: jax
         hi, lo = _pow_neg_log_f32(nl_hi, nl_lo, gamma, shift)
     else:
         inf = jnp.isinf(nl_hi)
-        hi = jnp.where(inf, 0.0, jnp.exp(shift * np.log(2.0) - gamma * (nl_hi + nl_lo)))
+        hi = jnp.where(inf, 0.0, _exp_neg_scaled_f64(gamma * (nl_hi + nl_lo), shift))
         lo = jnp.zeros_like(hi)
     zero_power = gamma == 0
     hi = jnp.where(zero_power, jnp.where(shift > 0, jnp.inf, 1.0), hi)
