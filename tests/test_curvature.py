@@ -525,7 +525,7 @@ def test_focal_hessian_is_finite_where_the_modulating_factor_underflows(name, dt
         i = _select(s, [50], 1.0, gamma=0.0)[0]
         alpha_t = 1.0 if name == "focal-alpha_none" else 0.25
         expected = alpha_t * 1.9287498479639178e-22
-        assert s.got["dxx"]["hessian"][i] == pytest.approx(expected, rel=1e-12)
+        assert s.got["dxx"]["hessian"][i] == pytest.approx(expected, rel=1e-12, abs=0.0)
 
 
 LOGIT_CASES = [n for n in CASES if CASES[n].kind == "logits"]
