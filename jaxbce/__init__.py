@@ -6,9 +6,10 @@ The public functions are pure and jit-able; options are keyword-only::
     loss = jaxbce.sigmoid_binary_cross_entropy(logits, labels, reduction="mean")
 
 The modules behind them are private: ``_kernels`` (the elementwise kernel and its
-derivatives, on ``_elementary``'s faithfully rounded float32 functions), ``_losses`` (the
-public losses), ``_checks`` (argument checks), ``_reductions`` (masks, sums and means) and
-``_linear`` (the fused linear loss). ``python -m jaxbce.check`` is the numerical self-check.
+derivatives, on ``_elementary``'s faithfully rounded float32 functions, built from
+``_arithmetic``'s error-free operations), ``_losses`` (the public losses), ``_checks``
+(argument checks), ``_reductions`` (masks, sums and means) and ``_linear`` (the fused
+linear loss). ``python -m jaxbce.check`` is the numerical self-check.
 """
 
 from jaxbce._checks import with_value_checks

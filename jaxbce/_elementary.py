@@ -14,9 +14,9 @@ composition of correctly rounded functions is not itself within one ulp: the rou
 :math:`e^{-t}` alone moves :math:`\\operatorname{log1p}(e^{-t})` by up to half an ulp before
 its own rounding. Each function here therefore returns an unevaluated sum ``(hi, lo)`` of
 two float32 numbers whose total is within about :math:`2^{-26}` relative of the exact value;
-the caller adds its own terms to ``hi`` exactly (:func:`two_sum`) and rounds once, so the
-result is faithfully rounded: within one ulp, and mostly within half an ulp (measured at
-every float32 input by ``python -m jaxbce.check --exhaustive``).
+the caller adds its own terms to ``hi`` exactly (:func:`~jaxbce._arithmetic.two_sum`) and
+rounds once, so the result is faithfully rounded: within one ulp, and mostly within half
+an ulp (measured at every float32 input by ``python -m jaxbce.check --exhaustive``).
 
 Error analysis, float32 (:math:`u = 2^{-24}`):
 
@@ -26,16 +26,17 @@ Error analysis, float32 (:math:`u = 2^{-24}`):
    with an absolute error below :math:`10^{-11}` from the rounding of :math:`kC_2`.
 2. :math:`E = e^{-r}`, :math:`|r| \\lesssim \\ln 2 / 2`:
    :math:`E = 1 - r_h + r_h^2/2 + r_h^3 Q(r_h) - r_l E`, with :math:`r_h^2` formed exactly
-   (:func:`split`) and the two leading additions error-free, so only the terms below
-   :math:`r^3/6 \\le 0.007` are rounded: :math:`|E - \\hat E| \\lesssim 2^{-29} E`
-   (:math:`Q` is a degree-4 fit with relative error :math:`8 \\cdot 10^{-8}`). Then
-   :math:`e^{-t} = 2^{-k} E`.
+   (:func:`~jaxbce._arithmetic.split`) and the two leading additions error-free, so only
+   the terms below :math:`r^3/6 \\le 0.007` are rounded:
+   :math:`|E - \\hat E| \\lesssim 2^{-29} E` (:math:`Q` is a degree-4 fit with relative
+   error :math:`8 \\cdot 10^{-8}`). Then :math:`e^{-t} = 2^{-k} E`.
 3. :math:`L = \\operatorname{log1p}(e) = 2\\operatorname{artanh}(w)`, :math:`w = e / (2 + e)
    \\le 1/3`, taken unscaled as :math:`W = E / (2 + e)` so that nothing is subnormal before
    the final exact scaling by :math:`2^{-k}`. The quotient is an approximate reciprocal
-   (:func:`reciprocal`) corrected by its exact residual (:func:`_divide`), a pair good to
-   :math:`2^{-34}`; :math:`L = 2w + 2w^3 T(w^2)`, whose tail is at most 3.6% of :math:`L`
-   and carries a relative error of :math:`4u`: :math:`L` is within :math:`2^{-27}`.
+   (:func:`~jaxbce._arithmetic.reciprocal`) corrected by its exact residual
+   (:func:`~jaxbce._arithmetic.refine_quotient`), a pair good to :math:`2^{-34}`;
+   :math:`L = 2w + 2w^3 T(w^2)`, whose tail is at most 3.6% of :math:`L` and carries a
+   relative error of :math:`4u`: :math:`L` is within :math:`2^{-27}`.
 4. :math:`\\sigma(-t) = 2^{-k} E/(1 + e)`, the same corrected quotient.
 5. :math:`-\\log p = -m \\ln 2 - 2\\operatorname{artanh}((f - 1)/(f + 1))` for
    :math:`p = 2^m f`, :math:`f \\in [\\sqrt{1/2}, \\sqrt 2)` (:math:`f - 1` exact; a
@@ -43,15 +44,9 @@ Error analysis, float32 (:math:`u = 2^{-24}`):
    of the exact :math:`1 - p` for :math:`p \\ge 1/2` and
    :math:`-2\\operatorname{artanh}(-p/(2 - p))` below.
 
-Products that must be exact are formed from halves of 12 bits split with an integer mask
-(:func:`split`), whose partial products are exact: a compiler that contracts ``a * b + c``
-into a fused multiply-add (XLA:CPU and GPUs do) computes the same numbers. Dekker's
-``two_prod`` is not used: it is wrong when only some uses of ``fl(a * b)`` are contracted.
-Additions are Knuth's :func:`two_sum` and Dekker's :func:`fast_two_sum`, with the
-constants in them hidden from XLA's simplifier (:func:`opaque`). No division is used:
-XLA does not fuse a division whose result is read more than once, and would write it to
-memory. Subnormal intermediates flush to zero on XLA's backends; results below the
-smallest normal number are within one unit of that number.
+The exact products, error-free additions and division-free quotients these are built from
+are :mod:`jaxbce._arithmetic`'s. Subnormal intermediates flush to zero on XLA's backends;
+results below the smallest normal number are within one unit of that number.
 
 Derivatives. Each function is a :func:`jax.custom_jvp` whose rule is the exact formula
 (:math:`L' = -\\sigma(-t)`, :math:`\\sigma(-t)' = -\\sigma(-t)\\sigma(t)`,
@@ -69,7 +64,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-Pair = tuple[jax.Array, jax.Array]
+from jaxbce._arithmetic import (
+    Pair,
+    fast_two_sum,
+    is_float32,
+    opaque,
+    reciprocal,
+    refine_quotient,
+    split,
+    two_sum,
+)
+
 #: The primals or tangents of a one-argument function's JVP rule.
 Unary = tuple[jax.Array]
 
@@ -101,115 +106,6 @@ def _poly(x: jax.Array, coefficients: tuple[float, ...]) -> jax.Array:
     for c in reversed(coefficients[:-1]):
         acc = acc * x + c
     return acc
-
-
-def two_sum(a: jax.Array, b: jax.Array) -> Pair:
-    """``(s, err)`` with ``s = fl(a + b)`` and ``s + err = a + b`` exactly (Knuth)."""
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
-
-
-def fast_two_sum(a: jax.Array, b: jax.Array) -> Pair:
-    """:func:`two_sum` for ``|a| >= |b|`` (Dekker), three operations instead of six."""
-    s = a + b
-    return s, b - (s - a)
-
-
-def split(a: jax.Array) -> Pair:
-    """``(hi, lo)``, ``hi + lo = a``, each with at most 12 significant bits (float32).
-
-    ``hi`` is ``a`` with the low 12 mantissa bits cleared by an integer mask, so the split
-    involves no multiplication that a compiler could contract.
-    """
-    bits = lax.bitcast_convert_type(a, jnp.uint32)
-    hi = lax.bitcast_convert_type(bits & jnp.uint32(0xFFFFF000), jnp.float32)
-    return hi, a - hi
-
-
-@jax.custom_jvp
-def exact_mul(a: jax.Array, b: jax.Array) -> Pair:
-    """``a * b`` as a pair: the product of the 12-bit halves' leading parts, exact, and the
-    rest, rounded at about ``2^-36`` of the product (not normalized); ``(a * b, 0)`` in
-    other dtypes."""
-    if not _is_float32(a):
-        return a * b, jnp.zeros_like(a * b)
-    # A factor below 2^-40 is split times 2^80: for smaller factors a partial product (a
-    # high half times a low one) may be subnormal, and a device that flushes it loses up to
-    # 2^-12 of the product. Where the other factor is above 2^40, it is divided by 2^80
-    # instead (the product unchanged); otherwise the product is normalized and scaled back:
-    # its high part is exact down to the smallest normal number, a flushed low part is below
-    # half an ulp of it.
-    small_a, small_b = jnp.abs(a) < 2.0**-40, jnp.abs(b) < 2.0**-40
-    big_a, big_b = jnp.abs(a) > 2.0**40, jnp.abs(b) > 2.0**40
-    up_a, up_b = small_a & ~big_b, small_b & ~big_a
-    swap_ab, swap_ba = small_a & big_b, small_b & big_a
-    ah, al = split(a * jnp.where(up_a | swap_ab, 2.0**80, jnp.where(swap_ba, 2.0**-80, 1.0)))
-    bh, bl = split(b * jnp.where(up_b | swap_ba, 2.0**80, jnp.where(swap_ab, 2.0**-80, 1.0)))
-    p_hi, p_lo = ah * bh, (ah * bl + al * bh) + al * bl
-    n_hi, n_lo = fast_two_sum(p_hi, p_lo)
-    scaled = up_a | up_b
-    back_a, back_b = jnp.where(up_a, 2.0**-80, 1.0), jnp.where(up_b, 2.0**-80, 1.0)
-    hi = jnp.where(scaled, (n_hi * back_a) * back_b, p_hi)
-    return hi, jnp.where(scaled, (n_lo * back_a) * back_b, p_lo)
-
-
-@exact_mul.defjvp
-def _exact_mul_jvp(
-    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
-) -> tuple[Pair, Pair]:
-    # The product rule on the product, not through the splits and scalings: a reverse pass
-    # through them would multiply a cotangent by 2^-80 before the 2^80 (flushed to 0).
-    (a, b), (da, db) = primals, tangents
-    hi, lo = exact_mul(a, b)
-    d = a * db + b * da
-    return (hi, lo), (d, jnp.zeros_like(d))
-
-
-def reciprocal(d: jax.Array) -> jax.Array:
-    """``1 / d`` to about ``2^-17`` for normal ``d > 0``, no division (other dtypes divide).
-
-    A bit-pattern seed (5% error) and two Newton steps. XLA will not fuse a division (an
-    "expensive" operation) into a consumer that reads its result more than once, and
-    every error-free correction below does; multiplications it fuses freely. The
-    corrections in :func:`_divide` make the quotient exact whatever this error is.
-    """
-    if not _is_float32(d):
-        return 1.0 / d
-    r = lax.bitcast_convert_type(
-        jnp.uint32(0x7EF311C3) - lax.bitcast_convert_type(d, jnp.uint32), jnp.float32
-    )
-    r = r + r * (1.0 - d * r)
-    return r + r * (1.0 - d * r)
-
-
-def _divide(num: Pair, den: Pair, q0: jax.Array, inv_den: jax.Array) -> Pair:
-    """``num / den`` as a normalized pair ``(hi, lo)``, to about ``2^-34``.
-
-    ``q0`` is the caller's approximate quotient (:func:`reciprocal`, within ``2^-17``).
-    It is split at once into ``qh`` (12 bits, by a mask) and ``ql``, and only the two
-    halves are used from then on: ``q0`` is itself a product, and a compiler that fuses
-    it into some of its uses but not others (contraction into a multiply-add) would use
-    two different quotients. The residual ``num - (qh + ql) den`` comes from partial
-    products with ``den_hi`` cut to 12 bits: ``qh * dh`` is exact and ``num - qh * dh``
-    exact (Sterbenz), the rest is ``2^-11`` smaller and rounded at ``2^-35``.
-    ``inv_den`` needs about 17 correct bits: the correction is ``2^-17`` of ``q0``.
-    """
-    qh, ql = split(q0)
-    dh, dl = split(den[0])
-    dl = dl + den[1]
-    residual = ((num[0] - qh * dh) - ql * dh) + (num[1] - (qh + ql) * dl)
-    return fast_two_sum(qh, ql + residual * inv_den)
-
-
-def divide(num: Pair, den: Pair) -> Pair:
-    """``num / den`` for normalized pairs (``num`` finite, ``den > 0`` normal) as a pair within
-    about ``2^-34`` in float32, without a division (:func:`_divide`); other dtypes divide."""
-    if not _is_float32(den[0]):
-        q = (num[0] + num[1]) / (den[0] + den[1])
-        return q, jnp.zeros_like(q)
-    inv = reciprocal(den[0])
-    return _divide(num, den, num[0] * inv, inv)
 
 
 def _artanh2(w: Pair) -> Pair:
@@ -249,21 +145,6 @@ def _exp_neg(
     return e_hi, e_lo, scale
 
 
-def opaque(value: float, like: jax.Array) -> jax.Array:
-    """The constant ``value`` hidden from XLA's algebraic simplifier.
-
-    The simplifier reassociates constants: it rewrites ``(2 + x) - 2`` to ``x``, which is
-    exactly the rounding error that an error-free transformation must keep.
-    """
-    hidden: jax.Array = lax.optimization_barrier(jnp.asarray(value, like.dtype))
-    return hidden
-
-
-def _is_float32(x: jax.Array) -> bool:
-    is_f32: bool = x.dtype == jnp.float32
-    return is_f32
-
-
 # ------------------------------------------------------------------- logistic
 
 
@@ -291,7 +172,7 @@ def _exp_over(
     d_lo = (x_hi - (d_hi - copaque)) + x_lo
     w0 = e_hi * reciprocal(d_hi)
     # 1 / (c + e) = (1 - w) / c: the reciprocal the correction needs, from w itself.
-    w = _divide((e_hi, e_lo), (d_hi, d_lo), w0, (1.0 - scale * w0) / c)
+    w = refine_quotient((e_hi, e_lo), (d_hi, d_lo), w0, (1.0 - scale * w0) / c)
     out_scale = scale
     if shift is not None:
         exponent = (127 - k + shift.astype(jnp.int32)).astype(jnp.uint32) << 23
@@ -321,7 +202,7 @@ def softplus_neg_abs(t: jax.Array) -> Pair:
     Within :math:`2^{-26}` relative in float32 (see the module docstring); 0 at
     :math:`t = \\infty`; NaN propagates. Derivative: :math:`-\\sigma(-t)`.
     """
-    if _is_float32(t):
+    if is_float32(t):
         return _softplus_neg_abs_f32(t)
     return jnp.log1p(jnp.exp(-t)), jnp.zeros_like(t)
 
@@ -341,7 +222,7 @@ def sigmoid_neg_abs(t: jax.Array) -> Pair:
     Within :math:`2^{-26}` relative in float32; 0 at :math:`t = \\infty`. Derivative:
     :math:`-\\sigma(-t)\\,\\sigma(t)`.
     """
-    if _is_float32(t):
+    if is_float32(t):
         return _sigmoid_neg_abs_f32(t)
     e = jnp.exp(-t)
     return e / (1.0 + e), jnp.zeros_like(t)
@@ -370,7 +251,7 @@ def softplus_neg_abs_scaled(t: jax.Array, shift: jax.Array) -> Pair:
     per element: a value below the smallest normal number, scaled up, keeps its digits on a
     device that flushes subnormals (a caller that multiplies it by a weight above 1 scales
     the product back). Derivative: :math:`-2^s\\sigma(-t)`; ``shift`` has none."""
-    if _is_float32(t):
+    if is_float32(t):
         return _softplus_neg_abs_f32(t, shift)
     # Scaled inside the exponential; where shift > 0 (t > 690) log1p(e) = e below an ulp.
     scaled = _exp_neg_scaled_f64(t, shift)
@@ -391,7 +272,7 @@ def _softplus_neg_abs_scaled_jvp(
 def sigmoid_neg_abs_scaled(t: jax.Array, shift: jax.Array) -> Pair:
     """:math:`2^s\\sigma(-t)` as :func:`softplus_neg_abs_scaled` scales. Derivative:
     :math:`-2^s\\sigma(-t)\\,\\sigma(t)`."""
-    if _is_float32(t):
+    if is_float32(t):
         return _sigmoid_neg_abs_f32(t, shift)
     e = jnp.exp(-t)
     return _exp_neg_scaled_f64(t, shift) / (1.0 + e), jnp.zeros_like(t)
@@ -422,7 +303,7 @@ def _neg_log_f32(p: jax.Array) -> Pair:
     num = f - 1.0  # exact (Sterbenz)
     den = two_sum(f, opaque(1.0, p))
     w0 = num * reciprocal(den[0])
-    w = _divide((num, jnp.zeros_like(num)), den, w0, 0.5 * (1.0 - w0))  # 2/(f+1) = 1 - w
+    w = refine_quotient((num, jnp.zeros_like(num)), den, w0, 0.5 * (1.0 - w0))  # 2/(f+1) = 1 - w
     a_hi, a_lo = _artanh2(w)
     # m ln 2 + a, m * _LN2_HI exact (|m| < 2^8).
     s, err = two_sum(mf * _LN2_HI, a_hi)
@@ -439,7 +320,7 @@ def _neg_log1m_f32(p: jax.Array) -> Pair:
     m_hi = two - pc
     m_lo = (two - m_hi) - pc
     w0 = -pc * reciprocal(m_hi)
-    w = _divide((-pc, jnp.zeros_like(pc)), (m_hi, m_lo), w0, 0.5 * (1.0 - w0))
+    w = refine_quotient((-pc, jnp.zeros_like(pc)), (m_hi, m_lo), w0, 0.5 * (1.0 - w0))
     a_hi, a_lo = _artanh2(w)
     lower = p < 0.5
     # Below 2^-30, -log(1 - p) = p + p^2/2 to 2^-60, and w0 = -p/2 could be subnormal.
@@ -455,7 +336,7 @@ def neg_log(p: jax.Array) -> Pair:
     Within :math:`2^{-26}` relative in float32 (p below the smallest normal reads as 0).
     Derivative: :math:`-1/p`.
     """
-    if not _is_float32(p):
+    if not is_float32(p):
         return -jnp.log(p), jnp.zeros_like(p)
     bits = lax.bitcast_convert_type(p, jnp.int32)
     # A subnormal p = m 2^-149 (m < 2^23, read from the bits: p itself may be flushed to 0
@@ -481,7 +362,7 @@ def neg_log1m(p: jax.Array) -> Pair:
 
     Within :math:`2^{-26}` relative in float32. Derivative: :math:`1/(1 - p)`.
     """
-    if not _is_float32(p):
+    if not is_float32(p):
         # log1p is inaccurate in float64 on [-0.5, -0.29] on XLA:CPU; log of the exact
         # 1 - p is accurate there.
         return jnp.where(p >= 0.5, -jnp.log(1.0 - p), -jnp.log1p(-p)), jnp.zeros_like(p)
@@ -505,12 +386,12 @@ def recip_one_minus(p: jax.Array) -> Pair:
     ``1 - p`` is not exact below :math:`p = 1/2`; it is kept as an exact pair and the
     division corrected. Derivative: :math:`1/(1 - p)^2`.
     """
-    if not _is_float32(p):
+    if not is_float32(p):
         return 1.0 / (1.0 - p), jnp.zeros_like(p)
     one = opaque(1.0, p)
     m_hi, m_lo = fast_two_sum(one, -p)
     r0 = reciprocal(m_hi)
-    return _divide((one, jnp.zeros_like(p)), (m_hi, m_lo), r0, r0)
+    return refine_quotient((one, jnp.zeros_like(p)), (m_hi, m_lo), r0, r0)
 
 
 @recip_one_minus.defjvp
@@ -551,7 +432,7 @@ def pow_neg_log(nl_hi: jax.Array, nl_lo: jax.Array, gamma: jax.Array, shift: jax
     :math:`\\gamma = 0`, also for :math:`u = 0`. Derivative:
     :math:`-2^s u^\\gamma(\\gamma\\,d\\ell + \\ell\\,d\\gamma)`; ``shift`` has none.
     """
-    if _is_float32(nl_hi):
+    if is_float32(nl_hi):
         hi, lo = _pow_neg_log_f32(nl_hi, nl_lo, gamma, shift)
     else:
         inf = jnp.isinf(nl_hi)
@@ -585,7 +466,7 @@ def quotient(num: jax.Array, p: jax.Array) -> jax.Array:
     from its bits and :math:`num/p = (num\\,2^{23}/m)\\,2^{126}`, so it overflows only
     where the exact quotient does. Derivative: :math:`d\\,num/p - num\\,dp/p^2`.
     """
-    if not _is_float32(p):
+    if not is_float32(p):
         return num / p
     bits = lax.bitcast_convert_type(p, jnp.int32)
     subnormal = (bits & 0x7F800000) == 0

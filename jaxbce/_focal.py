@@ -30,18 +30,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxbce._elementary import (
+from jaxbce._arithmetic import (
     Pair,
     divide,
     exact_mul,
     fast_two_sum,
-    neg_log,
     opaque,
-    pow_neg_log,
     reciprocal,
+    two_sum,
+)
+from jaxbce._elementary import (
+    neg_log,
+    pow_neg_log,
     sigmoid_neg_abs,
     softplus_neg_abs,
-    two_sum,
 )
 from jaxbce._kernels import (
     Coefficient,

@@ -22,7 +22,7 @@ term whose softplus grows (:math:`\\bar q` for :math:`x \\ge 0`); the slope is
 :math:`\\bar q - c\\,\\sigma(-|x|)` or :math:`c\\,\\sigma(-|x|) - \\pi q`. :math:`L` and
 :math:`\\sigma(-t)` come from :mod:`jaxbce._elementary` as unevaluated float32 pairs good
 to about :math:`2^{-26}`; the first term is added to the pair's high part exactly
-(:func:`~jaxbce._elementary.two_sum`) and the sum rounded once, so for hard labels the
+(:func:`~jaxbce._arithmetic.two_sum`) and the sum rounded once, so for hard labels the
 loss and its derivative are within one ulp of the exact value at every float32 input
 (``python -m jaxbce.check --exhaustive``), and one side of the slope is exactly 0: the
 tiny gradients of confident right answers (:math:`-\\sigma(-30)`) keep every bit.
@@ -54,20 +54,22 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from jaxbce._elementary import (
+from jaxbce._arithmetic import (
     Pair,
     exact_mul,
     fast_two_sum,
+    opaque,
+    two_sum,
+)
+from jaxbce._elementary import (
     neg_log,
     neg_log1m,
-    opaque,
     quotient,
     recip_one_minus,
     sigmoid_neg_abs,
     sigmoid_neg_abs_scaled,
     softplus_neg_abs,
     softplus_neg_abs_scaled,
-    two_sum,
 )
 
 Kind = Literal["logits", "probs"]
