@@ -2,8 +2,10 @@
 
 It evaluates every public loss and its derivative under ``jax.jit`` on the default device
 and prints, per (function, options, dtype, label set), the worst error in ulps of the loss
-and of the gradient, the input where each occurs, the bound and whether it holds; then
-``jax.test_util.check_grads`` (order 2, forward and reverse mode, float64) on every loss.
+and of the gradient, the input where each occurs, the bound and whether it holds; with
+``--exhaustive`` or ``--grads`` then ``jax.test_util.check_grads`` (order 2, forward and
+reverse mode, float64) on every loss (compile-bound: not in the quick default, which says
+so in its report).
 The exit status is 1 if anything is out of bounds, 2 for arguments that would measure nothing
 (an ``--only`` that matches no row, a count below 1): run it on a new accelerator before
 trusting it.
@@ -384,7 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--exhaustive",
         action="store_true",
-        help="every float32 bit pattern and 1e8 (1e7 focal) samples per case",
+        help="every float32 bit pattern and 1e8 (1e7 focal) samples per case; implies --grads",
+    )
+    parser.add_argument(
+        "--grads",
+        action="store_true",
+        help="also run check_grads (order 2, fwd + rev, float64) on every case",
     )
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     parser.add_argument(
@@ -426,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         args.only,
         args.dtypes,
     )
-    if not chosen and not any(_host_cases(args.only, "float64" in args.dtypes)):
+    args.grads = args.grads or args.exhaustive
+    if not chosen and not any(_host_cases(args.only, "float64" in args.dtypes, args.grads)):
         # A run that measures nothing must not report "all within bounds".
         parser.error(f"--only {args.only!r} with --dtypes {' '.join(args.dtypes)}: no row")
     out = open(args.out, "w") if args.out else None  # after every argument is checked
@@ -456,7 +464,7 @@ def _report(args: argparse.Namespace, chosen: list[Sweep], out: TextIO | None) -
     t0 = time.perf_counter()
     # The float64 grid and check_grads are compile-bound: they run beside the sweeps.
     with ThreadPoolExecutor(1) as background:
-        host = background.submit(_host_checks, args.only, "float64" in args.dtypes)
+        host = background.submit(_host_checks, args.only, "float64" in args.dtypes, args.grads)
         results = run(
             chosen,
             chunk_log2=args.chunk_log2 or (18 if on_cpu else 24),
@@ -480,21 +488,20 @@ def _report(args: argparse.Namespace, chosen: list[Sweep], out: TextIO | None) -
     return 1 if failed else 0
 
 
-def _host_cases(pattern: str | None, float64: bool) -> tuple[list[Any], list[Any]]:
-    """The cases of the float64 grid (if ``float64``) and of ``check_grads`` that
-    ``pattern`` selects."""
+def _host_cases(pattern: str | None, float64: bool, grads: bool) -> tuple[list[Any], list[Any]]:
+    """The cases of the float64 grid (if ``float64``) and of ``check_grads`` (if ``grads``)
+    that ``pattern`` selects."""
     grid = [c for c in CASES if not pattern or re.search(pattern, f"{c[0]} float64 grid")]
-    grid = grid if float64 else []
-    grads = [c for c in CASES if not pattern or re.search(pattern, f"check_grads {c[0]}")]
-    return grid, grads
+    checked = [c for c in CASES if not pattern or re.search(pattern, f"check_grads {c[0]}")]
+    return (grid if float64 else []), (checked if grads else [])
 
 
-def _host_checks(pattern: str | None, float64: bool) -> tuple[list[str], bool]:
+def _host_checks(pattern: str | None, float64: bool, grads: bool) -> tuple[list[str], bool]:
     """The float64 grid against the host's extended precision and ``check_grads``: the
     report's lines and whether anything failed."""
     lines: list[str] = []
     failed = False
-    cases, grad_cases = _host_cases(pattern, float64)
+    cases, grad_cases = _host_cases(pattern, float64, grads)
     if cases:
         lines.append("\nfloat64 inputs: grid of 33 logits x 5 labels, host np.longdouble reference")
         lines.append(f"  {'case':34s} {'loss ulp':>9s} {'grad ulp':>9s} {'bound':>6s}  ok")
@@ -512,6 +519,10 @@ def _host_checks(pattern: str | None, float64: bool) -> tuple[list[str], bool]:
         for name, ok, msg in gradient_checks(grad_cases):
             failed |= not ok
             lines.append(f"  {name:34s} {'pass' if ok else 'FAIL ' + msg}")
+    elif not grads:
+        lines.append(
+            "\ncheck_grads (order 2, fwd + rev, float64): not run (--grads or --exhaustive)"
+        )
     return lines, failed
 
 

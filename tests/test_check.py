@@ -7,6 +7,7 @@ check the checker, on injected errors and known values.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -191,6 +192,18 @@ def test_exhaustive_runs_end_to_end_on_a_restricted_set(tmp_path, capsys):
     assert "check_grads" not in out  # --only selects no gradient check
     assert out_file.read_text() == out
     assert status == (0 if all(row.endswith("yes") for row in rows) else 1)
+
+
+def test_quick_check_says_check_grads_did_not_run_and_grads_runs_it(capsys):
+    # check_grads (45 of the quick check's 64 s on 2 cores) left the quick default for
+    # --grads and --exhaustive; a report without it must say so, not just omit it.
+    assert check.main(["--only", "^sigmoid_bce float64 grid", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "check_grads (order 2, fwd + rev, float64): not run (--grads or --exhaustive)" in out
+    assert check.main(["--grads", "--only", "check_grads sigmoid_bce$", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"check_grads \(order 2, fwd \+ rev, float64\):\n  sigmoid_bce +pass", out)
+    assert "not run" not in out and "float64 grid" not in out
 
 
 @pytest.mark.parametrize(
