@@ -436,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     args.grads = args.grads or args.exhaustive
     if not chosen and not any(_host_cases(args.only, "float64" in args.dtypes, args.grads)):
         # A run that measures nothing must not report "all within bounds".
+        if not args.grads and _host_cases(args.only, False, True)[1]:
+            parser.error(f"--only {args.only!r}: only check_grads rows, which need --grads")
         parser.error(f"--only {args.only!r} with --dtypes {' '.join(args.dtypes)}: no row")
     out = open(args.out, "w") if args.out else None  # after every argument is checked
     try:

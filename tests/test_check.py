@@ -214,6 +214,7 @@ def test_quick_check_says_check_grads_did_not_run_and_grads_runs_it(capsys):
         (["--focal-samples", "1.5"], "--focal-samples: expected a whole number >= 1"),
         (["--only", "fcoal"], "--only 'fcoal' with --dtypes float32 bfloat16 float16 float64: no"),
         (["--only", "("], "--only: not a regular expression"),
+        (["--only", "check_grads focal"], "only check_grads rows, which need --grads"),
         (["--dtypes", "float8"], "--dtypes: invalid choice: 'float8'"),
         (["--stride-log2", "40"], "--stride-log2: expected 0 to 31, got 40"),
         (["--workers", "0"], "--workers: expected 1 to 256, got 0"),
