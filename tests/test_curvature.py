@@ -6,9 +6,11 @@ inputs, ``vmap``-ped over a dense grid: ``grad`` and ``jacfwd`` (and ``jvp`` in 
 the first derivatives in the prediction ``x`` and the label ``y``; ``hessian`` (forward over
 reverse), ``jacrev(grad)`` (reverse over reverse) and ``jvp`` of ``grad`` for d2/dx2, and the
 mixed d2/dxdy in both orders (see :func:`_all_modes`). One jitted program per loss option
-set and dtype computes all of them; labels, and the focal ``gamma``, are data of that
-program (the public function takes a traced ``gamma`` through the same ``jnp.asarray`` as a
-concrete one), so that the file compiles 14 programs, not 150.
+set and dtype computes all of them; labels, and the focal ``gamma`` and ``alpha``, are data
+of that program (the public function passes ``gamma`` and ``alpha`` into its compiled
+program as traced values, ``alpha=None`` as the -1 that turns the weighting off there), so
+that the file compiles 12 programs, not 300: the focal loss' two alpha cases are one
+program per dtype.
 
 "Finite where the exact one is finite": an exact value whose magnitude exceeds the dtype's
 largest number counts as not finite (it overflows in any implementation). For logits every
@@ -90,7 +92,12 @@ class Case(NamedTuple):
     kind: str  # "logits" or "probs"
     loss: Any
     exact: Any
-    focal: bool = False
+    #: The focal ``alpha`` passed as data (-1: ``None``); None for the cross-entropies.
+    alpha: float | None = None
+
+    @property
+    def focal(self) -> bool:
+        return self.alpha is not None
 
 
 def _opt(value, dtype):
@@ -141,13 +148,14 @@ CASES = {
     "probs_bce-smoothing": Case(
         "probs", lambda x, y, g: PROBS(x, y, label_smoothing=0.1), _probs_exact(eps=0.1)
     ),
-    "focal-alpha_none": Case(
-        "logits", lambda x, y, g: FOCAL(x, y, alpha=None, gamma=g), _focal_exact(None), True
-    ),
-    "focal-alpha_0.25": Case(
-        "logits", lambda x, y, g: FOCAL(x, y, alpha=0.25, gamma=g), _focal_exact(0.25), True
-    ),
+    "focal-alpha_none": Case("logits", None, _focal_exact(None), alpha=-1.0),
+    "focal-alpha_0.25": Case("logits", None, _focal_exact(0.25), alpha=0.25),
 }
+FOCAL_CASES = [n for n in CASES if CASES[n].focal]
+
+
+def _focal_loss(x, y, g, a):
+    return FOCAL(x, y, alpha=a, gamma=g)
 
 
 # ------------------------------------------------------------------------- grids
@@ -278,20 +286,47 @@ class Sweep(NamedTuple):
 @functools.cache
 def sweep(name: str, dtype) -> Sweep:
     """Every derivative of case ``name`` over its grid x labels (x gammas), cached."""
+    if CASES[name].focal:
+        return _focal_sweeps(dtype)[name]
     case = CASES[name]
     x, is_ref = _grid(case, dtype)
-    gammas = GAMMAS if case.focal else (0.0,)
-    grid = [(x, np.full_like(x, y), np.full_like(x, g)) for g in gammas for y in LABELS]
-    xs, ys, gs = (np.concatenate(a) for a in zip(*grid, strict=True))
-    refs = np.tile(is_ref, len(grid))
+    xs, ys = np.tile(x, len(LABELS)), np.repeat(np.asarray(LABELS, dtype), x.size)
+    got = _run(lambda x, y: case.loss(x, y, 0.0), dtype, xs, ys)
+    return Sweep(xs, ys, np.zeros_like(xs), np.tile(is_ref, len(LABELS)), got)
+
+
+@functools.cache
+def _focal_sweeps(dtype) -> dict[str, Sweep]:
+    """Both focal cases' sweeps (grid x labels x gammas each), from one program in which
+    ``alpha`` is data."""
+    x, is_ref = _logit_grid(dtype)
+    points = [(y, g, CASES[n].alpha) for n in FOCAL_CASES for g in GAMMAS for y in LABELS]
+    xs = np.tile(x, len(points))
+    ys, gs, alphas = (np.repeat(np.asarray(v, dtype), x.size) for v in zip(*points, strict=True))
+    got = _run(_focal_loss, dtype, xs, ys, gs, alphas)
+    n = x.size * len(GAMMAS) * len(LABELS)
+    refs = np.tile(is_ref, len(GAMMAS) * len(LABELS))
+    return {
+        name: Sweep(
+            xs[k * n : (k + 1) * n],
+            ys[k * n : (k + 1) * n],
+            gs[k * n : (k + 1) * n],
+            refs,
+            jax.tree.map(lambda a, k=k: a[k * n : (k + 1) * n], got),
+        )
+        for k, name in enumerate(FOCAL_CASES)
+    }
+
+
+def _run(loss, dtype, x, y, *data) -> dict:
+    """``_all_modes`` of ``loss(x, y, *data)`` at every point: one jitted, vmapped program."""
     with jax.enable_x64(dtype == np.float64):
 
-        def one(x, y, g):
-            return _all_modes(lambda x, y: case.loss(x, y, g))(x, y)
+        def one(x, y, *d):
+            return _all_modes(lambda x, y: loss(x, y, *d))(x, y)
 
-        got = jax.jit(jax.vmap(one))(xs, ys, gs)
-        got = jax.tree.map(np.asarray, got)
-    return Sweep(xs, ys, gs, refs, got)
+        got = jax.jit(jax.vmap(one))(x, y, *data)
+        return jax.tree.map(np.asarray, got)
 
 
 def _exact_at(name: str, dtype, idx) -> dict:
