@@ -421,11 +421,20 @@ CHECK_CASES = [
     (BCE, {"where": np.array([[True, False, True], [True, True, False]]), "reduction": "sum"}),
     (PROBS, {}),
     (PROBS, {"weights": np.array([0.5, 2.0, 1.5]), "label_smoothing": 0.2, "reduction": "mean"}),
-    # The focal loss' defaults (gamma 2, alpha 0.25) and gamma 0 without alpha are in
-    # tests/test_curvature.py's float64 sweep, every mode against mpmath; here two option
-    # sets with a reduction and a mask (each costs ~15 s of compilation).
-    (FOCAL, {"gamma": 0.5, "alpha": 0.6, "reduction": "mean"}),
-    (FOCAL, {"gamma": 2.7, "where": np.array([[True, False, True], [True, True, False]])}),
+    # The focal loss elementwise (every gamma in {0, 0.5, 1, 2, 5}, alpha None and 0.25) is
+    # in tests/test_curvature.py's float64 sweep, every mode against mpmath, and its
+    # check_grads at extreme logits in tests/test_check_grads.py; here one option set with
+    # every other option: a non-integer gamma, an alpha, a mask and a reduction (each focal
+    # option set costs ~22 s of compilation).
+    (
+        FOCAL,
+        {
+            "gamma": 2.7,
+            "alpha": 0.6,
+            "where": np.array([[True, False, True], [True, True, False]]),
+            "reduction": "mean",
+        },
+    ),
 ]
 
 
