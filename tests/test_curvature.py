@@ -9,8 +9,8 @@ mixed d2/dxdy in both orders (see :func:`_all_modes`). One jitted program per lo
 set and dtype computes all of them; labels, and the focal ``gamma`` and ``alpha``, are data
 of that program (the public function passes ``gamma`` and ``alpha`` into its compiled
 program as traced values, ``alpha=None`` as the -1 that turns the weighting off there), so
-that the file compiles 12 programs, not 300: the focal loss' two alpha cases are one
-program per dtype.
+that the file compiles 12 programs: one per cross-entropy option set and dtype, and one per
+dtype for both focal alpha cases.
 
 "Finite where the exact one is finite": an exact value whose magnitude exceeds the dtype's
 largest number counts as not finite (it overflows in any implementation). For logits every
