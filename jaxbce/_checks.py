@@ -189,6 +189,26 @@ def varying_axes(x: jax.Array) -> frozenset[Any]:
     return frozenset(getattr(aval, "vma", ()))
 
 
+def check_split_over(name: str, x: jax.Array, axes: tuple[Any, ...], axis_name: Any) -> None:
+    """Refuses an ``x`` that is the same on every device along an axis of ``axes`` where
+    each device's rows are meant to be its own shard of the batch.
+
+    Seen only where ``shard_map`` tracks which axes values vary over (``check_vma``, its
+    default: there ``lax.axis_index`` varies); under ``pmap`` or ``check_vma=False`` no
+    value carries that type and nothing can be told.
+    """
+    tracked = [ax for ax in axes if ax in varying_axes(jax.lax.axis_index(ax))]
+    missing = [ax for ax in tracked if ax not in varying_axes(x)]
+    if missing:
+        raise ValueError(
+            f"{name} is the same on every device along mesh axis {', '.join(map(repr, missing))} "
+            f"(replicated, as in_specs P() makes it), but with axis_name={axis_name!r} each "
+            f"device's rows are its own shard of the batch: the copies would count as each "
+            f"other's negatives. Split the batch over {axis_name!r} (in_specs "
+            f"P({axis_name!r})), or omit axis_name for the loss of the batch one device holds"
+        )
+
+
 def check_sparse_labels(
     y: jax.Array,
     features_shape: tuple[int, ...],

@@ -499,7 +499,9 @@ def pairwise_sigmoid_loss(
       reduction: ``"mean"`` (over included anchors; 0 when none are), ``"sum"``, or
         ``"none"`` for the per-anchor sums ``(B,)`` (0 for excluded anchors).
       axis_name: ``shard_map``/``pmap`` axis name (or tuple of names) over which the batch
-        is split.
+        is split. ``a`` or ``b`` the same on every device along it (replicated, in_specs
+        ``P()``) is refused where ``shard_map`` tracks varying axes (``check_vma``, its
+        default): each device would take the copies for its own shard of the batch.
       block_size: candidates per block (clamped to the local batch), or None.
 
     Returns:
@@ -508,7 +510,7 @@ def pairwise_sigmoid_loss(
 
     Raises:
       ValueError: for shapes that do not fit, a non-scalar ``scale`` or ``bias``, an unknown
-        ``reduction``, or an ``axis_name`` that is not bound.
+        ``reduction``, an ``axis_name`` that is not bound, or ``a``/``b`` replicated over it.
       TypeError: for arguments of the wrong dtype.
 
     References:
@@ -544,6 +546,9 @@ def pairwise_sigmoid_loss(
     t, beta = t.astype(dt), beta.astype(dt)
     axes = None if axis_name is None else _axis_tuple(axis_name)
     n_dev = 1 if axes is None else _ring_size(axes, axis_name)
+    if axes is not None:
+        checks.check_split_over("a", x_a, axes, axis_name)
+        checks.check_split_over("b", x_b, axes, axis_name)
     if ids is None:
         ids = jnp.arange(n, dtype=jnp.int32)
         if axes is not None:
@@ -555,11 +560,13 @@ def pairwise_sigmoid_loss(
 
     dense = block_size is None and n * n <= DENSE_MAX_ELEMENTS
     per_anchor = None
-    if axes is None and (dense or n == 0):
+    if n == 0:  # an empty batch (on every device: shapes are static): no pair, loss 0
+        per_anchor = jnp.zeros((0,), dt)
+    elif axes is None and dense:
         per_anchor = _dense_per_anchor(x_a, x_b, t, beta, ids, mask, dt)
     else:
         if block_size is None:
-            block = default_block_size(n, n) if n else 1
+            block = default_block_size(n, n)
         else:
             block = int(min(block_size, n))
         static = _Static(axes, n_dev, n, block, dt)

@@ -23,7 +23,10 @@ RING_CASES = [
     for i, n in enumerate(DEVICES)
     for k, labels in enumerate(LABELS)
 ]
-EXTRA_CASES = ("float32", "pmap", "grad_of_grad", "forward_mode", "mesh_2d", "memory")
+EXTRA_CASES = (
+    *("float32", "pmap", "grad_of_grad", "forward_mode", "mesh_2d", "memory"),
+    *("replicated_refused", "empty_batch"),
+)
 
 _RING_SCRIPT = textwrap.dedent(
     """
@@ -177,6 +180,43 @@ _RING_SCRIPT = textwrap.dedent(
         check_against_reference(value, grads, a, b, SCALE, BIAS, kw, "mean", rtol=1e-12)
 
     record("mesh_2d", mesh_2d_case)
+
+    def replicated_refused_case():
+        # a and b replicated (in_specs P()) under axis_name: each device would take the whole
+        # batch for its own shard, counting the copies as negatives (27.14 where the loss of
+        # the batch is 6.98); refused, naming the argument, where shard_map tracks varying
+        # axes (check_vma, its default).
+        loss = lambda a, b: jaxbce.pairwise_sigmoid_loss(a, b, scale=1.0, bias=0.0,
+                                                          axis_name="x")
+        # b: each device's own a against one replicated (local-sized) b.
+        for specs, args, name in (((P(), P()), (a, b), "a"), ((P("x"), P()), (a, b[:3]), "b")):
+            sm = jax.shard_map(loss, mesh=mesh8, in_specs=specs, out_specs=P())
+            try:
+                jax.jit(sm)(*args)
+            except ValueError as err:
+                assert str(err).startswith(f"{name} is the same on every device"), err
+            else:
+                raise AssertionError(f"in_specs {specs}: not refused")
+
+    record("replicated_refused", replicated_refused_case)
+
+    def empty_batch_case():
+        # A batch of 0 rows on every device: no pair, loss 0 ("none": an empty array), as on
+        # one device (it was a TypeError, or a ZeroDivisionError with block_size).
+        e = np.zeros((0, 3))
+        for kw in ({}, {"block_size": 4}, {"reduction": "sum"}, {"reduction": "none"}):
+            red = kw.get("reduction", "mean")
+            loss = lambda a, b: jaxbce.pairwise_sigmoid_loss(
+                a, b, scale=SCALE, bias=BIAS, axis_name="x", **kw)
+            sm = jax.shard_map(loss, mesh=mesh8, in_specs=(P("x"), P("x")),
+                               out_specs=P("x") if red == "none" else P())
+            got = np.asarray(jax.jit(sm)(e, e))
+            assert got.shape == ((0,) if red == "none" else ()) and not got.any(), (kw, got)
+            if red != "none":
+                grads = jax.jit(jax.grad(sm, argnums=(0, 1)))(e, e)
+                assert all(g.shape == (0, 3) for g in grads), kw
+
+    record("empty_batch", empty_batch_case)
 
     def temp_bytes(fn, n, local_b, dim):
         mesh = Mesh(np.array(jax.devices()[:n]), ("x",))
