@@ -48,6 +48,19 @@ for labels, spec in [(idx, P()), (dense, P(None, "x"))]:
     check(v1, g1)
     assert g1[1].sharding.spec == P(None, "x")
 
+# The label axis sharded without axis_name, the user's own psum of the local sums (a scan
+# carry type error inside the kernel's loop before: the features replicated, the kernel not).
+def local_sum(h, w, b, pw, y):
+    total = jax.lax.psum(fused(h, w, y, bias=b, pos_weight=pw, chunk_size=5, reduction="sum"), "x")
+    return total / dense.size
+
+sm = jax.shard_map(local_sum, mesh=mesh, out_specs=P(),
+                   in_specs=(P(), P(None, "x"), P("x"), P("x"), P(None, "x")))
+args = (put(h, P()), put(w, P(None, "x")), put(b, P("x")), put(pw, P("x")),
+        put(dense, P(None, "x")))
+v1, g1 = jax.jit(jax.value_and_grad(sm, argnums=(0, 1, 2, 3)))(*args)
+check(v1, g1)
+
 # Data parallel: the batch sharded, the kernel replicated.
 local = lambda h, w, b, pw, y: fused(h, w, y, bias=b, pos_weight=pw, axis_name="x")
 sm = jax.shard_map(local, mesh=mesh, out_specs=P(), in_specs=(P("x"), P(), P(), P(), P("x")))
@@ -81,8 +94,9 @@ def _run_on_eight_devices(script: str) -> None:
 
 
 def test_sharded_label_axis_on_eight_devices():
-    """shard_map over 8 simulated CPU devices: label-sharded (sparse and dense labels) and
-    data-parallel, value and every gradient equal to the single-device unfused loss."""
+    """shard_map over 8 simulated CPU devices: label-sharded (sparse and dense labels; and
+    without axis_name, followed by the user's psum) and data-parallel, value and every
+    gradient equal to the single-device unfused loss."""
     _run_on_eight_devices(_SHARDED_SCRIPT)
 
 
