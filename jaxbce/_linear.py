@@ -435,7 +435,8 @@ def linear_sigmoid_binary_cross_entropy(
         each label, as in PyTorch.
       weights: element weights broadcasting to (B, L).
       where: boolean mask broadcasting to (B, L); excluded elements contribute exactly 0 to
-        the value and to every gradient.
+        the value and to every gradient, even where their inputs are NaN (a row excluded in
+        every column, padding, has its features zeroed).
       label_smoothing: :math:`\\epsilon \\in [0, 1]`.
       reduction: ``"sum"`` or ``"mean"`` (over included elements; 0 when none are).
         ``"none"`` is refused: the point of this function is never to build the (B, L) loss.
@@ -529,6 +530,11 @@ def linear_sigmoid_binary_cross_entropy(
     concrete = checks.is_concrete(label_smoothing)
     eps_static = float(np.asarray(label_smoothing)) if concrete else None
     eps_arr = None if eps_static is not None else jnp.asarray(label_smoothing, dt)
+
+    if mask is not None:
+        # A row excluded in every (local) column takes no part: its features are zeroed, so
+        # that NaN padding does not reach the kernel's gradient as 0 * NaN.
+        h = jnp.where(jnp.any(_as_2d(mask), axis=1)[:, None], h, 0)
 
     offset = None
     if sparse and label_axes:
