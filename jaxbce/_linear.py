@@ -551,17 +551,11 @@ def linear_sigmoid_binary_cross_entropy(
         label_smoothing=eps_arr,
         offset=offset,
     )
-    # Every input becomes device-varying (over axis_name, or without it over every axis
-    # some input varies over, as JAX's own ops would cast them) before the custom_jvp, so
-    # the loop's carry has one type; the transposes of these casts psum the gradients of
-    # replicated inputs.
-    vary_over = (
-        _axis_tuple(axis_name)
-        if axis_name is not None
-        else tuple(
-            sorted({a for v in args if v is not None for a in checks.varying_axes(v)}, key=str)
-        )
-    )
+    # Every input varies (over axis_name; without it over every axis any input varies over,
+    # as JAX's own ops would cast them) before the custom_jvp, so the loop's carry has one
+    # type; the transposes of the casts psum the gradients of replicated inputs.
+    found = {a for v in args if v is not None for a in checks.varying_axes(v)}
+    vary_over = axes or tuple(sorted(found, key=str))
     if vary_over:
         varied: list[Any] = [_vary(v, vary_over) for v in args]
         args = _Args(*varied)
