@@ -509,8 +509,9 @@ def pairwise_sigmoid_loss(
       dtype of ``a @ b.T * scale + bias``.
 
     Raises:
-      ValueError: for shapes that do not fit, a non-scalar ``scale`` or ``bias``, an unknown
-        ``reduction``, an ``axis_name`` that is not bound, or ``a``/``b`` replicated over it.
+      ValueError: for shapes that do not fit, a symbolic batch size (``jax.export``), a
+        non-scalar ``scale`` or ``bias``, an unknown ``reduction``, an ``axis_name`` that is
+        not bound, or ``a``/``b`` replicated over it.
       TypeError: for arguments of the wrong dtype.
 
     References:
@@ -532,6 +533,12 @@ def pairwise_sigmoid_loss(
     t = _scalar("scale", scale)
     beta = _scalar("bias", bias)
     n = x_a.shape[0]
+    if jax.export.is_symbolic_dim(n):
+        raise ValueError(
+            f"a and b must have a static batch size, got a symbolic one, {n} (jax.export "
+            "with a symbolic shape): the blocks and the ring are planned for a known batch; "
+            "export the loss for each batch size"
+        )
     ids = _rows_arg("pair_ids", pair_ids, n, integer=True)
     mask = _rows_arg("where", where, n, integer=False)
     checks.check_reduction(reduction)

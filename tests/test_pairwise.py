@@ -364,3 +364,13 @@ def test_bad_arguments_are_named(kwargs, error, message):
     a, b = args.pop("a"), args.pop("b")
     with pytest.raises(error, match=message):
         jaxbce.pairwise_sigmoid_loss(a, b, **args)
+
+
+def test_a_symbolic_batch_is_refused_naming_it():
+    # The blocks and the ring are planned for a known batch: jax.export with a symbolic one
+    # raised JAX's InconclusiveDimensionOperation ('b^2 <= 4194304'), naming no argument.
+    b = jax.export.symbolic_shape("b")[0]
+    spec = jax.ShapeDtypeStruct((b, 4), jnp.float32)
+    loss = jax.jit(lambda a, c: jaxbce.pairwise_sigmoid_loss(a, c, scale=1.0, bias=0.0))
+    with pytest.raises(ValueError, match=r"a and b must have a static batch size.*symbolic"):
+        jax.export.export(loss)(spec, spec)
