@@ -297,6 +297,11 @@ def with_value_checks(fn: Callable[..., Any]) -> Callable[..., tuple[checkify.Er
     A function that was already jitted and called outside ``with_value_checks`` keeps its cached
     trace, which has no checks: wrap the plain function (as above), not a jitted one.
 
+    The index in a message is a flat index into the array the loss was given. Where ``fn``
+    ``vmap`` s the loss itself, that is one mapped example's array, and which example's error
+    checkify reports is its choice (not necessarily the first); ``jax.vmap`` of
+    ``with_value_checks(loss)`` names the example (``at mapped index k``).
+
     Args:
       fn: any jaxbce loss, or a function that calls one.
 
