@@ -53,6 +53,7 @@ import jaxbce
 # finds it anyway; a file loaded by its path, as tests/test_linear.py loads this one, does not.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common.checkpoints import check_out_dir
+from common.cli import finite_float
 from common.config import ConfigError, as_json, check_at_least_one
 from common.input_pipeline import Split
 from common.outputs import write_json
@@ -406,17 +407,20 @@ def parse_args(argv: Sequence[str] | None) -> ExtremeConfig:
     p.add_argument("--features", type=int, default=d.features, help="input dimension")
     p.add_argument("--hidden", type=int, default=d.hidden, help="width of the encoder")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    p.add_argument("--lr", type=finite_float, default=d.lr, help="Adam learning rate")
     p.add_argument("--train-examples", type=int, default=d.train_examples)
     p.add_argument("--test-examples", type=int, default=d.test_examples)
     p.add_argument(
         "--max-positives", type=int, default=d.max_positives, help="K, width of the indices"
     )
     p.add_argument(
-        "--mean-positives", type=float, default=d.mean_positives, help="mean positives/example"
+        "--mean-positives",
+        type=finite_float,
+        default=d.mean_positives,
+        help="mean positives/example",
     )
-    p.add_argument("--zipf", type=float, default=d.zipf, help="power-law exponent of labels")
-    p.add_argument("--noise", type=float, default=d.noise, help="input noise level")
+    p.add_argument("--zipf", type=finite_float, default=d.zipf, help="power-law exponent of labels")
+    p.add_argument("--noise", type=finite_float, default=d.noise, help="input noise level")
     p.add_argument("--no-baseline", action="store_true", help="skip the unfused model")
     p.add_argument(
         "--scale-batch",

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from common import input_pipeline, sharding
-from common.cli import add_common_flags, config_from_flags, fail, prepare_run
+from common.cli import add_common_flags, config_from_flags, fail, finite_float, prepare_run
 from common.config import TrainConfig
 from common.input_pipeline import Dataset, Split
 from common.metrics import best_threshold, binary_metrics
@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_flags(parser, DEFAULTS)
     parser.add_argument(
         "--hide-fraction",
-        type=float,
+        type=finite_float,
         default=DEFAULTS.hide_fraction,
         help="hide this share of train/validation labels and train with where=mask",
     )
@@ -287,10 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--loss", choices=("bce", "focal"), default=DEFAULTS.loss, help="loss function"
     )
     parser.add_argument(
-        "--focal-alpha", type=float, default=DEFAULTS.focal_alpha, help="focal loss alpha"
+        "--focal-alpha", type=finite_float, default=DEFAULTS.focal_alpha, help="focal loss alpha"
     )
     parser.add_argument(
-        "--focal-gamma", type=float, default=DEFAULTS.focal_gamma, help="focal loss gamma"
+        "--focal-gamma", type=finite_float, default=DEFAULTS.focal_gamma, help="focal loss gamma"
     )
     return parser
 
@@ -332,6 +332,10 @@ def main(
     config = config_from_flags(build_parser().parse_args(argv), DEFAULTS)
     if not 0 <= config.hide_fraction < 1:
         fail(f"--hide-fraction must be in [0, 1), got {config.hide_fraction}")
+    if config.focal_gamma < 0:
+        fail(f"--focal-gamma must be at least 0, got {config.focal_gamma}")
+    if config.focal_alpha > 1:  # negative: no alpha weighting (jaxbce.sigmoid_focal_loss)
+        fail(f"--focal-alpha must be at most 1 (negative: no weighting), got {config.focal_alpha}")
     config, mesh, data = prepare_run(config, load_data)
 
     rng = np.random.default_rng([config.seed, 1])

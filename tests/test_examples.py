@@ -252,6 +252,8 @@ BAD_CSV = {
     "no label": ("a,b\n1,2\n", ["no label column"]),
     "not a number": ("a,label\n1,0\nx1,1\n", ["row 2 (line 3)", "column 'a'", "'x1'"]),
     "ragged": ("a,label\n1,0\n1,0,3\n", ["row 2 (line 3)", "3 fields"]),
+    # finite in float64, infinite in the float32 the examples train in
+    "beyond float32": ("a,label\n1,0\n1e39,1\n", ["row 2 (line 3)", "column 'a'", "float32"]),
 }
 
 
@@ -309,6 +311,67 @@ def test_resume_refuses_other_settings(tmp_path: Path, capsys: pytest.CaptureFix
         binary_classifier.main(["--steps", "10", "--lr", "0.1", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "lr: 0.003 -> 0.1" in capsys.readouterr().err
+
+
+def test_resume_refuses_the_same_data_path_with_other_contents(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """config.json records the --data file's hash: a file changed in place is other data (a
+    resume from its checkpoints was silent, or took them for corrupt ones)."""
+    path, out = tmp_path / "mine.csv", tmp_path / "out"
+    write_user_csv(path, 60, ["label"])
+    flags = ["--data", str(path), "--steps", "4", "--eval-every", "2", "--batch-size", "8"]
+    binary_classifier.main([*flags, "--out", str(out)])
+    write_user_csv(path, 61, ["label"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        binary_classifier.main([*flags, "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "other settings (data_sha256: '" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "nan"], "--lr: expected a finite number, got 'nan'"),
+        (["--weight-decay", "inf"], "--weight-decay: expected a finite number, got 'inf'"),
+        (["--weight-decay", "-1"], "--weight-decay must be at least 0, got -1.0"),
+    ],
+)
+def test_non_finite_or_negative_rates_are_one_line_errors(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A NaN learning rate trained to a run of NaN parameters (exit 0, the contrastive
+    example reporting recall 1.0)."""
+    with pytest.raises(SystemExit) as exit_info:
+        binary_classifier.main([*flags, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_checkpoint_never_replaces_an_earlier_corrupt_one(tmp_path: Path) -> None:
+    """Moved aside as <step>.corrupt, or <step>.corrupt.2, ... where that exists: never
+    deleted (an earlier .corrupt folder was removed to make room)."""
+    from common.checkpoints import Checkpoints
+
+    flags = ["--steps", "4", "--eval-every", "2", "--checkpoint-every", "4"]
+    binary_classifier.main([*flags, "--out", str(tmp_path)])
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "4.corrupt").mkdir()
+    (ckpt / "4.corrupt" / "mine").write_text("kept")
+    for path in (ckpt / "4").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    model = binary_classifier.MLP(30, 32, 1, rngs=binary_classifier.nnx.Rngs(0))
+    checkpoints = Checkpoints(ckpt)
+    try:
+        assert checkpoints.restore_latest({"model": model}) == (0, [])
+    finally:
+        checkpoints.close()
+    assert (ckpt / "4.corrupt" / "mine").read_text() == "kept"
+    assert (ckpt / "4.corrupt.2").is_dir() and not (ckpt / "4").exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,7 +48,8 @@ class Checkpoints:
         """Loads the newest readable checkpoint into ``nodes``.
 
         An unreadable checkpoint (truncated or corrupt files) is reported on stderr, moved
-        aside to ``<step>.corrupt`` (kept, not deleted) and the previous one is tried.
+        aside to ``<step>.corrupt`` (``<step>.corrupt.2``, ... where one exists: kept, never
+        deleted) and the previous one is tried.
 
         Args:
           nodes: The named NNX objects, updated in place; their current arrays give the
@@ -70,15 +70,18 @@ class Checkpoints:
                 )
             except Exception as e:  # Any failure to read it means: try the previous one.
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                # Never over an earlier one: a .corrupt folder is kept, not deleted.
+                aside, k = self.directory / f"{step}.corrupt", 1
+                while aside.exists():
+                    k += 1
+                    aside = self.directory / f"{step}.corrupt.{k}"
                 print(
                     f"warning: checkpoint {self.directory / str(step)} is unreadable "
-                    f"({type(e).__name__}: {reason}); moving it to {step}.corrupt and "
+                    f"({type(e).__name__}: {reason}); moving it to {aside.name} and "
                     "falling back to the previous checkpoint",
                     file=sys.stderr,
                 )
                 if is_main_process():
-                    aside = self.directory / f"{step}.corrupt"
-                    shutil.rmtree(aside, ignore_errors=True)
                     os.replace(self.directory / str(step), aside)
                 self.manager.reload()
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,6 +30,14 @@ from common.input_pipeline import DataError, Dataset
 from common.sharding import is_main_process, make_mesh
 
 Config = TypeVar("Config", bound=TrainConfig)
+
+
+def finite_float(text: str) -> float:
+    """``type=`` of a float flag: a finite number (NaN or inf trained to a run of NaN)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def fail(message: str) -> NoReturn:
@@ -72,9 +81,14 @@ def add_common_flags(
         help=f"global batch size; must be a multiple of the number of devices (default "
         f"{defaults.batch_size}, or fewer to fit the training rows)",
     )
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (AdamW)")
     parser.add_argument(
-        "--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay"
+        "--lr", type=finite_float, default=defaults.lr, help="peak learning rate (AdamW)"
+    )
+    parser.add_argument(
+        "--weight-decay",
+        type=finite_float,
+        default=defaults.weight_decay,
+        help="AdamW weight decay",
     )
     parser.add_argument(
         "--hidden", type=int, default=defaults.hidden, help="width of the hidden layers"

@@ -8,6 +8,7 @@ flags. A script with settings of its own subclasses :class:`TrainConfig`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,14 @@ def recorded_settings(config: TrainConfig) -> dict[str, Any]:
       config: The run's config, its batch size resolved.
 
     Returns:
-      A dict of setting name to value, without the settings listed in ``RUN_ONLY``.
+      A dict of setting name to value, without the settings listed in ``RUN_ONLY``; with
+      ``--data``, also ``data_sha256``, the file's contents' hash: a file changed in place
+      is other data (its checkpoints were taken for the weights of another run).
     """
-    return {k: v for k, v in sorted(as_json(config).items()) if k not in RUN_ONLY}
+    settings = {k: v for k, v in as_json(config).items() if k not in RUN_ONLY}
+    if config.data is not None and Path(config.data).is_file():
+        settings["data_sha256"] = hashlib.sha256(Path(config.data).read_bytes()).hexdigest()
+    return dict(sorted(settings.items()))
 
 
 def check_at_least_one(config: Any, names: Iterable[str]) -> None:
@@ -101,6 +107,8 @@ def check_train_config(config: TrainConfig) -> None:
     check_at_least_one(config, ("steps", "batch_size", "eval_every", "checkpoint_every", "hidden"))
     if config.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {config.lr}")
+    if config.weight_decay < 0:
+        raise ConfigError(f"--weight-decay must be at least 0, got {config.weight_decay}")
     if config.checkpoint_every % config.eval_every:
         raise ConfigError(
             f"--checkpoint-every ({config.checkpoint_every}) must be a multiple of "

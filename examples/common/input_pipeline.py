@@ -86,13 +86,15 @@ def read_table(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]
         x, y, features, labels, row_name = _read_csv(path)
     if len(x) == 0:
         raise DataError(f"{path}: no data rows")
+    largest = float(np.finfo(np.float32).max)  # the cells are trained on as float32
     for values, names, what in ((x, features, "value"), (y, labels, "label")):
-        bad = np.argwhere(~np.isfinite(values))
+        bad = np.argwhere(~(np.abs(values) <= largest))
         if len(bad):
             i, j = bad[0]
             raise DataError(
                 f"{path}: {row_name(i)}, column '{names[j]}': {what} is {values[i, j]}"
-                " (NaN, infinite or empty); every cell must be a finite number"
+                " (NaN, infinite, empty or beyond float32's range); every cell must be a "
+                "finite float32 number"
             )
     bad = np.argwhere((y != 0) & (y != 1))
     if len(bad):
