@@ -420,7 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=_in_range(1, 256), help="chunks in flight (default: CPU cores)"
     )
-    parser.add_argument("--out", metavar="FILE", help="also write the report to FILE")
+    parser.add_argument(
+        "--out",
+        metavar="FILE",
+        help="also write the report to FILE (as FILE.partial, renamed when the run is done: "
+        "an interrupted run leaves FILE as it was)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     chosen = select(
@@ -439,12 +444,22 @@ def main(argv: list[str] | None = None) -> int:
         if not args.grads and _host_cases(args.only, False, True)[1]:
             parser.error(f"--only {args.only!r}: only check_grads rows, which need --grads")
         parser.error(f"--only {args.only!r} with --dtypes {' '.join(args.dtypes)}: no row")
-    out = open(args.out, "w") if args.out else None  # after every argument is checked
+    if args.out and (
+        os.path.isdir(args.out) or not os.path.isdir(os.path.dirname(os.path.abspath(args.out)))
+    ):
+        parser.error(f"--out {args.out!r}: expected a file in an existing folder")
+    # Written beside FILE and renamed over it when done (after every argument is checked): an
+    # interrupted run leaves FILE, a committed report perhaps, as it was.
+    partial = f"{args.out}.partial" if args.out else None
+    out = open(partial, "w") if partial else None
     try:
-        return _report(args, chosen, out)
+        status = _report(args, chosen, out)
     finally:
         if out:
             out.close()
+    if partial:
+        os.replace(partial, args.out)
+    return status
 
 
 def _report(args: argparse.Namespace, chosen: list[Sweep], out: TextIO | None) -> int:

@@ -191,7 +191,25 @@ def test_exhaustive_runs_end_to_end_on_a_restricted_set(tmp_path, capsys):
     assert all("all patterns" in row for row in rows)
     assert "check_grads" not in out  # --only selects no gradient check
     assert out_file.read_text() == out
+    assert not (tmp_path / "report.txt.partial").exists()
     assert status == (0 if all(row.endswith("yes") for row in rows) else 1)
+
+
+def test_an_interrupted_run_leaves_the_out_file_as_it_was(tmp_path, monkeypatch):
+    # --out emptied FILE before measuring: interrupting a run into a committed report
+    # (docs/results/) lost it. Now the report goes to FILE.partial until the run is done.
+    out_file = tmp_path / "report.txt"
+    out_file.write_text("the committed report\n")
+
+    def interrupted(args, chosen, out):
+        out.write("first line\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check, "_report", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        check.main(["--only", "bfloat16 y=1", "--no-progress", "--out", str(out_file)])
+    assert out_file.read_text() == "the committed report\n"
+    assert (tmp_path / "report.txt.partial").read_text() == "first line\n"
 
 
 def test_quick_check_says_check_grads_did_not_run_and_grads_runs_it(capsys):
@@ -274,3 +292,14 @@ def test_batched_focal_variants_score_as_one_program_per_variant():
     assert [(r.variant, r.label) for r in batched] == [(r.variant, r.label) for r in alone]
     for got, want in zip(batched, alone, strict=True):
         assert (got.loss, got.grad, got.inputs) == (want.loss, want.grad, want.inputs)
+
+
+@pytest.mark.parametrize("where", ["folder", "missing/report.txt"])
+def test_an_out_that_cannot_be_a_file_is_refused_before_measuring(tmp_path, capsys, where):
+    # A folder, or a file in a missing folder, ended in a traceback with exit status 1 (a
+    # failed bound's) after the run.
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        check.main(["--only", "bfloat16 y=1", "--out", str(tmp_path / where)])
+    assert exit_info.value.code == 2
+    assert "expected a file in an existing folder" in capsys.readouterr().err
