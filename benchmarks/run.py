@@ -166,8 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.summarize:
         print(markdown_summary(json.loads(Path(args.summarize).read_text())), end="")
         return 0
+    if args.classes < 1:
+        parser.error(f"--classes: expected a whole number >= 1, got {args.classes}")
     config = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
     out = output_dir(args.out, args.save)
+    if out.exists() and not out.is_dir():  # before the run: mkdir failed after it
+        parser.error(f"--out {str(out)!r}: expected a folder, got a file")
     stem = file_stem(jax.default_backend(), config.kind, today_utc())
     try:  # Before the run, not after minutes of it; writing checks again.
         check_replaceable(out, stem, config.kind)

@@ -203,6 +203,35 @@ def test_script_refuses_before_running(tmp_path: Path) -> None:
     assert json.loads((tmp_path / f"{stem}.json").read_text()) == {"kind": "full"}
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--out", "{file}"], "expected a folder, got a file"),
+        (["--classes", "0", "--out", "{dir}"], "--classes: expected a whole number >= 1"),
+    ],
+)
+def test_arguments_that_fail_only_after_measuring_are_refused_first(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    """An --out naming a file measured for minutes, then failed in mkdir (results lost);
+    --classes 0 ended in a ZeroDivisionError."""
+    (tmp_path / "file").write_text("mine")
+    argv = [f.format(file=tmp_path / "file", dir=tmp_path / "dir") for f in flags]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "jaxbce benchmark on" not in proc.stdout
+    assert (tmp_path / "file").read_text() == "mine"
+
+
 PAIRWISE = ROOT / "benchmarks" / "pairwise.py"
 
 
