@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from common import input_pipeline, sharding
-from common.cli import add_common_flags, config_from_flags, prepare_run
+from common.cli import add_common_flags, config_from_flags, fail, prepare_run
 from common.config import TrainConfig
 from common.input_pipeline import Dataset, Split
 from common.models import MLP
@@ -284,6 +284,8 @@ def main(
     """
     started = time.perf_counter()
     args = build_parser().parse_args(argv)
+    if args.embed_dim < 1:
+        fail(f"--embed-dim must be at least 1, got {args.embed_dim}")
     config, mesh, data = prepare_run(config_from_flags(args, DEFAULTS), load_data)
 
     model = TwoTower(config, rngs=nnx.Rngs(config.seed))

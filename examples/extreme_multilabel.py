@@ -444,6 +444,8 @@ def parse_args(argv: Sequence[str] | None) -> ExtremeConfig:
         p.error("--mean-positives must be at least 1")
     if config.labels < 5:
         p.error("--labels must be at least 5 (precision@5)")
+    if config.scale_labels < 0 or config.seed < 0:
+        p.error("--scale-labels and --seed must be at least 0")
     try:  # an --out written with other settings is refused, as in the other examples
         check_out_dir(config.out, {k: v for k, v in as_json(config).items() if k != "out"})
     except ConfigError as e:

@@ -337,6 +337,7 @@ def test_resume_refuses_the_same_data_path_with_other_contents(
         (["--lr", "nan"], "--lr: expected a finite number, got 'nan'"),
         (["--weight-decay", "inf"], "--weight-decay: expected a finite number, got 'inf'"),
         (["--weight-decay", "-1"], "--weight-decay must be at least 0, got -1.0"),
+        (["--seed", "-1"], "--seed must be at least 0, got -1"),
     ],
 )
 def test_non_finite_or_negative_rates_are_one_line_errors(
@@ -349,6 +350,55 @@ def test_non_finite_or_negative_rates_are_one_line_errors(
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _object_npz(path: Path) -> None:
+    np.savez(path, x=np.array([[1, "a"]] * 12, dtype=object), y=np.array([0, 1] * 6, object))
+
+
+BAD_FILES = {
+    # name: (file name, writer, expected fragment); each was a traceback with exit status 1
+    "object arrays": ("d.npz", _object_npz, "x and y must be numeric arrays"),
+    "no feature column": (
+        "d.npz",
+        lambda p: np.savez(p, x=np.zeros((12, 0)), y=np.array([0, 1] * 6)),
+        "no feature columns",
+    ),
+    "not utf-8": ("d.csv", lambda p: p.write_bytes(b"a,label\n\xff\xfe,0\n"), "not UTF-8 text"),
+    "too few rows": (
+        "d.csv",
+        lambda p: p.write_text("label,a\n0,1\n1,2\n"),
+        "2 data rows; at least 10",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_unreadable_data_files_are_one_line_errors(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name, write, expected = BAD_FILES[case]
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(SystemExit) as exit_info:
+        binary_classifier.main(["--data", str(path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
+
+
+def test_a_csv_with_a_byte_order_mark_and_an_upper_case_npz_are_read(tmp_path: Path) -> None:
+    """A spreadsheet's "CSV UTF-8" (a BOM before 'label') was refused as having no label
+    column; a valid file named .NPZ was read as CSV."""
+    bom = tmp_path / "bom.csv"
+    write_user_csv(bom, 60, ["label"])
+    bom.write_bytes(b"\xef\xbb\xbf" + bom.read_bytes())
+    x, y, _, labels = input_pipeline.read_table(bom)
+    assert labels == ["label"] and x.shape == (60, 3)
+    upper = tmp_path / "d.NPZ"
+    with open(upper, "wb") as f:
+        np.savez(f, x=x, y=y)
+    assert np.array_equal(input_pipeline.read_table(upper)[0], x)
 
 
 def test_an_unreadable_checkpoint_never_replaces_an_earlier_corrupt_one(tmp_path: Path) -> None:

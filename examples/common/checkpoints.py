@@ -136,5 +136,10 @@ def check_out_dir(out: Path, settings: dict[str, Any]) -> None:
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in changed)
             raise ConfigError(f"{out} holds a run with other settings ({diffs}); use a new --out")
     elif is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                f"--out {out}: cannot be created as a folder ({e.strerror})"
+            ) from None
         write_json(path, settings)

@@ -107,6 +107,8 @@ def check_train_config(config: TrainConfig) -> None:
     check_at_least_one(config, ("steps", "batch_size", "eval_every", "checkpoint_every", "hidden"))
     if config.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {config.lr}")
+    if config.seed < 0:
+        raise ConfigError(f"--seed must be at least 0, got {config.seed}")
     if config.weight_decay < 0:
         raise ConfigError(f"--weight-decay must be at least 0, got {config.weight_decay}")
     if config.checkpoint_every % config.eval_every:

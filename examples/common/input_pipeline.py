@@ -80,12 +80,14 @@ def read_table(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]
     """
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         x, y, features, labels, row_name = _read_npz(path)
     else:
         x, y, features, labels, row_name = _read_csv(path)
     if len(x) == 0:
         raise DataError(f"{path}: no data rows")
+    if x.shape[1] == 0:
+        raise DataError(f"{path}: no feature columns")
     largest = float(np.finfo(np.float32).max)  # the cells are trained on as float32
     for values, names, what in ((x, features, "value"), (y, labels, "label")):
         bad = np.argwhere(~(np.abs(values) <= largest))
@@ -109,8 +111,11 @@ def read_table(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]
 def _read_csv(
     path: Path,
 ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], Callable[[int], str]]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:  # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8") from None
     if not rows:
         raise DataError(f"{path}: empty file; expected a header row")
     header = [name.strip() for name in rows[0]]
@@ -160,7 +165,10 @@ def _read_npz(
                 raise DataError(
                     f"{path}: missing array '{key}' (found: {', '.join(arrays.files) or 'none'})"
                 )
-        x, y = arrays["x"], arrays["y"]
+        try:
+            x, y = arrays["x"], arrays["y"]
+        except ValueError as e:  # object arrays, which allow_pickle=False refuses
+            raise DataError(f"{path}: x and y must be numeric arrays ({e})") from None
         if x.ndim != 2 or y.ndim not in (1, 2) or len(x) != len(y):
             raise DataError(
                 f"{path}: expected x [n, features] and y [n] or [n, labels], "
@@ -210,6 +218,8 @@ def split_and_standardise(
     """
     from sklearn.model_selection import train_test_split
 
+    if len(x) < 10:  # each of the three splits needs rows (sklearn's error was a traceback)
+        raise DataError(f"{len(x)} data rows; at least 10 are needed for train/val/test splits")
     index = np.arange(len(x))
     if strata is not None and np.unique(strata, return_counts=True)[1].min() < 5:
         strata = None
