@@ -182,14 +182,10 @@ def test_results_of_another_kind_are_never_replaced(tmp_path: Path) -> None:
         check_replaceable(tmp_path, "cpu-quick-2026-01-01", "quick")
 
 
-def test_script_refuses_before_running(tmp_path: Path) -> None:
-    """The check comes before the measurement, so a refused run costs seconds."""
-    from bench.results import file_stem, today_utc
-
-    stem = file_stem("cpu", "quick", today_utc())
-    (tmp_path / f"{stem}.json").write_text(json.dumps({"kind": "full"}))
+def _refused(*args: str) -> subprocess.CompletedProcess:
+    """Runs ``benchmarks/run.py`` with ``args``; it must refuse (exit 2) before measuring."""
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+        [sys.executable, str(SCRIPT), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -198,8 +194,18 @@ def test_script_refuses_before_running(tmp_path: Path) -> None:
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "holds a full run: a quick run does not replace it" in proc.stderr
     assert "jaxbce benchmark on" not in proc.stdout
+    return proc
+
+
+def test_script_refuses_before_running(tmp_path: Path) -> None:
+    """The check comes before the measurement, so a refused run costs seconds."""
+    from bench.results import file_stem, today_utc
+
+    stem = file_stem("cpu", "quick", today_utc())
+    (tmp_path / f"{stem}.json").write_text(json.dumps({"kind": "full"}))
+    proc = _refused("--quick", "--out", str(tmp_path))
+    assert "holds a full run: a quick run does not replace it" in proc.stderr
     assert json.loads((tmp_path / f"{stem}.json").read_text()) == {"kind": "full"}
 
 
@@ -217,18 +223,7 @@ def test_arguments_that_fail_only_after_measuring_are_refused_first(
     --classes 0 ended in a ZeroDivisionError."""
     (tmp_path / "file").write_text("mine")
     argv = [f.format(file=tmp_path / "file", dir=tmp_path / "dir") for f in flags]
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert message in proc.stderr
-    assert "jaxbce benchmark on" not in proc.stdout
+    assert message in _refused("--quick", *argv).stderr
     assert (tmp_path / "file").read_text() == "mine"
 
 
