@@ -348,7 +348,7 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"expected a count such as 100000 or 1e8, got {text!r}"
         ) from err
-    if not (value >= 1 and value == int(value) and value < 2**63):
+    if not (1 <= value < 2**63 and value == int(value)):  # inf and NaN fail the first
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(value)
 

@@ -229,6 +229,7 @@ def test_quick_check_says_check_grads_did_not_run_and_grads_runs_it(capsys):
     [
         (["--samples", "-5"], "--samples: expected a whole number >= 1"),
         (["--samples", "0"], "--samples: expected a whole number >= 1"),
+        (["--samples", "inf"], "--samples: expected a whole number >= 1"),  # was a traceback
         (["--focal-samples", "1.5"], "--focal-samples: expected a whole number >= 1"),
         (["--only", "fcoal"], "--only 'fcoal' with --dtypes float32 bfloat16 float16 float64: no"),
         (["--only", "("], "--only: not a regular expression"),
