@@ -205,7 +205,7 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--local-batch", type=int, default=1024)
@@ -216,7 +216,15 @@ def main() -> None:
         "--save", action="store_true", help="write into benchmarks/results/ (to commit)"
     )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for flag, values, least in (
+        ("--devices", args.devices, 1),
+        ("--local-batch", [args.local_batch], 1),
+        ("--dim", [args.dim], 1),
+        ("--repeats", [args.repeats], 0),
+    ):
+        if min(values) < least:  # before a child process fails in JAX, or times nothing
+            parser.error(f"{flag}: expected whole numbers >= {least}, got {min(values)}")
     if args.child is not None:
         result = measure(args.child, args.local_batch, args.dim, args.repeats)
         print("RESULT " + json.dumps(result))
@@ -230,6 +238,8 @@ def main() -> None:
     date = today_utc()
     out = output_dir(args.out, args.save)
     stem = file_stem("cpu", KIND, date)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {str(out)!r}: expected a folder, got a file")
     try:  # before measuring: refuse at once, not after minutes
         check_replaceable(out, stem, KIND)
     except FileExistsError as e:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -152,6 +153,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses, before anything is measured, arguments that would fail or mean nothing later.
+
+    Args:
+      parser: The parser, whose ``error`` exits with status 2 and the message.
+      args: The parsed command line.
+    """
+    if args.classes < 1:
+        parser.error(f"--classes: expected a whole number >= 1, got {args.classes}")
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
+        parser.error(f"--budget: expected a number of seconds > 0, got {args.budget}")
+    if args.retries < 0:
+        parser.error(f"--retries: expected a whole number >= 0, got {args.retries}")
+    if not 0 <= args.max_foreign <= 1:  # also refuses NaN
+        parser.error(f"--max-foreign: expected a fraction in [0, 1], got {args.max_foreign}")
+    if args.linear_sizes and not (args.linear or args.linear_only):
+        parser.error(
+            "--linear-sizes: the fused linear benchmark runs only with --linear or "
+            "--linear-only; add one of them"
+        )
+
+
+def summarize(parser: argparse.ArgumentParser, path: Path) -> str:
+    """The Markdown summary of the results file ``path``, or a one-line refusal.
+
+    Args:
+      parser: The parser, whose ``error`` exits with status 2 and the message.
+      path: A results JSON written by this script.
+
+    Returns:
+      The summary (:func:`bench.report.markdown_summary`).
+    """
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        parser.error(f"--summarize {str(path)!r}: cannot read a results JSON: {err}")
+    try:
+        return markdown_summary(result)
+    except (KeyError, TypeError, AttributeError) as err:  # a JSON of something else
+        parser.error(
+            f"--summarize {str(path)!r}: not a results file of benchmarks/run.py "
+            f"({type(err).__name__}: {err})"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark, or summarizes a results file with ``--summarize``.
 
@@ -164,10 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.summarize:
-        print(markdown_summary(json.loads(Path(args.summarize).read_text())), end="")
+        print(summarize(parser, Path(args.summarize)), end="")
         return 0
-    if args.classes < 1:
-        parser.error(f"--classes: expected a whole number >= 1, got {args.classes}")
+    check_arguments(parser, args)
     config = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
     out = output_dir(args.out, args.save)
     if out.exists() and not out.is_dir():  # before the run: mkdir failed after it

@@ -227,6 +227,72 @@ def test_arguments_that_fail_only_after_measuring_are_refused_first(
     assert (tmp_path / "file").read_text() == "mine"
 
 
+def _refused_in_process(main, argv: list[str], capsys) -> str:
+    """Calls a script's ``main(argv)``; it must exit 2 (argparse's error). Returns stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--budget", "-1"], "--budget: expected a number of seconds > 0, got -1.0"),
+        (["--budget", "nan"], "--budget: expected a number of seconds > 0, got nan"),
+        (["--retries", "-3"], "--retries: expected a whole number >= 0, got -3"),
+        (["--max-foreign", "2"], "--max-foreign: expected a fraction in [0, 1], got 2.0"),
+        (["--linear-sizes", "2^12"], "--linear-sizes: the fused linear benchmark runs only"),
+        (["--summarize", "{missing}"], "cannot read a results JSON"),
+        (["--summarize", "{text}"], "cannot read a results JSON"),
+        (["--summarize", "{foreign}"], "not a results file of benchmarks/run.py (KeyError"),
+        (["--summarize", "{rowless}"], "not a results file of benchmarks/run.py (KeyError"),
+    ],
+)
+def test_arguments_that_mean_nothing_are_one_line_errors(
+    tmp_path: Path, monkeypatch, capsys, flags: list[str], message: str
+) -> None:
+    """--budget -1 and --retries -3 were accepted, --linear-sizes without --linear ignored,
+    and --summarize of a missing or foreign file ended in a traceback."""
+    import run as script
+
+    monkeypatch.setattr(script, "run_benchmark", lambda config: pytest.fail("measured"))
+    (tmp_path / "text").write_text("not json")
+    (tmp_path / "foreign").write_text(json.dumps({"kind": "full"}))
+    (tmp_path / "rowless").write_text(json.dumps({"results": [{"n": 4096}]}))
+    argv = [
+        f.format_map({k: str(tmp_path / k) for k in ("missing", "text", "foreign", "rowless")})
+        for f in flags
+    ]
+    err = _refused_in_process(script.main, ["--quick", "--out", str(tmp_path / "o"), *argv], capsys)
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--devices", "2", "0"], "--devices: expected whole numbers >= 1, got 0"),
+        (["--local-batch", "0"], "--local-batch: expected whole numbers >= 1, got 0"),
+        (["--dim", "0"], "--dim: expected whole numbers >= 1, got 0"),
+        (["--repeats", "-2"], "--repeats: expected whole numbers >= 0, got -2"),
+        (["--out", "{file}"], "expected a folder, got a file"),
+    ],
+)
+def test_pairwise_refuses_arguments_that_mean_nothing(
+    tmp_path: Path, monkeypatch, capsys, flags: list[str], message: str
+) -> None:
+    """--devices 0 and --local-batch 0 ended in a JAX traceback from the child process;
+    --repeats -2 was accepted."""
+    import pairwise as script
+
+    monkeypatch.setattr(script, "run_child", lambda *args: pytest.fail("measured"))
+    (tmp_path / "file").write_text("mine")
+    argv = [f.format(file=tmp_path / "file") for f in flags]
+    assert message in _refused_in_process(script.main, argv, capsys)
+    assert (tmp_path / "file").read_text() == "mine"
+
+
 PAIRWISE = ROOT / "benchmarks" / "pairwise.py"
 
 
