@@ -451,7 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     # Written beside FILE and renamed over it when done (after every argument is checked): an
     # interrupted run leaves FILE, a committed report perhaps, as it was.
     partial = f"{args.out}.partial" if args.out else None
-    out = open(partial, "w") if partial else None
+    try:
+        out = open(partial, "w") if partial else None
+    except OSError as err:  # unwritable: refused before measuring, not after
+        parser.error(f"--out {args.out!r}: cannot write {partial!r}: {err.strerror}")
     try:
         status = _report(args, chosen, out)
     finally:

@@ -304,3 +304,15 @@ def test_an_out_that_cannot_be_a_file_is_refused_before_measuring(tmp_path, caps
         check.main(["--only", "bfloat16 y=1", "--out", str(tmp_path / where)])
     assert exit_info.value.code == 2
     assert "expected a file in an existing folder" in capsys.readouterr().err
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_measuring(tmp_path, capsys):
+    # An existing folder that cannot take FILE.partial (here a folder is in its way) was a
+    # traceback, exit status 1; FILE is left as it was.
+    (tmp_path / "report.txt").write_text("committed")
+    (tmp_path / "report.txt.partial").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        check.main(["--only", "bfloat16 y=1", "--out", str(tmp_path / "report.txt")])
+    assert exit_info.value.code == 2
+    assert "cannot write" in capsys.readouterr().err
+    assert (tmp_path / "report.txt").read_text() == "committed"
