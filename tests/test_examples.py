@@ -253,6 +253,7 @@ BAD_CSV = {
     "not a number": ("a,label\n1,0\nx1,1\n", ["row 2 (line 3)", "column 'a'", "'x1'"]),
     "ragged": ("a,label\n1,0\n1,0,3\n", ["row 2 (line 3)", "3 fields"]),
     # finite in float64, infinite in the float32 the examples train in
+    "one class": ("a,label\n1,1\n2,1\n3,1\n", ["every label is 1", "both classes"]),
     "beyond float32": ("a,label\n1,0\n1e39,1\n", ["row 2 (line 3)", "column 'a'", "float32"]),
 }
 

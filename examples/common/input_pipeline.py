@@ -75,8 +75,9 @@ def read_table(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]
       ``float32[n, k]``.
 
     Raises:
-      DataError: A missing file or column, a non-number, a NaN or infinity, or a label that is
-        not 0 or 1; the message names the file, the column and the row.
+      DataError: A missing file or column, a non-number, a NaN or infinity, a label that is
+        not 0 or 1 (the message names the file, the column and the row), or labels of one
+        class only.
     """
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -104,6 +105,10 @@ def read_table(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]
         raise DataError(
             f"{path}: {row_name(i)}, column '{labels[j]}': label is {y[i, j]:g}; "
             "labels must be 0 or 1"
+        )
+    if y.min() == y.max():  # trained "fine", with a NaN ROC-AUC and nothing learned
+        raise DataError(
+            f"{path}: every label is {y.flat[0]:g}; a classifier needs rows of both classes"
         )
     return x.astype(np.float32), y.astype(np.float32), features, labels
 
