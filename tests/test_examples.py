@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -500,3 +501,42 @@ def test_contrastive_class_pairs_hit_target(tmp_path: Path) -> None:
     metrics = contrastive_pairs.main(["--pair-ids", "class", "--out", str(tmp_path)])
     assert metrics["test_class_accuracy"] >= 0.85, metrics
     assert metrics["seconds"] < 60, metrics
+
+
+def test_ctrl_c_stops_between_steps_and_the_same_command_resumes_exactly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C raised KeyboardInterrupt wherever the loop was (sometimes inside Flax's state
+    update, which then failed with its own error); now the loop stops after the step, exits
+    with status 130 and says where the rerun starts."""
+    whole = tmp_path / "whole"
+    binary_classifier.main([*SHORT, "--out", str(whole)])
+    stopped = tmp_path / "stopped"
+
+    def ctrl_c(done: int) -> None:
+        if done == 30:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    handler = signal.getsignal(signal.SIGINT)
+    capsys.readouterr()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            binary_classifier.main([*SHORT, "--out", str(stopped)], after_step=ctrl_c)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a KeyboardInterrupt from wherever the loop was")
+    assert exit_info.value.code == 130
+    assert signal.getsignal(signal.SIGINT) is handler
+    err = capsys.readouterr().err
+    assert (
+        "stopped by Ctrl-C after step 30; the same command resumes from the checkpoint at step 20"
+        in err
+    )
+    assert [row["step"] for row in history(stopped)] == [10, 20, 30]
+    assert not (stopped / "metrics.json").exists()
+
+    binary_classifier.main([*SHORT, "--out", str(stopped)])
+    assert "resuming from checkpoint at step 20" in capsys.readouterr().err
+    expected = params(whole)
+    for key, value in params(stopped).items():
+        np.testing.assert_array_equal(value, expected[key], err_msg=key)
+    assert history(stopped) == history(whole)

@@ -7,6 +7,10 @@ checkpoints, all as the :class:`~common.config.TrainConfig` says.
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,6 +48,37 @@ def make_transform(
             learning_rate_schedule(config), weight_decay=config.weight_decay, mask=decay_mask
         ),
     )
+
+
+class StopRequest:
+    """Turns the first Ctrl-C (SIGINT) into a request to stop between two steps.
+
+    A ``KeyboardInterrupt`` raised wherever the process happened to be (inside a jitted step,
+    inside Flax's state update) ended the run with a traceback from that place, sometimes
+    another library's error. With this, the loop finishes its step and returns cleanly; a
+    second Ctrl-C interrupts at once. Only in the main thread of a single-process run: with
+    several processes, one that stops alone would leave the others waiting in a collective.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+        if self.requested:  # the second Ctrl-C
+            signal.signal(signal.SIGINT, self._previous)
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Ctrl-C: stopping after this step (press it again to stop at once)")
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
@@ -87,6 +122,12 @@ def fit(
     Returns:
       The history rows: ``step``, ``lr``, the mean of each training loss since the previous
       row, and the validation metrics.
+
+    Raises:
+      SystemExit: Status 130 after a Ctrl-C (see :class:`StopRequest`): the loop stopped
+        between two steps, waited for any checkpoint being saved and said on stderr where
+        the same command will resume (the last checkpoint, so that the resumed run ends as
+        an uninterrupted one would).
     """
     checkpoints = Checkpoints(config.out / "checkpoints")
     start, history = checkpoints.restore_latest(nodes)
@@ -100,25 +141,40 @@ def fit(
         disable=not is_main_process(),
         dynamic_ncols=True,
     )
+    saved, stopped_at = start, None
     try:
-        for step in bar:
-            pending.append(train_step(batch_rows(config.seed, step, train_rows, config.batch_size)))
-            done = step + 1
-            if done % config.eval_every == 0 or done == config.steps:
-                row = {"step": done, "lr": float(schedule(step))}
-                for key in pending[0]:
-                    row[key] = float(np.mean([float(losses[key]) for losses in pending]))
-                row.update(evaluate())
-                history.append(row)
-                pending = []
-                bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k not in ("step", "lr")})
-                if is_main_process():
-                    write_csv(config.out / "history.csv", history)
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                checkpoints.save(done, nodes, history)
-            if after_step is not None:
-                after_step(done)
+        with StopRequest() as stop:
+            for step in bar:
+                batch = batch_rows(config.seed, step, train_rows, config.batch_size)
+                pending.append(train_step(batch))
+                done = step + 1
+                if done % config.eval_every == 0 or done == config.steps:
+                    row = {"step": done, "lr": float(schedule(step))}
+                    for key in pending[0]:
+                        row[key] = float(np.mean([float(losses[key]) for losses in pending]))
+                    row.update(evaluate())
+                    history.append(row)
+                    pending = []
+                    postfix = {k: f"{v:.4f}" for k, v in row.items() if k not in ("step", "lr")}
+                    bar.set_postfix(postfix)
+                    if is_main_process():
+                        write_csv(config.out / "history.csv", history)
+                if done % config.checkpoint_every == 0 or done == config.steps:
+                    checkpoints.save(done, nodes, history)
+                    saved = done
+                if after_step is not None:
+                    after_step(done)
+                if stop.requested and done < config.steps:
+                    stopped_at = done
+                    break
     finally:
         bar.close()
-        checkpoints.close()
+        checkpoints.close()  # waits for a save in flight: the checkpoint is whole on disk
+    if stopped_at is not None:
+        where = f"the checkpoint at step {saved}" if saved else "the start (no checkpoint yet)"
+        print(
+            f"stopped by Ctrl-C after step {stopped_at}; the same command resumes from {where}",
+            file=sys.stderr,
+        )
+        raise SystemExit(130)
     return history
