@@ -1,4 +1,4 @@
-"""jaxbce: binary cross-entropy for JAX, exact to the last bit and correct under every transform.
+"""jaxbce: binary cross-entropy for JAX, faithfully rounded and correct under every transform.
 
 The public functions are pure and jit-able; options are keyword-only::
 

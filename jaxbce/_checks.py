@@ -282,7 +282,8 @@ def compute_dtype(dtype: Any) -> Any:
 
 
 def with_value_checks(fn: Callable[..., Any]) -> Callable[..., tuple[checkify.Error, Any]]:
-    """Wraps a jaxbce loss so that its run-time value checks raise under ``jit``.
+    """Wraps a jaxbce loss so that its run-time value checks work under ``jit``: it returns
+    ``(error, result)``, and ``error.throw()`` raises for the first bad value.
 
     Labels outside [0, 1], probabilities outside [0, 1], a traced ``label_smoothing`` or
     ``gamma`` out of range and sparse label indices out of range cannot be seen when the

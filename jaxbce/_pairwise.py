@@ -460,7 +460,7 @@ def pairwise_sigmoid_loss(
                                  -1 & \\text{otherwise,} \\end{cases}
 
     :math:`m_{ij}` being 1 when both rows are included. The per-pair term is jaxbce's sigmoid
-    BCE of :math:`z_{ij}` with label :math:`(l_{ij} + 1)/2`: exact to the last bit and
+    BCE of :math:`z_{ij}` with label :math:`(l_{ij} + 1)/2`: faithfully rounded and
     finite with a finite gradient for every logit. ``"mean"`` is big_vision's
     normalisation, :math:`\\sum_i \\ell_i / \\#\\{\\text{included anchors}\\}`, not a mean
     over pairs. Normalising the embeddings (and keeping ``scale`` positive, e.g. as
