@@ -13,8 +13,8 @@ evaluation processes every operation of the rule one at a time, known values inc
 a loop's partial-evaluation rule hoists the loop body's loop-invariant constants (the
 kernel's coefficients broadcast to the block's shape) out of the loop, each a live block.
 A ``custom_jvp`` whose inputs are all known is instead bound as one call at the parent
-trace, its loops staged whole. Measured on the pairwise ring (local batch 256, d = 64, 4
-devices): 1,771,904 bytes of temporaries op by op, 985,448 as one call.
+trace, its loops staged whole. ``tests/test_pairwise_ring.py`` bounds the ring's
+compiled temporaries (local batch 256, d = 64, 2 to 8 devices) by 4 blocks and 4 rows.
 """
 
 from __future__ import annotations

@@ -440,8 +440,8 @@ def linear_sigmoid_binary_cross_entropy(
       label_smoothing: :math:`\\epsilon \\in [0, 1]`.
       reduction: ``"sum"`` or ``"mean"`` (over included elements; 0 when none are).
         ``"none"`` is refused: the point of this function is never to build the (B, L) loss.
-      chunk_size: label columns per chunk; ``None`` picks :func:`default_chunk_size`
-        (about a million logits per chunk). Values above L are clamped to L. It changes
+      chunk_size: label columns per chunk; ``None``: about 2^20 / B (a million logits per
+        chunk), a multiple of 128 in [512, 4096]. Values above L are clamped to L. It changes
         memory and speed, never the result beyond float rounding.
       axis_name: ``shard_map`` mesh axis (or tuple of axes) to sum and count over.
 

@@ -20,8 +20,8 @@ device and each chunk is reduced there to (worst error, its input).
 
 Reference. float64 on the device (``jax.enable_x64``) by textbook stable formulas, never
 jaxbce's code (:mod:`jaxbce._exact`): its rounding is about 2^-29 of a float32 ulp, exact
-enough to score float32 (XLA's float64 ``log1p`` is off by up to 128 float64 ulps on
-[-0.5, -0.29], still 2^-45 relative). float64 inputs are checked on a grid against a host
+enough to score float32 (``tests/test_check.py`` bounds its error against mpmath at 2^-40
+relative, XLA's float64 ``log1p`` included). float64 inputs are checked on a grid against a host
 extended-precision (``np.longdouble``) reference.
 
 Ulps. The error is ``|got - exact| / ulp(s)`` in the result's dtype (precision p), with
@@ -419,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         help="inputs per jitted call (default 2^18 on CPU, 2^24 elsewhere)",
     )
     parser.add_argument(
-        "--workers", type=_in_range(1, 256), help="chunks in flight (default: CPU cores)"
+        "--workers",
+        type=_in_range(1, 256),
+        help="chunks in flight (default: the CPU cores on the CPU backend, 2 on others)",
     )
     parser.add_argument(
         "--out",

@@ -316,3 +316,68 @@ def test_an_out_that_cannot_be_written_is_refused_before_measuring(tmp_path, cap
     assert exit_info.value.code == 2
     assert "cannot write" in capsys.readouterr().err
     assert (tmp_path / "report.txt").read_text() == "committed"
+
+
+def _reference_points(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits dense where the functions are hard (|z| < 20, tiny |z|, up to 700), soft and
+    near-hard labels, probabilities dense on [0.29, 0.5] (where XLA's float64 ``log1p(-p)``
+    is least accurate) and down to 1e-40; every value a float32, as the sweeps feed them."""
+    rng = np.random.default_rng(seed)
+    z = np.concatenate(
+        [rng.uniform(-20, 20, 300), np.geomspace(1e-10, 700, 100), -np.geomspace(1e-10, 700, 100)]
+    )
+    y = np.concatenate(
+        [
+            np.zeros(100),
+            np.ones(100),
+            rng.uniform(0, 1, 200),
+            1e-7 * rng.random(50),
+            1 - 1e-7 * rng.random(50),
+        ]
+    )
+    p = np.concatenate(
+        [rng.uniform(0.29, 0.5, 200), rng.uniform(0, 1, 200), np.geomspace(1e-40, 0.25, 100)]
+    )
+    return tuple(a.astype(np.float32).astype(np.float64) for a in (z, y, p))
+
+
+def test_the_float64_reference_is_within_2_to_the_minus_40_of_mpmath(x64):
+    """The check scores float32 against _exact's float64 formulas; this bounds their own
+    error against 200-bit mpmath at 2^-40 relative (of max(|exact|, the terms' size), the
+    check's scale): 2^-17 of a float32 ulp, so no reported ulp figure moves by it."""
+    import reference as ref
+
+    z, y, p = _reference_points(0)
+    cases = [
+        ("sigmoid_bce", {}, z, ref.bce, {}),
+        (
+            "sigmoid_bce",
+            dict(pos_weight=3.5, weights=0.75, label_smoothing=0.125),
+            z,
+            ref.bce,
+            dict(pw=3.5, w=0.75, eps=0.125),
+        ),
+        (
+            "binary_cross_entropy",
+            dict(weights=0.75, label_smoothing=0.125),
+            p,
+            ref.bce_probs,
+            dict(w=0.75, eps=0.125),
+        ),
+        ("focal", dict(gamma=2.0, alpha=0.25), z[::4], ref.focal, dict(gamma=2.0, alpha=0.25)),
+        ("focal", dict(gamma=0.5, alpha=None), z[::4], ref.focal, dict(gamma=0.5, alpha=None)),
+    ]
+    worst = {}
+    for name, options, xs, exact_fn, ref_options in cases:
+        ys = y[: len(xs)]
+        loss, grad, _ = getattr(_exact, name)(jnp.asarray(xs), jnp.asarray(ys), **options)
+        for i, (x, label) in enumerate(zip(xs, ys, strict=True)):
+            exact_loss, exact_grad = exact_fn(x, label, **ref_options)
+            # The scale of a gradient that is a difference of terms: the check's floor,
+            # here bounded below by |exact| and the loss' own size.
+            for what, got, exact in (("loss", loss[i], exact_loss), ("grad", grad[i], exact_grad)):
+                scale = max(abs(exact), abs(exact_loss) if what == "grad" else 0, 1e-300)
+                err = float(abs(float(got) - exact) / scale)
+                key = (name, str(options), what)
+                worst[key] = max(worst.get(key, 0.0), err)
+    assert max(worst.values()) <= 2.0**-40, {k: v for k, v in worst.items() if v > 2.0**-40}
