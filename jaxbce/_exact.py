@@ -10,9 +10,9 @@ evaluated in float64. Each is a handful of correctly rounded or nearly correctly
 float64 operations on a float32 (or narrower) input, so its relative error is a few times
 2^-53, i.e. about 2^-29 of a float32 ulp: exact enough to score float32. (XLA's float64
 ``log1p`` is the least accurate piece; ``tests/test_check.py`` bounds every reference's
-error against 200-bit mpmath at 2^-40 relative, 2^-17 of a float32 ulp.) Inputs and labels enter as the values of their
-dtype; the sweeps pass options (``pos_weight``, ``label_smoothing``, ``gamma``, ...) as the
-float32 values that the kernel computes with.
+error against 200-bit mpmath at 2^-40 relative, 2^-17 of a float32 ulp.) Inputs and
+labels enter as the values of their dtype; the sweeps pass options (``pos_weight``,
+``label_smoothing``, ``gamma``, ...) as the float32 values that the kernel computes with.
 
 All functions here must be traced with ``jax.enable_x64(True)``.
 """
