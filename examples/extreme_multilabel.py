@@ -398,7 +398,10 @@ def train_and_evaluate(config: ExtremeConfig) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None) -> ExtremeConfig:
     """The config the command line asks for; a flag that cannot work is a usage error."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # examples/README.md says so
+    )
     d = ExtremeConfig(out=Path())  # for the other flags' defaults
     p.add_argument("--out", type=Path, required=True, help="directory for metrics.json")
     p.add_argument("--steps", type=int, default=d.steps, help="training steps")
