@@ -147,6 +147,12 @@ def check_scalar_range(
     """Checks that a scalar option is a finite number in [low, high] (NaN and infinities are
     refused): now if concrete, else when checks are on. ``expected`` replaces the range in
     the message."""
+    dtype = getattr(value, "dtype", None)
+    if isinstance(value, bool) or dtype == jnp.bool_ or not (
+        isinstance(value, (int, float, np.number))
+        or (dtype is not None and jnp.issubdtype(dtype, jnp.number))
+    ):  # None, a string, True: '>=' failed with a TypeError naming nothing, or True meant 1
+        raise TypeError(f"{name} must be a number, got {value!r}")
     if jnp.ndim(value) != 0:
         raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
     if expected is None:

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Bool, Float, Real
 
 from jaxbce import _checks as checks
@@ -129,7 +130,20 @@ def _times_weight(w: jax.Array, loss: jax.Array) -> jax.Array:
     return safe_mul(w, loss)
 
 
-_times_weight.defjvps(lambda dw, _, w, loss: dw * loss, lambda dl, _, w, loss: w * dl)
+@partial(_times_weight.defjvp, symbolic_zeros=True)
+def _times_weight_jvp(
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[Any, Any]
+) -> tuple[jax.Array, jax.Array]:
+    # A weight that is not differentiated has a symbolic zero tangent, skipped here: as an
+    # instantiated zero, its 0 * inf made jvp and jacfwd NaN at infinite logits.
+    (w, loss), (dw, dl) = primals, tangents
+    out = _times_weight(w, loss)
+    tangent = jnp.zeros_like(out)
+    if not isinstance(dw, SymbolicZero):
+        tangent = tangent + dw * loss
+    if not isinstance(dl, SymbolicZero):
+        tangent = tangent + w * dl
+    return out, tangent
 
 
 @partial(jax.jit, static_argnames=("reduction", "axis_name"))

@@ -79,6 +79,24 @@ def test_focal_alpha_traced_above_one_is_caught_with_value_checks():
         err.throw()
 
 
+@pytest.mark.parametrize(
+    "fn, option, value",
+    [
+        (BCE, "label_smoothing", None),
+        (BCE, "label_smoothing", "0.1"),
+        (BCE, "label_smoothing", True),
+        (jaxbce.binary_cross_entropy, "label_smoothing", None),
+        (FOCAL, "gamma", None),
+        (FOCAL, "alpha", "0.25"),
+    ],
+)
+def test_a_scalar_option_that_is_not_a_number_is_named(fn, option, value):
+    # None or a string failed inside the range check with "'>=' not supported between
+    # instances of 'NoneType' and 'float'", naming nothing; True was taken for 1.
+    with pytest.raises(TypeError, match=f"^{option} must be a number, got {value!r}$"):
+        fn(jnp.full(2, 0.5), jnp.zeros(2), **{option: value})
+
+
 @pytest.mark.parametrize("shape", [(3,), (5,), (4, 5, 1)])
 def test_focal_alpha_must_be_a_scalar(shape):
     # A (C,) alpha broadcast silently as a per-class weight; others gave JAX's bare

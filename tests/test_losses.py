@@ -165,6 +165,26 @@ def test_focal_stays_finite_where_torchvision_and_optax_do_not(gamma):
     assert not np.all(np.isfinite(ol))
 
 
+@pytest.mark.parametrize("fn", [BCE, FOCAL])
+def test_forward_mode_with_weights_is_finite_at_infinite_logits(fn):
+    """A weighted focal loss took the undifferentiated weight's instantiated zero tangent
+    times its infinite loss: jvp NaN at z = +-inf, and jacfwd of the sum NaN everywhere
+    (a padded batch of inf logits under a weight mask). Every mode equals reverse mode."""
+    z = jnp.array([jnp.inf, -jnp.inf, 1.0, jnp.inf])
+    y = jnp.array([0.0, 1.0, 0.5, 0.0])
+    w = jnp.array([2.0, 2.0, 2.0, 0.0])  # the last one absent: value 0, every derivative 0
+
+    def total(z):
+        return fn(z, y, weights=w, reduction="sum")
+
+    grad = jax.grad(total)(z)
+    assert np.all(np.isfinite(grad)) and grad[3] == 0, grad
+    tangent = jax.jvp(lambda z: fn(z, y, weights=w), (z,), (jnp.ones(4),))[1]
+    np.testing.assert_array_equal(tangent, grad)
+    np.testing.assert_array_equal(jax.jacfwd(total)(z), grad)
+    np.testing.assert_array_equal(jax.linearize(total, z)[1](jnp.ones(4)), grad.sum())
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_focal_loss_is_exact_out_to_the_largest_logits(dtype):
     """Beyond |x| = 2^64 the focal loss is c(y)|x| (sigma(-|x|) is 0): the loss and d/dx, by
