@@ -112,7 +112,8 @@ def _sigmoids(z):
 
 
 def bce_curvature(z, y, *, pw=1.0, w=1.0, eps=0.0) -> dict:
-    """Exact ``d/dz, d/dy, d2/dz2, d2/dzdy`` of the sigmoid cross-entropy (finite ``z``)."""
+    """Exact ``d/dz, d/dy, d2/dz2, d2/dzdy, d2/dy2`` of the sigmoid cross-entropy (finite
+    ``z``; linear in ``y``, so ``d2/dy2 = 0``)."""
     z = mpmath.mpf(float(z))
     q, qc = smoothed(y, eps)
     pw, w, keep = mpmath.mpf(float(pw)), mpmath.mpf(float(w)), 1 - mpmath.mpf(float(eps))
@@ -122,11 +123,13 @@ def bce_curvature(z, y, *, pw=1.0, w=1.0, eps=0.0) -> dict:
         "dy": w * keep * (pw * softplus(-z) - softplus(z)),
         "dzz": w * (qc + pw * q) * sp * sm,
         "dzy": -w * keep * (pw * sm + sp),
+        "dyy": mpmath.mpf(0),
     }
 
 
 def bce_probs_curvature(p, y, *, w=1.0, eps=0.0) -> dict:
-    """Exact ``d/dp, d/dy, d2/dp2, d2/dpdy`` of PyTorch's BCELoss, 0 through a clamped log."""
+    """Exact ``d/dp, d/dy, d2/dp2, d2/dpdy, d2/dy2`` of PyTorch's BCELoss, 0 through a
+    clamped log (linear in ``y``: ``d2/dy2 = 0``)."""
     p = mpmath.mpf(float(p))
     q, qc = smoothed(y, eps)
     w, keep = mpmath.mpf(float(w)), 1 - mpmath.mpf(float(eps))
@@ -140,11 +143,13 @@ def bce_probs_curvature(p, y, *, w=1.0, eps=0.0) -> dict:
         "dy": -w * keep * (max(lp, -100) - max(l1p, -100)),
         "dzz": w * (q * inv_p**2 + qc * inv_1mp**2),
         "dzy": -w * keep * (inv_p + inv_1mp),
+        "dyy": mpmath.mpf(0),
     }
 
 
 def focal_curvature(z, y, *, alpha=0.25, gamma=2.0) -> dict:
-    """Exact ``d/dz, d/dy, d2/dz2, d2/dzdy`` of the torchvision focal loss (finite ``z``).
+    """Exact ``d/dz, d/dy, d2/dz2, d2/dzdy, d2/dy2`` of the torchvision focal loss (finite
+    ``z``).
 
     ``F = a_t P ce`` with ``P = u^gamma``, ``u = 1 - p_t = y s_- + (1 - y) s_+``,
     ``s_+- = sigma(+-z)``, ``ce = y A + (1 - y) B``, ``A = softplus(-z)``,
@@ -171,10 +176,19 @@ def focal_curvature(z, y, *, alpha=0.25, gamma=2.0) -> dict:
     p_zz = g * (g - 1) * u ** (g - 2) * u_z**2 + g * u ** (g - 1) * u_zz
     p_y = g * u ** (g - 1) * u_y
     p_zy = g * (g - 1) * u ** (g - 2) * u_z * u_y + g * u ** (g - 1) * u_zy
+    p_yy = g * (g - 1) * u ** (g - 2) * u_y**2  # u, ce and a_t are linear in y
     return {
         "dz": at * (p_z * ce + p * ce_z),
         "dy": at_y * p * ce + at * (p_y * ce + p * ce_y),
         "dzz": at * (p_zz * ce + 2 * p_z * ce_z + p * ce_zz),
         "dzy": at_y * (p_z * ce + p * ce_z)
         + at * (p_zy * ce + p_y * ce_z + p_z * ce_y + p * ce_zy),
+        "dyy": 2 * at_y * (p_y * ce + p * ce_y) + at * (p_yy * ce + 2 * p_y * ce_y),
+        # The size of d2/dy2's terms: where they cancel (its zeros), error is relative to it.
+        "dyy_terms": max(
+            abs(2 * at_y * p_y * ce),
+            abs(2 * at_y * p * ce_y),
+            abs(at * p_yy * ce),
+            abs(2 * at * p_y * ce_y),
+        ),
     }
