@@ -152,7 +152,7 @@ def _logit_value(x: jax.Array, lw: LabelWeights, exact: bool = True) -> jax.Arra
     """:math:`\\pi q\\operatorname{softplus}(-x) + \\bar q\\operatorname{softplus}(x)
     = a|x| + c L(|x|)`, two non-negative terms, the second added to the first exactly.
 
-    ``exact=False`` takes :math:`L` from XLA's ``log1p(exp(-t))`` (within 3 ulp) and the
+    ``exact=False`` takes :math:`L` from XLA's ``log1p(exp(-t))`` (a rounding or two) and the
     weights rounded: for a value that is only summed, whose sum's own rounding is larger,
     at half the cost."""
     if exact and lw.lo is not None:
@@ -527,9 +527,9 @@ def nll(
       x, y, pw, w: arrays of one shape in one floating dtype (``pw``, ``w`` may be None).
       eps: scalar label smoothing in that dtype, or ``None``.
       summed: the caller only sums the value (a "sum" or "mean" reduction): it may be
-        evaluated with XLA's ``log1p(exp(-|x|))``, within 3 ulp per element and half the
-        cost, since the sum's own rounding is larger. Derivatives are always the exact
-        ones.
+        evaluated with XLA's ``log1p(exp(-|x|))``, at half the cost, since the sum's own
+        rounding is larger (XLA:CPU flushes a subnormal ``exp(-|x|)`` to 0 there, before
+        a weight above 1 could scale it back). Derivatives are always the exact ones.
 
     Returns:
       The elementwise loss, shaped like ``x``.

@@ -630,3 +630,15 @@ def test_property_low_precision_rounds_the_float32_result_once(fn, dtype, shape,
     # The float32 computation on the same (rounded) inputs, rounded once to dtype.
     expected = jax.jit(fn)(x_low.astype(jnp.float32), y).astype(dtype)
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(expected, np.float32))
+
+
+def test_the_summed_value_pass_loses_flushed_tails_as_the_readme_says():
+    """README ('How it is built'): a sum takes XLA's log1p(exp(-|z|)), and XLA:CPU flushes a
+    subnormal exp(-|z|) to 0 before a weight scales it back; "none" keeps the value. If this
+    changes (a fix, or another backend), the README's sentence must change with it."""
+    z, y = jnp.array([88.5]), jnp.array([1.0])
+    each = float(BCE(z, y, weights=1e6)[0])
+    assert each == pytest.approx(1e6 * float(mpmath.log1p(mpmath.exp(-88.5))), rel=1e-6)
+    assert f"{each:.2g}" == "3.7e-33"
+    flushes = jax.default_backend() == "cpu"
+    assert (float(BCE(z, y, weights=1e6, reduction="sum")) == 0.0) == flushes
