@@ -148,9 +148,13 @@ def check_scalar_range(
     refused): now if concrete, else when checks are on. ``expected`` replaces the range in
     the message."""
     dtype = getattr(value, "dtype", None)
-    if isinstance(value, bool) or dtype == jnp.bool_ or not (
-        isinstance(value, (int, float, np.number))
-        or (dtype is not None and jnp.issubdtype(dtype, jnp.number))
+    if (
+        isinstance(value, bool)
+        or dtype == jnp.bool_
+        or not (
+            isinstance(value, (int, float, np.number))
+            or (dtype is not None and jnp.issubdtype(dtype, jnp.number))
+        )
     ):  # None, a string, True: '>=' failed with a TypeError naming nothing, or True meant 1
         raise TypeError(f"{name} must be a number, got {value!r}")
     if jnp.ndim(value) != 0:
