@@ -62,23 +62,26 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self._installed = False
         self._previous: Any = None
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True  # the previous handler may be None (set outside Python)
         return self
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
         if self.requested:  # the second Ctrl-C
-            signal.signal(signal.SIGINT, self._previous)
+            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
             raise KeyboardInterrupt
         self.requested = True
         tqdm.write("Ctrl-C: stopping after this step (press it again to stop at once)")
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            self._installed = False
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
