@@ -61,9 +61,10 @@ def bce_probs(p, y, *, w=1.0, eps=0.0):
 
 
 def focal_value(z, y, *, alpha=0.25, gamma=2.0):
-    """Exact torchvision sigmoid focal loss at the mpf ``z``."""
+    """Exact torchvision sigmoid focal loss at the mpf ``z`` (``y`` an mpf too, as
+    ``mpmath.diff`` in ``y`` passes it, or a float)."""
     p = sigmoid(z)
-    yy = mpmath.mpf(float(y))
+    yy = y if isinstance(y, mpmath.mpf) else mpmath.mpf(float(y))
     ce = yy * softplus(-z) + (1 - yy) * softplus(z)
     one_minus_pt = yy * (1 - p) + (1 - yy) * p
     loss = ce * one_minus_pt ** mpmath.mpf(float(gamma))
@@ -71,6 +72,14 @@ def focal_value(z, y, *, alpha=0.25, gamma=2.0):
         a = mpmath.mpf(float(alpha))
         loss *= a * yy + (1 - a) * (1 - yy)
     return loss
+
+
+def focal_gamma_slope(z, y, *, alpha=0.25, gamma=2.0):
+    """Exact d/dgamma of the focal loss, its value times ``log(1 - p_t)``, at the mpf ``z``."""
+    yy = y if isinstance(y, mpmath.mpf) else mpmath.mpf(float(y))
+    p = sigmoid(z)
+    u = yy * (1 - p) + (1 - yy) * p
+    return focal_value(z, yy, alpha=alpha, gamma=gamma) * mpmath.log(u)
 
 
 def focal(z, y, *, alpha=0.25, gamma=2.0):

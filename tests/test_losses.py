@@ -191,16 +191,6 @@ def test_focal_label_derivatives_near_zero_and_at_right_hard_labels(x64, dtype):
             assert abs(d_yy - float(exact["dyy"])) <= rtol * abs(float(exact["dyy"])), (x, y)
 
 
-def _focal_gamma_derivative(z, y, gamma, alpha):
-    """mpmath, at the caller's precision: d/dgamma of alpha_t u^gamma ce = value * log u."""
-    z, y = mpmath.mpf(float(z)), mpmath.mpf(y)  # y may be mpmath.diff's own mpf
-    s = 1 / (1 + mpmath.exp(-z))
-    u = y * (1 - s) + (1 - y) * s
-    ce = y * mpmath.log1p(mpmath.exp(-z)) + (1 - y) * mpmath.log1p(mpmath.exp(z))
-    at = 1 if alpha is None else alpha * y + (1 - alpha) * (1 - y)
-    return at * u**gamma * ce * mpmath.log(u)
-
-
 def test_focal_gamma_derivative_at_confident_answers():
     """Float32 d/dgamma took -log u from u near 1 at a wrong hard label (2e-4 off at z = 17,
     y = 0), and d/dy of d/dgamma came from the value after its 2^-shift scaling, which
@@ -216,15 +206,17 @@ def test_focal_gamma_derivative_at_confident_answers():
     z = np.arange(5.0, 87.0, 0.37, dtype=np.float32)
     for y, zz in ((0.0, z), (1.0, -z)):
         got = np.asarray(dg(zz, np.full_like(zz, y), np.float32(2.0)))
-        with mpmath.workdps(50):
-            exact = np.array([float(_focal_gamma_derivative(a, y, 2.0, None)) for a in zz])
+        exact = np.array(
+            [float(ref.focal_gamma_slope(mpmath.mpf(float(a)), y, alpha=None)) for a in zz]
+        )
         assert np.all(np.abs(got - exact) <= 4 * eps * np.abs(exact)), (
             y,
             np.max(np.abs(got / exact - 1)),
         )
     x, y, g, a = np.float32(30.0), np.float32(1.0), np.float32(2.0), np.float32(0.25)
-    with mpmath.workdps(50):
-        exact = float(mpmath.diff(lambda yy: _focal_gamma_derivative(x, yy, 2.0, 0.25), 1.0))
+    exact = float(
+        mpmath.diff(lambda yy: ref.focal_gamma_slope(mpmath.mpf(30.0), yy, alpha=0.25), 1.0)
+    )
     loss = lambda x, y, g: FOCAL(x, y, gamma=g, alpha=a)
     for mixed in (
         jax.jacfwd(jax.grad(loss, argnums=2), argnums=1),
