@@ -54,6 +54,7 @@ def _check(
     pos_weight: ArrayLike | None,
     where: ArrayLike | None,
     reduction: str,
+    axis_name: Any,
 ) -> _Inputs:
     """Checks every argument, outside the compiled loss: values that are concrete (an eager
     call) are checked here, at once (:func:`~jaxbce._checks.value_check`)."""
@@ -63,7 +64,7 @@ def _check(
     w = checks.check_broadcast("weights", weights, shape)
     pw = checks.check_broadcast("pos_weight", pos_weight, shape)
     mask = checks.check_broadcast("where", where, shape, boolean=True)
-    checks.check_reduction(reduction)
+    checks.check_reduction(reduction, axis_name)
     full_mask = None if mask is None else jnp.broadcast_to(mask, shape)
     checks.check_unit_interval_values("labels", y, full_mask)
     if kind == "probs":
@@ -188,6 +189,7 @@ def _cross_entropy(
         pos_weight=pos_weight,
         where=where,
         reduction=reduction,
+        axis_name=axis_name,
     )
     eps = _smoothing(label_smoothing)
     loss: jax.Array = _cross_entropy_program(
@@ -244,7 +246,8 @@ def sigmoid_binary_cross_entropy(
       reduction: ``"none"`` (elementwise), ``"sum"`` or ``"mean"`` (over included elements;
         0 when none are).
       axis_name: inside ``shard_map``/``pmap``, the mapped axis to sum and count over, so a
-        data-parallel "sum"/"mean" equals the single-device one.
+        data-parallel "sum"/"mean" equals the single-device one. Refused with
+        ``"none"``, which sums nothing.
 
     Returns:
       The loss in ``logits.dtype``: shaped like ``logits`` for ``"none"``, else a scalar.
@@ -296,7 +299,8 @@ def binary_cross_entropy(
       label_smoothing: :math:`\\epsilon \\in [0, 1]`.
       where: boolean mask of included elements.
       reduction: ``"none"``, ``"sum"`` or ``"mean"``.
-      axis_name: mapped axis for a global "sum"/"mean" inside ``shard_map``/``pmap``.
+      axis_name: mapped axis for a global "sum"/"mean" inside ``shard_map``/``pmap``
+        (refused with ``"none"``).
 
     Returns:
       The loss in ``probs.dtype``, elementwise or reduced.
@@ -356,7 +360,8 @@ def sigmoid_focal_loss(
       weights: element weights broadcasting to ``logits.shape``.
       where: boolean mask of included elements.
       reduction: ``"none"``, ``"sum"`` or ``"mean"``.
-      axis_name: mapped axis for a global "sum"/"mean" inside ``shard_map``/``pmap``.
+      axis_name: mapped axis for a global "sum"/"mean" inside ``shard_map``/``pmap``
+        (refused with ``"none"``).
 
     Returns:
       The loss in ``logits.dtype``, elementwise or reduced.
@@ -374,6 +379,7 @@ def sigmoid_focal_loss(
         pos_weight=None,
         where=where,
         reduction=reduction,
+        axis_name=axis_name,
     )
     checks.check_scalar_range("gamma", gamma, 0.0, float("inf"))
     if alpha is not None:  # a negative alpha turns the weighting off, as None does

@@ -54,6 +54,23 @@ def test_non_real_floating_predictions_are_rejected(fn):
         fn(jnp.zeros((2,)), jnp.zeros((2,), jnp.complex64))
 
 
+@pytest.mark.parametrize("fn", FUNCTIONS)
+def test_axis_name_without_a_sum_or_mean_is_refused(fn):
+    # It was ignored: reduction="none" returned this device's losses, whatever the caller
+    # meant by naming the axis.
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    spec = jax.sharding.PartitionSpec("data")
+
+    def local(z, y):
+        return fn(z, y, reduction="none", axis_name="data")
+
+    sharded = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec, spec), out_specs=spec))
+    with pytest.raises(ValueError, match="axis_name='data' sums over devices, which reduction"):
+        sharded(jnp.zeros((4,)), jnp.zeros((4,)))
+    with pytest.raises(ValueError, match="reduction='sum' or 'mean'"):
+        fn(jnp.zeros((4,)), jnp.zeros((4,)), reduction="none", axis_name="data")
+
+
 @pytest.mark.parametrize("gamma", [-0.5, float("inf"), float("nan")])
 def test_focal_gamma_must_be_finite_and_non_negative(gamma):
     # gamma = inf passed the range check once and gave NaN at every element.
