@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench.machine import git_state  # noqa: E402  (the benchmarks' record of the commit)
+
 EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
 #: (name, script, flags, extra environment); the name is the record's key.
@@ -90,23 +93,6 @@ def run_one(script: str, flags: list[str], env: dict[str, str]) -> dict[str, obj
     return record
 
 
-def git_commit() -> str | None:
-    """The checkout's commit, with ``+dirty`` when tracked files differ from it."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return None
-    return (commit + ("+dirty" if dirty else "")) or None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Runs the chosen examples and writes the record; exit status 1 if any run failed."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -125,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, object] = {
         "tool": "python tools/example_results.py",
         "date_utc": time.strftime("%Y-%m-%d", time.gmtime()),
-        "git": git_commit(),
+        "git": git_state(paths=()),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cpu_model": _cpu_model(),

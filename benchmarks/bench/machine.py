@@ -14,6 +14,7 @@ import platform
 import re
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -77,14 +78,19 @@ def source_digest(module: ModuleType) -> str | None:
     return digest.hexdigest()
 
 
-def git_state() -> str | None:
-    """``<commit>`` of this checkout, with ``+dirty`` when ``jaxbce/`` has local changes."""
+def git_state(paths: Sequence[str] = ("jaxbce",)) -> str | None:
+    """``<commit>`` of this checkout, with ``+dirty`` when ``git status`` lists anything
+    under ``paths`` (git pathspecs; ``()`` for the whole tree): a changed or an untracked
+    file, which the run may have read."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "jaxbce"], cwd=ROOT, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--", *paths],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except OSError:
         return None
