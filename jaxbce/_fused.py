@@ -1,4 +1,5 @@
-"""Scalar losses whose gradients are computed with their value: the shared custom_jvp parts.
+"""Scalar losses whose gradients are computed with their value: the shared custom_jvp parts,
+and the ``shard_map`` helpers of their loops.
 
 The fused linear loss (:mod:`jaxbce._linear`) and the pairwise loss's ``"sum"`` and
 ``"mean"`` (:mod:`jaxbce._pairwise`) loop over blocks and compute the value and the
@@ -24,6 +25,9 @@ from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from jaxbce import _checks as checks
 
 T = TypeVar("T")
 
@@ -63,3 +67,24 @@ def tangent(grads: Sequence[jax.Array | None], tangents: Iterable[Any], dtype: A
         if g is not None:
             total = total + jnp.sum(g.astype(dtype) * t.astype(dtype))
     return total
+
+
+def axis_tuple(axis_name: Any) -> tuple[Any, ...]:
+    """``axis_name`` (one mesh axis or a tuple of them) as a tuple."""
+    return axis_name if isinstance(axis_name, tuple) else (axis_name,)
+
+
+def vary(x: Any, axes: tuple[Any, ...]) -> Any:
+    """``x`` (or None) marked as varying over every axis of ``axes`` (``shard_map``'s
+    ``pcast``), so that it may be combined with values that vary over them."""
+    if x is None:
+        return None
+    missing = tuple(n for n in axes if n not in checks.varying_axes(x))
+    return lax.pcast(x, missing, to="varying") if missing else x
+
+
+def zeros_varying_as(shape: tuple[int, ...], dtype: Any, like: jax.Array) -> jax.Array:
+    """Zeros that vary over the same ``shard_map`` axes as ``like`` (loop carries must)."""
+    z = jnp.zeros(shape, dtype)
+    axes = tuple(checks.varying_axes(like) - checks.varying_axes(z))
+    return lax.pcast(z, axes, to="varying") if axes else z

@@ -49,7 +49,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from jaxbce import _checks as checks
-from jaxbce._fused import tangent, whole_call
+from jaxbce._fused import axis_tuple, tangent, vary, whole_call, zeros_varying_as
 from jaxbce._losses import sigmoid_binary_cross_entropy
 
 #: Target number of elements of one (B, C) chunk of logits when ``chunk_size=None``.
@@ -220,7 +220,7 @@ def _loop_value(s: _Static, a: _Args[jax.Array]) -> jax.Array:
         )
         return total + loss
 
-    total: jax.Array = lax.fori_loop(0, s.n_chunks, body, _zeros((), s.dtype, a.features))
+    total: jax.Array = lax.fori_loop(0, s.n_chunks, body, zeros_varying_as((), s.dtype, a.features))
     return total
 
 
@@ -229,13 +229,6 @@ def _fused_sum_impl(s: _Static, a: _Args[jax.Array]) -> jax.Array:
 
 
 _fused_sum = jax.custom_jvp(_fused_sum_impl, nondiff_argnums=(0,))
-
-
-def _zeros(shape: tuple[int, ...], dtype: Any, like: jax.Array) -> jax.Array:
-    """Zeros that vary over the same ``shard_map`` axes as ``like`` (loop carries must)."""
-    z = jnp.zeros(shape, dtype)
-    axes = tuple(checks.varying_axes(like) - checks.varying_axes(z))
-    return lax.pcast(z, axes, to="varying") if axes else z
 
 
 def _add_columns(s: _Static, buf: jax.Array, part: jax.Array, start: jax.Array) -> jax.Array:
@@ -262,7 +255,7 @@ def _fused_grads(
         # The kernel's gradient, the one large buffer, is written once per column in the
         # kernel's own dtype; the others accumulate in (at least) the compute dtype.
         dtype = x.dtype if name == "kernel" else jnp.promote_types(x.dtype, dt)
-        return _zeros(x.shape, dtype, x)
+        return zeros_varying_as(x.shape, dtype, x)
 
     zero_grads: list[Any] = [zero_grad(n, v) for n, v in zip(_Args._fields, a, strict=True)]
     init: _Args[jax.Array | None] = _Args(*zero_grads)
@@ -316,7 +309,7 @@ def _fused_grads(
             g["label_smoothing"] = g["label_smoothing"] + ct["label_smoothing"].astype(dt)
         return total + loss, _Args(**g)
 
-    total, grads = lax.fori_loop(0, s.n_chunks, body, (_zeros((), dt, a.features), init))
+    total, grads = lax.fori_loop(0, s.n_chunks, body, (zeros_varying_as((), dt, a.features), init))
     # Cotangents take their primal's dtype (a bfloat16 kernel gets a bfloat16 gradient).
     cast: list[Any] = [
         None if d is None or v is None else d.astype(v.dtype) for d, v in zip(grads, a, strict=True)
@@ -484,7 +477,7 @@ def linear_sigmoid_binary_cross_entropy(
             )
         b_vec = jnp.broadcast_to(b_vec, (n_labels,))
 
-    axes = () if axis_name is None else _axis_tuple(axis_name)
+    axes = () if axis_name is None else axis_tuple(axis_name)
     # The mesh axes that split the kernel's columns (sparse indices are offset along them):
     # those of ``axis_name`` that the kernel varies over; the others split the batch.
     label_axes = tuple(a for a in axes if a in checks.varying_axes(w_mat))
@@ -557,7 +550,7 @@ def linear_sigmoid_binary_cross_entropy(
     found = {a for v in args if v is not None for a in checks.varying_axes(v)}
     vary_over = axes or tuple(sorted(found, key=str))
     if vary_over:
-        varied: list[Any] = [_vary(v, vary_over) for v in args]
+        varied: list[Any] = [vary(v, vary_over) for v in args]
         args = _Args(*varied)
     static = _Static(
         n_labels=n_labels,
@@ -574,18 +567,6 @@ def linear_sigmoid_binary_cross_entropy(
     if reduction == "sum":
         return total.astype(out_dtype)
     return (total / jnp.maximum(count, 1.0)).astype(out_dtype)
-
-
-def _axis_tuple(axis_name: Any) -> tuple[Any, ...]:
-    return axis_name if isinstance(axis_name, tuple) else (axis_name,)
-
-
-def _vary(x: jax.Array | None, axis_name: Any) -> jax.Array | None:
-    if x is None:
-        return None
-    axes = _axis_tuple(axis_name)
-    missing = tuple(a for a in axes if a not in checks.varying_axes(x))
-    return lax.pcast(x, missing, to="varying") if missing else x
 
 
 def _count(mask: jax.Array | None, shape: tuple[int, int], dtype: Any) -> jax.Array:

@@ -58,7 +58,7 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from jaxbce import _checks as checks
-from jaxbce._fused import tangent, whole_call
+from jaxbce._fused import axis_tuple, tangent, vary, whole_call, zeros_varying_as
 from jaxbce._kernels import nll, nll_bwd
 
 #: Without ``axis_name`` and ``block_size``, the (B, B) logits are formed whole (plain
@@ -102,13 +102,6 @@ def default_block_size(n_anchor: int, n_cand: int) -> int:
 
 
 # -------------------------------------------------------------------- one block
-
-
-def _zeros(shape: tuple[int, ...], dtype: Any, like: jax.Array) -> jax.Array:
-    """Zeros that vary over the same ``shard_map`` axes as ``like`` (loop carries must)."""
-    z = jnp.zeros(shape, dtype)
-    axes = tuple(checks.varying_axes(like) - checks.varying_axes(z))
-    return lax.pcast(z, axes, to="varying") if axes else z
 
 
 def _n_blocks(s: _Static) -> int:
@@ -228,7 +221,7 @@ def _ring_value(
     s: _Static, anc: _Rows, cand: _Rows, scale: jax.Array, bias: jax.Array
 ) -> jax.Array:
     """Per-anchor sums over every candidate of every device: the visiting shard moves on."""
-    total = _zeros((anc.x.shape[0],), s.dtype, anc.x)
+    total = zeros_varying_as((anc.x.shape[0],), s.dtype, anc.x)
     if s.n_dev == 1:
         return _visit_value(s, anc, cand, scale, bias, total)
 
@@ -258,11 +251,11 @@ def _ring_grad(
     ``with_value``: the loss summed over the local anchors too, from the same blocks.
     """
     acc = _Grads(
-        _zeros(anc.x.shape, s.dtype, anc.x),
-        _zeros(cand.x.shape, s.dtype, cand.x),
-        _zeros((), s.dtype, anc.x),
-        _zeros((), s.dtype, anc.x),
-        _zeros((), s.dtype, anc.x) if with_value else None,
+        zeros_varying_as(anc.x.shape, s.dtype, anc.x),
+        zeros_varying_as(cand.x.shape, s.dtype, cand.x),
+        zeros_varying_as((), s.dtype, anc.x),
+        zeros_varying_as((), s.dtype, anc.x),
+        zeros_varying_as((), s.dtype, anc.x) if with_value else None,
     )
     if s.n_dev == 1:
         return _visit_grad(s, anc, cand, scale, bias, g, acc)
@@ -384,17 +377,6 @@ def _dense_per_anchor(
 
 
 # ------------------------------------------------------------------ public API
-
-
-def _axis_tuple(axis_name: Any) -> tuple[Any, ...]:
-    return axis_name if isinstance(axis_name, tuple) else (axis_name,)
-
-
-def _vary(x: Any, axes: tuple[Any, ...]) -> Any:
-    if x is None:
-        return None
-    missing = tuple(n for n in axes if n not in checks.varying_axes(x))
-    return lax.pcast(x, missing, to="varying") if missing else x
 
 
 def _scalar(name: str, value: Any) -> jax.Array:
@@ -551,7 +533,7 @@ def pairwise_sigmoid_loss(
     out_dtype = jnp.result_type(x_a, x_b, t, beta)
     dt = checks.compute_dtype(out_dtype)
     t, beta = t.astype(dt), beta.astype(dt)
-    axes = None if axis_name is None else _axis_tuple(axis_name)
+    axes = None if axis_name is None else axis_tuple(axis_name)
     n_dev = 1 if axes is None else _ring_size(axes, axis_name)
     if axes is not None:
         checks.check_split_over("a", x_a, axes, axis_name)
@@ -581,7 +563,7 @@ def pairwise_sigmoid_loss(
         if axes is not None:
             # Every input varies over the ring before the custom rule; the transposes of these
             # casts psum the gradients of replicated inputs (scale and bias).
-            args = tuple(_vary(v, axes) for v in args)
+            args = tuple(vary(v, axes) for v in args)
         if reduction == "none":
             return _per_anchor(static, *args).astype(out_dtype)
         total = _summed(static, *args)
