@@ -8,8 +8,8 @@ The public functions are pure and jit-able; options are keyword-only::
 The modules behind them are private: ``_losses`` (the public elementwise losses),
 ``_kernels`` (their elementwise kernel and its custom derivatives, on ``_elementary``'s
 faithfully rounded float32 functions, built from ``_arithmetic``'s error-free operations),
-``_focal`` (the focal loss' kernel), ``_fused`` (the custom_jvp parts shared by scalar
-losses whose gradients come with their value), ``_checks`` (argument checks),
+``_focal`` (the focal loss' kernel), ``_fused`` (the custom_jvp and shard_map parts shared
+by scalar losses whose gradients come with their value), ``_checks`` (argument checks),
 ``_reductions`` (masks, sums and means), ``_linear`` (the fused linear loss) and
 ``_pairwise`` (SigLIP's pairwise loss). ``python -m jaxbce.check`` is the numerical
 self-check, on ``_sweep``'s device sweeps and ``_exact``'s float64 references.
