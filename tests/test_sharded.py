@@ -1,5 +1,6 @@
 """Reduced losses wherever a user may put them: under ``shard_map`` and ``pmap`` on 8 devices,
-and exported with a symbolic batch size for CPU, CUDA and TPU.
+under ``jit`` with inputs sharded over 8 devices, and exported with a symbolic batch size for
+CPU, CUDA and TPU.
 
 XLA:CPU simulates several devices only if told before JAX starts, so the data-parallel
 cases all run in one subprocess (:data:`_PARALLEL_SCRIPT`) and each test reads the result
@@ -175,6 +176,76 @@ def test_reduced_loss_under_shard_map_and_pmap_matches_one_device(parallel_resul
     # pmap(value_and_grad(...)), value and gradient within rtol 1e-6 of the elementwise loss
     # on one device, reduced in float64.
     assert parallel_results[case] == "ok", parallel_results[case]
+
+
+# ------------------------------------------------- jit over sharded inputs (GSPMD)
+
+#: (loss, shape, masked): batches split over 8 devices whose size is not a multiple of 512
+#: (the CPU sum's largest block); the cross-entropy at every shape, masked and not, the
+#: other two losses at two.
+GSPMD_SHAPES = ((64, 1000), (1024, 3), (4000, 7), (8000,), (1000, 13))
+GSPMD_CASES = [("bce", shape, masked) for shape in GSPMD_SHAPES for masked in (False, True)] + [
+    (name, shape, True) for name in ("probs", "focal") for shape in GSPMD_SHAPES[:2]
+]
+
+_GSPMD_SCRIPT = textwrap.dedent(
+    r"""
+    import json, os, re, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import numpy as np, jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import jaxbce
+
+    LOSSES = {"bce": jaxbce.sigmoid_binary_cross_entropy, "probs": jaxbce.binary_cross_entropy,
+              "focal": jaxbce.sigmoid_focal_loss}
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    COLLECTIVE = re.compile(r"= \w+\[([\d,]*)\][^ ]* (all-gather|all-to-all|collective-permute)")
+    results = {}
+    for name, shape, masked in json.loads(sys.argv[1]):
+        rng = np.random.default_rng(0)
+        x = (rng.normal(size=shape) * 3).astype(np.float32)
+        if name == "probs":
+            x = 1 / (1 + np.exp(-x))
+        y = (rng.uniform(size=shape) < 0.3).astype(np.float32)
+        m = rng.uniform(size=shape) < 0.8
+        def loss(x, y, m, fn=LOSSES[name], masked=masked):
+            return fn(x, y, where=m if masked else None, reduction="mean")
+        f = jax.jit(jax.value_and_grad(loss))
+        sharded = [jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (x, y, m)]
+        compiled = f.lower(*sharded).compile()
+        moved = [int(np.prod([int(d) for d in dims.split(",") if d]))
+                 for dims, _ in COLLECTIVE.findall(compiled.as_text())]
+        value, grad = compiled(*sharded)
+        ref_value, ref_grad = f(x, y, m)
+        results[repr((name, tuple(shape), masked))] = {
+            "moved": max(moved, default=0),
+            "value": abs(float(value) - float(ref_value)) / abs(float(ref_value)),
+            "grad": float(np.max(np.abs(np.asarray(grad) - np.asarray(ref_grad)))),
+            "grad_sharding": [str(a) for a in grad.sharding.spec],
+        }
+    print("RESULTS " + json.dumps(results))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def gspmd_results():
+    return script_results(_GSPMD_SCRIPT, json.dumps(GSPMD_CASES), timeout=600)
+
+
+@pytest.mark.parametrize("name, shape, masked", GSPMD_CASES)
+def test_reduced_loss_under_jit_with_sharded_inputs_moves_no_batch(
+    gspmd_results, name, shape, masked
+):
+    # jit over inputs sharded on 8 devices, no shard_map: XLA partitions the program. The
+    # CPU sum padded the loss to whole blocks of 512, and the partitioner then gathered the
+    # whole loss onto every device (64000 elements at (64, 1000)). Now it moves at most a few
+    # elements at a block's edge; value and gradient as on one device.
+    got = gspmd_results[repr((name, shape, masked))]
+    n = int(np.prod(shape))
+    assert got["moved"] < n // 64, f"a collective moves {got['moved']} of {n} elements"
+    assert got["value"] <= 1e-6 and got["grad"] <= 1e-9, got
+    assert got["grad_sharding"][:1] == ["data"], got
 
 
 # ------------------------------------------------------------- symbolic-batch export
