@@ -78,6 +78,37 @@ def _alpha_weight(y: jax.Array, alpha: jax.Array) -> tuple[Pair, jax.Array]:
     return (jnp.where(on, at[0], 1.0), jnp.where(on, at[1], 0.0)), jnp.where(on, 2.0 * a - 1.0, 0.0)
 
 
+#: Below this :math:`|x|` the labels' derivatives are taken from exact slopes (see
+#: :func:`_with_label_slope`): there the slopes of ``u``, ``D`` and ``v`` in the labels are
+#: :math:`O(x)` differences of :math:`O(1)` terms.
+_SLOPE_BELOW = 1.0
+
+
+@jax.custom_jvp
+def _with_label_slope(q: jax.Array, slope: jax.Array, lin: jax.Array) -> jax.Array:
+    """``q`` itself, whose derivative gains ``slope`` times that of ``lin`` (0 in value).
+
+    Near :math:`x = 0` the label weights reach the kernel through a stop-gradient (their
+    derivatives, as :math:`n_s s + n_b (1 - s)` forms them, are differences of
+    :math:`O(1)` terms, an :math:`O(x)` slope with an absolute error of an ulp of 1), and
+    ``lin`` :math:`= n_b - \\operatorname{stop\\_gradient}(n_b)` brings the label back:
+    ``q`` then has the exact ``slope`` in :math:`n_b` (affine in it, so that its own second
+    derivative there is 0), and ``lin`` times the slope's derivative is the mixed one. A
+    rule rather than ``q + slope * lin`` so that the value, and the first derivatives that
+    read it, compute no slope: ``slope`` is read by derivatives of derivatives only.
+    """
+    del slope, lin
+    return q
+
+
+@_with_label_slope.defjvp
+def _with_label_slope_jvp(
+    primals: tuple[jax.Array, ...], tangents: tuple[jax.Array, ...]
+) -> tuple[jax.Array, jax.Array]:
+    (q, slope, lin), (dq, d_slope, d_lin) = primals, tangents
+    return _with_label_slope(q, slope, lin), dq + slope * d_lin + lin * d_slope
+
+
 def _times_pow2(x: jax.Array, n: jax.Array) -> jax.Array:
     """``x * 2^n`` for an integer-valued ``n`` in [-180, 180], exact unless the result is
     subnormal: two factors built from their exponent bits, applied in turn (``2^n`` itself
@@ -123,10 +154,22 @@ def _softplus_over_sigmoid_jvp(
 
 @jax.custom_jvp
 def _times_sure_d(
-    v: jax.Array, k: Any, sure: jax.Array, n_s: jax.Array, n_b: jax.Array, t: jax.Array
+    v: jax.Array,
+    k: Any,
+    sure: jax.Array,
+    n_s: jax.Array,
+    n_b: jax.Array,
+    t: jax.Array,
+    lin: jax.Array,
 ) -> jax.Array:
     """:math:`v D^k`, :math:`D = n_s + n_b e^t`, where ``sure`` (a right hard label): there
     :math:`D = 1` and this is ``v`` itself; elsewhere ``v``, with the derivatives of ``v``.
+
+    Near :math:`x = 0` (:func:`_with_label_slope`) the labels' weights come without their
+    derivatives and ``lin`` (0) carries :math:`n_b`'s: :math:`D` gains
+    :math:`\\operatorname{expm1}(t)\\,lin`, its exact slope :math:`dn_s + e^t dn_b =
+    (e^t - 1)\\,dn_b`, which the two terms formed as a difference of about 1 and 1 (d2/dy2
+    0.2 off at x = 1e-15).
 
     Its derivative in the labels' weights, :math:`k v D^{k-1} e^t\\,dn_b`, is a product of
     a tiny :math:`v` (about :math:`e^{-t}`, or its power) and the huge :math:`e^t`: formed
@@ -138,7 +181,7 @@ def _times_sure_d(
     where the cotangent of ``u^gamma 2^shift``, :math:`2^{-180}` times a cross-entropy
     slope near :math:`e^{-|x|}`, underflows in its turn (``tests/test_curvature.py``).
     """
-    del k, sure, n_s, n_b, t
+    del k, sure, n_s, n_b, t, lin
     return v
 
 
@@ -146,12 +189,13 @@ def _times_sure_d(
 def _times_sure_d_jvp(
     primals: tuple[jax.Array, ...], tangents: tuple[jax.Array, ...]
 ) -> tuple[jax.Array, jax.Array]:
-    (v, k, sure, n_s, n_b, t), (dv, _, _, d_ns, d_nb, dt) = primals, tangents
+    (v, k, sure, n_s, n_b, t, lin), (dv, _, _, d_ns, d_nb, dt, d_lin) = primals, tangents
     v, t = jnp.where(sure, v, 0.0), jnp.where(sure, t, 0.0)  # finite where not read
-    ex = jnp.exp(jnp.minimum(t, np.log(jnp.finfo(t.dtype).max) - 1.0))  # D <= max
-    inv = 1.0 / (n_s + n_b * ex)
+    capped = jnp.minimum(t, np.log(jnp.finfo(t.dtype).max) - 1.0)  # D <= max
+    ex, em = jnp.exp(capped), jnp.expm1(capped)
+    inv = 1.0 / (n_s + n_b * ex + em * lin)  # lin = 0: the derivative of D in lin
     kv, kv_ex = k * v, k * (v * ex)  # v e^t: about 1 where v is e^-t
-    d_d = (kv * d_ns + kv_ex * d_nb + (n_b * kv_ex) * dt) * inv
+    d_d = (kv * d_ns + kv_ex * d_nb + ((n_b + lin) * kv_ex) * dt + (kv * em) * d_lin) * inv
     return _times_sure_d(*primals), dv + jnp.where(sure, d_d, 0.0)
 
 
@@ -163,6 +207,7 @@ def _sure_ratio_slope(
     sure: jax.Array,
     n_s: jax.Array,
     n_b: jax.Array,
+    lin: jax.Array,
 ) -> jax.Array:
     """0, whose derivative in the labels' weights is :math:`m\\,\\partial(ce/u)` where
     ``sure`` (a right hard label): ``m`` is :math:`u^\\gamma 2^{shift}`, ``log_me`` the log
@@ -178,6 +223,11 @@ def _sure_ratio_slope(
     exact second derivative is about :math:`e^{(1-\\gamma) t}` and overflows too, but for a
     window of :math:`2^{-shift}` below the largest number). Written as coefficients times
     :math:`n - \\operatorname{stop\\_gradient}(n)`: exactly 0, with that derivative.
+
+    Near :math:`x = 0` (:func:`_with_label_slope`) the weights come without derivatives,
+    and ``lin`` carries the whole slope, :math:`c_b + c_s` per :math:`dn_b` (:math:`dn_s =
+    -dn_b`): :math:`m t (1 + e^t) - (L/s)\\,m \\operatorname{expm1}(t)`, where the sum of
+    the two coefficients (about :math:`\\mp 2 m \\log 2`) cancelled to :math:`O(t)`.
     """
     read = sure & jnp.isfinite(t)  # finite where not read
     t, m, los = (jnp.where(read, a, 0.0) for a in (t, m, los))
@@ -186,7 +236,10 @@ def _sure_ratio_slope(
     # Finite, so that a zero tangent (in x, or with gamma = 0 after it) never makes 0 * inf.
     c_b = lax.stop_gradient(jnp.where(read, jnp.clip(m * t + me * (t - los), -big, big), 0.0))
     c_s = lax.stop_gradient(jnp.where(read, m * los, 0.0))
-    return c_b * (n_b - lax.stop_gradient(n_b)) - c_s * (n_s - lax.stop_gradient(n_s))
+    slope = c_b * (n_b - lax.stop_gradient(n_b)) - c_s * (n_s - lax.stop_gradient(n_s))
+    near = read & (t < _SLOPE_BELOW)
+    c_lin = jnp.where(near, m * t + me * t - los * (m * jnp.expm1(t)), 0.0)
+    return _with_label_slope(slope, lax.stop_gradient(c_lin), lin)
 
 
 #: Beyond :math:`|x| = 2^{64}` the focal loss is :math:`c(y)\,|x|` to the last bit:
@@ -245,6 +298,7 @@ class _Value(NamedTuple):
     lw: LabelWeights  # (y, 1 - y)
     n_s: jax.Array
     n_b: jax.Array
+    lin: jax.Array  # 0, with the derivative of n_b near x = 0 (_with_label_slope)
     sure: jax.Array  # a right hard label
     softplus: Pair  # L(|x|)
     u: Pair  # u, its correction 0 where sure
@@ -276,6 +330,13 @@ def _value_near(
     ce = total(ce_pair)
     n_s = jnp.where(nonneg, y, qc)
     n_b = jnp.where(nonneg, qc, y)
+    # Near x = 0 the label slopes of u, D and v below are O(x) differences of O(1) terms,
+    # each an ulp of 1 off: there the weights lose their derivatives, and lin (0) carries
+    # n_b's to exact slopes (_with_label_slope). The cross-entropy keeps its own: a t + L,
+    # slope t exactly.
+    near = t < _SLOPE_BELOW
+    lin = jnp.where(near, n_b - lax.stop_gradient(n_b), 0.0)
+    n_s, n_b = (jnp.where(near, lax.stop_gradient(n), n) for n in (n_s, n_b))
     # -log u as a pair.
     sure = n_b == 0
     l_hi, l_lo = softplus_neg_abs(t)
@@ -283,24 +344,31 @@ def _value_near(
     # u = n_s s + n_b big to about 2^-34: 1 - y's rounding error added back, the leading
     # products exact (12-bit halves), so that u^gamma does not multiply roundings by gamma.
     ns_l, nb_l = jnp.where(nonneg, 0.0, qc_lo), jnp.where(nonneg, qc_lo, 0.0)
+    # qc_lo's derivative is 0, but in reverse mode as cotangents of y and 1 - y that cancel.
+    ns_l, nb_l = (jnp.where(near, lax.stop_gradient(n), n) for n in (ns_l, nb_l))
     p_hi, p_lo = exact_mul(n_s, s_hi)
     q_hi, q_lo = exact_mul(n_b, b_hi)
     u_hi, u_err = two_sum(p_hi, q_hi)
     u_err = u_err + ((p_lo + q_lo) + (n_s * s_lo + n_b * b_lo) + (ns_l * s + nb_l * big))
     u_hi, u_err = fast_two_sum(u_hi, u_err)
+    # du = s dn_s + (1 - s) dn_b = tanh(|x|/2) dn_b.
+    u_hi = _with_label_slope(u_hi, jnp.where(near, jnp.tanh(0.5 * t), 0.0), lin)
     u_safe = jnp.where(sure, 1.0, u_hi)
     nlu_hi, nlu_lo = neg_log(u_safe)
     # For a right hard label, u = s D and -log u = softplus(|x|) - log D, D = n_s + n_b e^|x|:
     # D is 1 there, but it carries the label derivatives of u (log D: D - 1, of derivative
     # dD / D there).
-    log_d = _times_sure_d(jnp.ones_like(t), 1.0, sure, n_s, n_b, t) - 1.0
+    log_d = _times_sure_d(jnp.ones_like(t), 1.0, sure, n_s, n_b, t, lin) - 1.0
     tail_lo = jnp.where(jnp.isinf(t), 0.0, tail_err + l_lo) - log_d
     # For a wrong hard label (n_s = 0, u = 1 - s near 1), -log u = L(|x|) exactly: the pair
     # from u was good to 2^-34 absolute only, which d/dgamma = -value log u read relatively
     # (2e-4 off at x = 17, y = 0 in float32). Its label derivative rides on -log1p(v),
     # v = n_s e^-|x| + n_b - 1 (u = (1 - s)(1 + v)), 0 there.
     wrong = (n_s == 0) & ~sure
-    v_w = jnp.where(wrong, n_s * jnp.exp(-jnp.where(wrong, t, 0.0)) + (n_b - 1.0), 0.0)
+    t_w = jnp.where(wrong, t, 0.0)
+    v_w = jnp.where(wrong, n_s * jnp.exp(-t_w) + (n_b - 1.0), 0.0)
+    # dv = e^-|x| dn_s + dn_b = -expm1(-|x|) dn_b.
+    v_w = _with_label_slope(v_w, jnp.where(wrong & near, -jnp.expm1(-t_w), 0.0), lin)
     wrong_lo = jnp.where(jnp.isinf(t), 0.0, l_lo) - jnp.log1p(v_w)
     nl_hi = jnp.where(sure, tail_hi, jnp.where(wrong, l_hi, nlu_hi))
     inv_u = reciprocal(u_safe)  # to 2^-17, for corrections
@@ -321,7 +389,7 @@ def _value_near(
         # s^gamma D^gamma for a right hard label (D^gamma: :func:`_times_sure_d`), but where
         # the power is not read (small): its stand-in 1 times e^|x| made the second
         # derivatives of reverse mode NaN.
-        power = _times_sure_d(power, gamma, sure & ~small, n_s, n_b, t)
+        power = _times_sure_d(power, gamma, sure & ~small, n_s, n_b, t, lin)
         m_hi = jnp.where(small, m_hi, _times_pow2(power, shift))
         m_lo = jnp.where(small, m_lo, 0.0)
     m = m_hi + m_lo
@@ -342,6 +410,7 @@ def _value_near(
         lw=lw,
         n_s=n_s,
         n_b=n_b,
+        lin=lin,
         sure=sure,
         softplus=(l_hi, l_lo),
         u=u_pair,
@@ -396,8 +465,8 @@ def _focal_parts_near(
     # For a right hard label, ratio is big / D (D = 1): the 1 / D, which carries the label
     # derivative, goes with the cross-entropy (:func:`_times_sure_d`).
     ce_d = (
-        _times_sure_d(v.ce_fin[0], -1.0, sure, n_s, n_b, t),
-        _times_sure_d(v.ce_fin[1], -1.0, sure, n_s, n_b, t),
+        _times_sure_d(v.ce_fin[0], -1.0, sure, n_s, n_b, t, v.lin),
+        _times_sure_d(v.ce_fin[1], -1.0, sure, n_s, n_b, t, v.lin),
     )
     modulation = times(jnp.broadcast_to(gamma, x.shape), *_mul(d_log_u, ce_d))
     d_x = _times_pow2(total(_mul(v.scale, plus(d_ce, modulation))), -shift)
@@ -414,7 +483,7 @@ def _focal_parts_near(
     du_dy = jnp.where(nonneg, -half_tanh, half_tanh)
     m_ce = safe_mul(m, ce)  # times 2^shift, as m
     log_me = (t - gamma * v.nl[0] + shift * np.log(2.0)).astype(t.dtype)  # log(m e^t), sure
-    m_ratio = m * ce_over_u + _sure_ratio_slope(m, log_me, t, ce_over_u, sure, n_s, n_b)
+    m_ratio = m * ce_over_u + _sure_ratio_slope(m, log_me, t, ce_over_u, sure, n_s, n_b, v.lin)
     d_y = total(v.at) * (safe_mul(m, -x) + gamma * m_ratio * du_dy) + v.d_at * m_ce
     # Times stretch, d/dy may overflow (with the exact one) where jacfwd gives it a zero tangent.
     d_y_far = Overflowing(

@@ -651,6 +651,37 @@ def test_label_derivative_is_minus_the_logit_to_the_last_bits(name, keep):
         )
 
 
+@pytest.mark.parametrize("alpha", [None, 0.25], ids=["alpha_none", "alpha_0.25"])
+def test_float64_focal_d2y_near_zero_by_every_mode(alpha):
+    """d2/dy2 near x = 0 (O(x^2) for alpha None, O(x) with alpha) took the O(x) label slopes
+    of u, and at hard labels of D = n_s + n_b e^|x| and of v (the wrong label's log1p
+    argument), as differences of O(1) terms, an ulp of 1 off each: 1e-8 relative at
+    |x| = 1e-8, 1e-4 at 1e-12, all of it below 1e-16 (reverse over reverse as well, whose
+    cotangents of y and 1 - y cancelled the same way). Within 1e-10 of mpmath relative to
+    the larger of the value and its terms, by hessian, forward over forward and reverse over
+    reverse, right and wrong hard labels and a soft one."""
+    xs = np.array([1e-8, -1e-8, 1e-12, -1e-12, 3e-5, -1e-20])
+    points = [(x, y, g) for x in xs for y in (0.0, 0.3, 1.0) for g in (0.5, 1.0, 2.0, 5.0)]
+    x, y, g = (np.array(v) for v in zip(*points, strict=True))
+    with jax.enable_x64(True):
+
+        def d2y(x, y, g):
+            f = lambda y: FOCAL(x, y, alpha=alpha, gamma=g)
+            modes = (jax.hessian(f), jax.jacfwd(jax.jacfwd(f)), jax.jacrev(jax.grad(f)))
+            return [m(y) for m in modes]
+
+        got = [np.asarray(m) for m in jax.jit(jax.vmap(d2y))(x, y, g)]
+    failures = []
+    for i, (xi, yi, gi) in enumerate(points):
+        exact = ref.focal_curvature(xi, yi, alpha=alpha, gamma=gi)
+        ex = float(exact["dyy"])
+        scale = max(abs(ex), float(exact["dyy_terms"]))
+        for mode, m in zip(("hessian", "jacfwd(jacfwd)", "jacrev(grad)"), got, strict=True):
+            if not abs(m[i] - ex) <= RTOL_F64 * scale:
+                failures.append(f"{mode} x={xi} y={yi} gamma={gi}: {m[i]!r}, exact {ex!r}")
+    assert not failures, f"{len(failures)} of {3 * len(points)}, e.g. {failures[:4]}"
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="focal d2/dy2 beyond |x| = 2^64, where the kernel runs at +-2^64 and scales: at "
@@ -678,14 +709,16 @@ def test_focal_d2y_beyond_2_to_64(dtype):
 @pytest.mark.parametrize("name", FOCAL_CASES)
 def test_float64_focal_d2y_matches_mpmath(name):
     """d2/dy2 was wrong at right hard labels (0.115 for 0.160 at x = 3, y = 1, gamma 2,
-    alpha 0.25: a label derivative of ce/u was missing; found by an adversarial pass) and
-    lost half its value from x = 160 (gamma 5), where u^gamma alone underflowed. Within
-    1e-10 of mpmath, relative to the larger of the exact value and its terms (it has zeros,
-    e.g. O(x^2) at x = 0), by every mode, on the reference points with |x| <= 100 (beyond,
-    see test_float64_focal_d2y_gaps)."""
+    alpha 0.25: a label derivative of ce/u was missing; found by an adversarial pass), lost
+    half its value from x = 160 (gamma 5), where u^gamma alone underflowed, and was up to
+    0.79 off for |x| < 1e-4, where the label slopes of u (and of D and v at hard labels) are
+    O(x) and were formed as differences of O(1) terms. Within 1e-10 of mpmath, relative to
+    the larger of the exact value and its terms (it has zeros, e.g. O(x^2) at x = 0), by
+    every mode, on the reference points with |x| <= 100 (beyond, see
+    test_float64_focal_d2y_far_out)."""
     s = sweep(name, np.float64)
     idx, _ = reference(name, np.float64)
-    idx = idx[(np.abs(s.x[idx]) <= 100) & (np.abs(s.x[idx]) >= 1e-4)]
+    idx = idx[np.abs(s.x[idx]) <= 100]
     a = CASES[name].alpha
     exact = [
         ref.focal_curvature(s.x[i], s.y[i], alpha=None if a < 0 else a, gamma=float(s.gamma[i]))
@@ -707,20 +740,16 @@ def test_float64_focal_d2y_matches_mpmath(name):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="float64 focal d2/dy2, two gaps. Near x = 0 (|x| < 1e-4): the label derivative "
-    "of u = n_s s + n_b (1 - s) is s - (1 - s), which cancels, so the O(x^2) value is up to "
-    "a third off (the first derivative's du/dy is tanh(x/2), exact). At right hard labels "
-    "beyond |x| ~ 140 (gamma 5) to 450 (gamma 2): u^gamma 2^shift underflows once gamma |x| "
-    "log2(e) passes 180 + 1074, and with it the label derivative it carries (half the "
-    "value, or all, is lost)",
+    reason="float64 focal d2/dy2 at right hard labels beyond |x| ~ 140 (gamma 5) to 450 "
+    "(gamma 2): u^gamma 2^shift underflows once gamma |x| log2(e) passes 180 + 1074, and with "
+    "it the label derivative it carries (half the value, or all, is lost)",
 )
 @pytest.mark.parametrize("name", FOCAL_CASES)
-@pytest.mark.parametrize("region", ["near_zero", "far_out"])
-def test_float64_focal_d2y_gaps(name, region):
+def test_float64_focal_d2y_far_out(name):
     s = sweep(name, np.float64)
     idx, exact = reference(name, np.float64)
-    ax, hard = np.abs(s.x[idx]), (s.y[idx] == 0) | (s.y[idx] == 1)
-    pick = (ax < 1e-4) if region == "near_zero" else (ax > 100) & hard
+    hard = (s.y[idx] == 0) | (s.y[idx] == 1)
+    pick = (np.abs(s.x[idx]) > 100) & hard
     big, tiny = np.finfo(np.float64).max, np.finfo(np.float64).tiny
     ex = np.array([float(e) if abs(e) <= big else np.inf for e in exact["dyy"]])
     normal = pick & np.isfinite(ex) & (np.abs(ex) >= tiny)
