@@ -19,7 +19,7 @@ os.environ["XLA_FLAGS"] = (
 import jax  # after XLA_FLAGS: it counts only before jax starts
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxbce
 
@@ -121,6 +121,23 @@ def main() -> None:
         )
     )
     _close("  shard_map ring over 2 devices", ring(a, b), pairwise.sum())
+
+    # JAX's explicit sharding: the batch's split over devices is part of its type. The CPU
+    # sum reshaped the loss into blocks across that split, a ShardingTypeError.
+    mesh = jax.make_mesh((2,), ("d",), axis_types=(jax.sharding.AxisType.Explicit,))
+    zb = (rng.normal(size=(8, 4096)) * 4).astype(np.float32)
+    yb = (rng.uniform(size=(8, 4096)) > 0.5).astype(np.float32)
+    zb64, yb64 = zb.astype(np.float64), yb.astype(np.float64)
+    with jax.set_mesh(mesh):
+        split = NamedSharding(mesh, PartitionSpec("d"))
+        loss, grad = jax.jit(
+            jax.value_and_grad(
+                lambda x, t: jaxbce.sigmoid_binary_cross_entropy(x, t, reduction="mean")
+            )
+        )(jax.device_put(zb, split), jax.device_put(yb, split))
+    want = (yb64 * _softplus(-zb64) + (1 - yb64) * _softplus(zb64)).mean()
+    _close("  jit(value_and_grad), explicit sharding over 2 devices", loss, want)
+    _close("  its gradient", grad, (_sigmoid(zb64) - yb64) / zb.size)
 
     checked = jax.jit(jaxbce.with_value_checks(jaxbce.sigmoid_binary_cross_entropy))
     err, _ = checked(z, y)

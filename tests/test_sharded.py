@@ -180,28 +180,35 @@ def test_reduced_loss_under_shard_map_and_pmap_matches_one_device(parallel_resul
 
 # ------------------------------------------------- jit over sharded inputs (GSPMD)
 
-#: (loss, shape, masked): batches split over 8 devices whose size is not a multiple of 512
-#: (the CPU sum's largest block); the cross-entropy at every shape, masked and not, the
-#: other two losses at two.
+#: (loss, shape, masked, sharding mode): batches split over 8 devices whose size is not a
+#: multiple of 512 (the CPU sum's largest block), under jit with the split left to XLA
+#: ("auto": the inputs' NamedSharding) or part of the arrays' types ("explicit": JAX's
+#: AxisType.Explicit under jax.set_mesh). The cross-entropy at every shape, masked and not;
+#: the other two losses at two shapes; explicit mode at 2-D shapes, where the blocked
+#: reshape was refused.
 GSPMD_SHAPES = ((64, 1000), (1024, 3), (4000, 7), (8000,), (1000, 13))
-GSPMD_CASES = [("bce", shape, masked) for shape in GSPMD_SHAPES for masked in (False, True)] + [
-    (name, shape, True) for name in ("probs", "focal") for shape in GSPMD_SHAPES[:2]
-]
+GSPMD_CASES = (
+    [("bce", shape, masked, "auto") for shape in GSPMD_SHAPES for masked in (False, True)]
+    + [(name, shape, True, "auto") for name in ("probs", "focal") for shape in GSPMD_SHAPES[:2]]
+    + [(name, shape, True, "explicit") for name in LOSSES for shape in ((8, 4096), (64, 1000))]
+    + [("bce", (1024, 3), False, "explicit")]
+)
 
 _GSPMD_SCRIPT = textwrap.dedent(
     r"""
     import json, os, re, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import numpy as np, jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
     import jaxbce
 
     LOSSES = {"bce": jaxbce.sigmoid_binary_cross_entropy, "probs": jaxbce.binary_cross_entropy,
               "focal": jaxbce.sigmoid_focal_loss}
-    mesh = Mesh(np.array(jax.devices()), ("data",))
+    MESHES = {mode: jax.make_mesh((8,), ("data",), axis_types=(kind,))
+              for mode, kind in (("auto", AxisType.Auto), ("explicit", AxisType.Explicit))}
     COLLECTIVE = re.compile(r"= \w+\[([\d,]*)\][^ ]* (all-gather|all-to-all|collective-permute)")
     results = {}
-    for name, shape, masked in json.loads(sys.argv[1]):
+    for name, shape, masked, mode in json.loads(sys.argv[1]):
         rng = np.random.default_rng(0)
         x = (rng.normal(size=shape) * 3).astype(np.float32)
         if name == "probs":
@@ -211,13 +218,19 @@ _GSPMD_SCRIPT = textwrap.dedent(
         def loss(x, y, m, fn=LOSSES[name], masked=masked):
             return fn(x, y, where=m if masked else None, reduction="mean")
         f = jax.jit(jax.value_and_grad(loss))
-        sharded = [jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (x, y, m)]
-        compiled = f.lower(*sharded).compile()
+        ref_value, ref_grad = f(x, y, m)
+        mesh = MESHES[mode]
+        try:
+            with jax.set_mesh(mesh):
+                sharded = [jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (x, y, m)]
+                compiled = f.lower(*sharded).compile()
+                value, grad = compiled(*sharded)
+        except Exception as err:
+            results[repr((name, tuple(shape), masked, mode))] = f"{type(err).__name__}: {err}"[:500]
+            continue
         moved = [int(np.prod([int(d) for d in dims.split(",") if d]))
                  for dims, _ in COLLECTIVE.findall(compiled.as_text())]
-        value, grad = compiled(*sharded)
-        ref_value, ref_grad = f(x, y, m)
-        results[repr((name, tuple(shape), masked))] = {
+        results[repr((name, tuple(shape), masked, mode))] = {
             "moved": max(moved, default=0),
             "value": abs(float(value) - float(ref_value)) / abs(float(ref_value)),
             "grad": float(np.max(np.abs(np.asarray(grad) - np.asarray(ref_grad)))),
@@ -233,15 +246,17 @@ def gspmd_results():
     return script_results(_GSPMD_SCRIPT, json.dumps(GSPMD_CASES), timeout=600)
 
 
-@pytest.mark.parametrize("name, shape, masked", GSPMD_CASES)
+@pytest.mark.parametrize("name, shape, masked, mode", GSPMD_CASES)
 def test_reduced_loss_under_jit_with_sharded_inputs_moves_no_batch(
-    gspmd_results, name, shape, masked
+    gspmd_results, name, shape, masked, mode
 ):
     # jit over inputs sharded on 8 devices, no shard_map: XLA partitions the program. The
     # CPU sum padded the loss to whole blocks of 512, and the partitioner then gathered the
-    # whole loss onto every device (64000 elements at (64, 1000)). Now it moves at most a few
+    # whole loss onto every device (64000 elements at (64, 1000)); with explicit sharding its
+    # reshape across the split was a ShardingTypeError. Now a collective moves at most a few
     # elements at a block's edge; value and gradient as on one device.
-    got = gspmd_results[repr((name, shape, masked))]
+    got = gspmd_results[repr((name, shape, masked, mode))]
+    assert isinstance(got, dict), got
     n = int(np.prod(shape))
     assert got["moved"] < n // 64, f"a collective moves {got['moved']} of {n} elements"
     assert got["value"] <= 1e-6 and got["grad"] <= 1e-9, got
