@@ -10,6 +10,7 @@ The modules behind them are private: ``_losses`` (the public elementwise losses)
 faithfully rounded float32 functions, built from ``_arithmetic``'s error-free operations),
 ``_focal`` (the focal loss' kernel), ``_fused`` (the custom_jvp and shard_map parts shared
 by scalar losses whose gradients come with their value), ``_checks`` (argument checks),
+``_sharding`` (what a value's type says about its split over devices),
 ``_reductions`` (masks, sums and means), ``_linear`` (the fused linear loss) and
 ``_pairwise`` (SigLIP's pairwise loss). ``python -m jaxbce.check`` is the numerical
 self-check, on ``_sweep``'s device sweeps and ``_exact``'s float64 references.

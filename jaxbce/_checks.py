@@ -28,6 +28,7 @@ from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from jaxbce._reductions import REDUCTIONS
+from jaxbce._sharding import explicit_spec, varying_axes
 
 #: The errors that :func:`with_value_checks` turns on: the library's own value checks.
 CHECKED_ERRORS = checkify.user_checks
@@ -199,13 +200,20 @@ def check_unit_interval_values(name: str, arr: jax.Array, mask: jax.Array | None
     )
 
 
-def varying_axes(x: jax.Array) -> frozenset[Any]:
-    """The manual (shard_map) mesh axes along which ``x`` differs between devices."""
-    aval = jax.typeof(x)
-    mat = getattr(aval, "manual_axis_type", None)
-    if mat is not None:
-        return frozenset(mat.varying)
-    return frozenset(getattr(aval, "vma", ()))
+def check_rows_not_split_by_type(name: str, x: jax.Array) -> None:
+    """Refuses a pairwise loss input (``a`` or ``b``) whose rows are split over devices by
+    its type (JAX's explicit sharding), without ``axis_name``: every anchor meets every
+    candidate, and the blocks are not planned for a split batch (JAX refused them deep
+    inside with a ``ShardingTypeError``)."""
+    spec = explicit_spec(x)
+    if spec is not None and len(spec) and spec[0] is not None:
+        raise ValueError(
+            f"{name}'s rows are split over mesh axis {spec[0]!r} by its type (explicit "
+            "sharding), and without axis_name every anchor is paired with every candidate "
+            "of the batch. Call the loss inside jax.shard_map with "
+            f"axis_name={spec[0]!r} (a ring of devices that never gathers b; "
+            "docs/sharding.rst), or reshard a and b to replicated first"
+        )
 
 
 def check_split_over(name: str, x: jax.Array, axes: tuple[Any, ...], axis_name: Any) -> None:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbce import _checks as checks
+from jaxbce._sharding import explicit_spec, varying_axes
 
 T = TypeVar("T")
 
@@ -79,12 +79,13 @@ def vary(x: Any, axes: tuple[Any, ...]) -> Any:
     ``pcast``), so that it may be combined with values that vary over them."""
     if x is None:
         return None
-    missing = tuple(n for n in axes if n not in checks.varying_axes(x))
+    missing = tuple(n for n in axes if n not in varying_axes(x))
     return lax.pcast(x, missing, to="varying") if missing else x
 
 
 def zeros_varying_as(shape: tuple[int, ...], dtype: Any, like: jax.Array) -> jax.Array:
-    """Zeros that vary over the same ``shard_map`` axes as ``like`` (loop carries must)."""
-    z = jnp.zeros(shape, dtype)
-    axes = tuple(checks.varying_axes(like) - checks.varying_axes(z))
+    """Zeros that vary over the same ``shard_map`` axes as ``like`` (loop carries must),
+    and, of ``like``'s shape, split as it is under explicit sharding."""
+    z = jnp.zeros(shape, dtype, out_sharding=explicit_spec(like) if shape == like.shape else None)
+    axes = tuple(varying_axes(like) - varying_axes(z))
     return lax.pcast(z, axes, to="varying") if axes else z

@@ -46,11 +46,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
+from jax.sharding import PartitionSpec
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from jaxbce import _checks as checks
-from jaxbce._fused import axis_tuple, tangent, vary, whole_call, zeros_varying_as
+from jaxbce._fused import (
+    axis_tuple,
+    tangent,
+    vary,
+    whole_call,
+    zeros_varying_as,
+)
 from jaxbce._losses import sigmoid_binary_cross_entropy
+from jaxbce._sharding import explicit_spec, varying_axes
 
 #: Target number of elements of one (B, C) chunk of logits when ``chunk_size=None``.
 DEFAULT_CHUNK_ELEMENTS = 2**20
@@ -139,7 +147,10 @@ def _chunk_labels(s: _Static, a: _Args[jax.Array], start: jax.Array) -> jax.Arra
     rows = jnp.arange(idx.shape[0], dtype=idx.dtype)[:, None]
     # Out-of-chunk indices point one past the end and are dropped; duplicates set True twice.
     cols = jnp.where(inside, local, s.chunk)
-    return jnp.zeros((idx.shape[0], s.chunk), jnp.bool_).at[rows, cols].set(True, mode="drop")
+    spec = explicit_spec(idx)  # explicit sharding: the chunk is split as the indices' rows
+    split = None if spec is None else PartitionSpec(spec[0], None)
+    chunk = jnp.zeros((idx.shape[0], s.chunk), jnp.bool_, out_sharding=split)
+    return chunk.at[rows, cols].set(True, mode="drop", out_sharding=split)
 
 
 def _chunk_mask(
@@ -298,7 +309,14 @@ def _fused_grads(
                     dz_low, w_c.astype(low).T, preferred_element_type=dt
                 )
             if want.kernel:
-                dw_c = jnp.matmul(a.features.astype(low).T, dz_low, preferred_element_type=dt)
+                # Explicit sharding: the sum over a split batch is added across devices
+                # into the kernel's own split (JAX will not guess it).
+                dw_c = jnp.matmul(
+                    a.features.astype(low).T,
+                    dz_low,
+                    preferred_element_type=dt,
+                    out_sharding=explicit_spec(w_c),
+                )
                 g["kernel"] = _add_columns(s, g["kernel"], dw_c, start)
             if want.bias:
                 g["bias"] = _add_columns(s, g["bias"], dz.sum(axis=0), start)
@@ -480,7 +498,7 @@ def linear_sigmoid_binary_cross_entropy(
     axes = () if axis_name is None else axis_tuple(axis_name)
     # The mesh axes that split the kernel's columns (sparse indices are offset along them):
     # those of ``axis_name`` that the kernel varies over; the others split the batch.
-    label_axes = tuple(a for a in axes if a in checks.varying_axes(w_mat))
+    label_axes = tuple(a for a in axes if a in varying_axes(w_mat))
     n_total = n_labels * (lax.axis_size(label_axes) if label_axes else 1)
 
     y = checks.as_array("labels", labels)
@@ -547,7 +565,7 @@ def linear_sigmoid_binary_cross_entropy(
     # Every input varies (over axis_name; without it over every axis any input varies over,
     # as JAX's own ops would cast them) before the custom_jvp, so the loop's carry has one
     # type; the transposes of the casts psum the gradients of replicated inputs.
-    found = {a for v in args if v is not None for a in checks.varying_axes(v)}
+    found = {a for v in args if v is not None for a in varying_axes(v)}
     vary_over = axes or tuple(sorted(found, key=str))
     if vary_over:
         varied: list[Any] = [vary(v, vary_over) for v in args]

@@ -58,7 +58,13 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from jaxbce import _checks as checks
-from jaxbce._fused import axis_tuple, tangent, vary, whole_call, zeros_varying_as
+from jaxbce._fused import (
+    axis_tuple,
+    tangent,
+    vary,
+    whole_call,
+    zeros_varying_as,
+)
 from jaxbce._kernels import nll, nll_bwd
 
 #: Without ``axis_name`` and ``block_size``, the (B, B) logits are formed whole (plain
@@ -538,6 +544,9 @@ def pairwise_sigmoid_loss(
     if axes is not None:
         checks.check_split_over("a", x_a, axes, axis_name)
         checks.check_split_over("b", x_b, axes, axis_name)
+    else:
+        for name, x in (("a", x_a), ("b", x_b)):
+            checks.check_rows_not_split_by_type(name, x)
     if ids is None:
         ids = jnp.arange(n, dtype=jnp.int32)
         if axes is not None:

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxbce._sharding import explicitly_split
+
 Reduction = Literal["none", "sum", "mean"]
 REDUCTIONS: tuple[str, ...] = ("none", "sum", "mean")
 
@@ -134,7 +136,7 @@ def _blocked_sum_and_count(loss: jax.Array, counted: jax.Array) -> tuple[jax.Arr
       two up to 2^6, so that under ``jit`` with a batch sharded over up to 64 devices each
       device holds whole blocks: a padded layout made XLA's partitioner gather the whole
       loss onto every device. A loss whose type says it is split over devices (explicit
-      sharding, :func:`_explicitly_sharded`) is summed plainly too.
+      sharding, :func:`~jaxbce._sharding.explicitly_split`) is summed plainly too.
 
     A single compensated (TwoSum) reduction would need no blocks, but XLA:CPU runs a
     reduction to one scalar as one chain of dependent additions: a compensated step makes
@@ -142,19 +144,11 @@ def _blocked_sum_and_count(loss: jax.Array, counted: jax.Array) -> tuple[jax.Arr
     compensation itself loses precision by 2^24 elements.
     """
     b = block_size(loss.shape)
-    if b < MIN_BLOCK or _explicitly_sharded(loss):
+    if b < MIN_BLOCK or explicitly_split(loss):
         return _plain_sum_and_count(loss, counted)
     blocks = (loss.size // b, b)
     sums, counts = _variadic_sum(loss.reshape(blocks), counted.reshape(blocks).astype(jnp.int32))
     return jnp.sum(sums), jnp.sum(counts)
-
-
-def _explicitly_sharded(x: jax.Array) -> bool:
-    """Whether ``x``'s type names a mesh axis it is split over (JAX's explicit sharding,
-    ``AxisType.Explicit``): reshaping it into blocks across that split is then a
-    ``ShardingTypeError``, where XLA's plain sum partitions as it is."""
-    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
-    return spec is not None and any(axis is not None for axis in spec)
 
 
 @jax.custom_jvp
