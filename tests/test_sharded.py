@@ -358,6 +358,25 @@ def test_exports_with_a_symbolic_batch_and_runs_at_any_batch(fn_name, reduction,
         np.testing.assert_allclose(got_grad, grad, rtol=1e-6, atol=1e-12)
 
 
+@pytest.mark.parametrize("classes", [1000, 7])
+def test_a_symbolic_batch_is_summed_in_blocks_of_its_static_factor(classes):
+    # (b, 1000): the CPU sum's blocks divide the static 1000 (blocks of 500, whatever b is);
+    # (b, 7): no block from 32 up divides 7, the plain sum. Both at odd batches.
+    b = jax.export.symbolic_shape("b")[0]
+    spec = jax.ShapeDtypeStruct((b, classes), jnp.float32)
+    f = jax.value_and_grad(lambda z, y: jaxbce.sigmoid_binary_cross_entropy(z, y, reduction="mean"))
+    exported = jax.export.export(jax.jit(f), platforms=["cpu", "cuda"])(spec, spec)
+    rng = np.random.default_rng(0)
+    for batch in (37, 301):
+        z = (rng.normal(size=(batch, classes)) * 3).astype(np.float32)
+        y = (rng.uniform(size=(batch, classes)) < 0.3).astype(np.float32)
+        z64, y64 = z.astype(np.float64), y.astype(np.float64)
+        exact = np.mean(np.maximum(z64, 0) - z64 * y64 + np.log1p(np.exp(-np.abs(z64))))
+        value, grad = exported.call(z, y)
+        np.testing.assert_allclose(value, exact, rtol=1e-6)
+        np.testing.assert_allclose(grad, (1 / (1 + np.exp(-z64)) - y64) / z.size, rtol=1e-5)
+
+
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_linear_loss_exports_with_a_symbolic_batch(reduction):
     def loss(h, w, y):
