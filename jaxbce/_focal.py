@@ -225,8 +225,8 @@ def _m_ratio(
 
 def _sure_label_slopes(d_y: jax.Array, v: _Value, g: Any, parts: Sequence[jax.Array]) -> jax.Array:
     """``d_y`` (d/dy, unscaled), whose label derivative gains at a right hard label the
-    terms of :math:`m`'s and of :math:`ce/u`'s (``parts``: :math:`x`, :math:`R = ce/u`,
-    :math:`u_y = du/dy` and ``stretch``; ``g`` is :math:`\\gamma`).
+    terms of :math:`m`'s and of :math:`R = ce/u`'s (``parts``: :math:`x`, :math:`u_y =
+    du/dy` and ``stretch``; ``g`` is :math:`\\gamma`).
 
     There :math:`dm = \\gamma m\\,dD = \\gamma (m\\,dn_s + m e^t dn_b)` and :math:`d(ce/u) =
     (t + e^t(t - R))\\,dn_b - R\\,dn_s` (:func:`_m_ratio`), whose sum through d/dy
@@ -249,10 +249,15 @@ def _sure_label_slopes(d_y: jax.Array, v: _Value, g: Any, parts: Sequence[jax.Ar
     \\infty`. Near :math:`x = 0` the weights carry no derivative, and :func:`_m_ratio` and
     :func:`_times_sure_d` take the slopes there, in ``lin``.
     """
-    x, ratio, du_dy, stretch = parts
+    x, du_dy, stretch = parts
     t, s, ce, at = v.t, v.sums[0], v.ce, total(v.at)
     read = v.sure & jnp.isfinite(t)  # finite where read
     fi = jnp.finfo(t.dtype)
+    # R = L/s from the pairs: d/dy's stand-in 1 above |x| = 20 (_softplus_over_sigmoid) is
+    # e^-|x|/2 off, 1e-10 of d2/dy2 at |x| = 20, gamma 5. 1 where s is not normal.
+    ok = s >= fi.tiny
+    s_safe = (jnp.where(ok, v.s[0], 1.0), jnp.where(ok, v.s[1], 0.0))
+    ratio = jnp.where(ok, total(divide(v.softplus, s_safe)), 1.0)
     cap = np.log(fi.max) - 1.0
     log_p = jnp.minimum(jnp.where(read, v.log_ue, -jnp.inf), cap)
     p = jnp.exp(log_p)
@@ -535,7 +540,7 @@ def _focal_parts_near(
     d_y = total(v.at) * (safe_mul(m_y, -x) + gamma * m_ratio * du_dy) + v.d_at * safe_mul(m_y, ce)
     # Times stretch, d/dy may overflow (with the exact one) where jacfwd gives it a zero tangent.
     d_y_back = _times_pow2(d_y * stretch, -shift)
-    d_y_back = _sure_label_slopes(d_y_back, v, gamma, (x, ce_over_u, du_dy, stretch))
+    d_y_back = _sure_label_slopes(d_y_back, v, gamma, (x, du_dy, stretch))
     d_y_far = Overflowing(d_y_back, lambda t: _times_pow2((d_y * t) * stretch, -shift))
     # From the value times 2^shift: where the value itself underflows, value * d(-log u)/dy
     # is still normal, and d/dy of d/dgamma lost it (1e-3 off at x = 30, y = 1, gamma 2).
