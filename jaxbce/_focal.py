@@ -199,47 +199,79 @@ def _times_sure_d_jvp(
     return _times_sure_d(*primals), dv + jnp.where(sure, d_d, 0.0)
 
 
-def _sure_ratio_slope(
-    m: jax.Array,
-    log_me: jax.Array,
-    t: jax.Array,
-    los: jax.Array,
-    sure: jax.Array,
-    n_s: jax.Array,
-    n_b: jax.Array,
-    lin: jax.Array,
+def _m_ratio(
+    m: jax.Array, ratio: jax.Array, log_me: jax.Array, t: jax.Array, sure: jax.Array, lin: jax.Array
 ) -> jax.Array:
-    """0, whose derivative in the labels' weights is :math:`m\\,\\partial(ce/u)` where
-    ``sure`` (a right hard label): ``m`` is :math:`u^\\gamma 2^{shift}`, ``log_me`` the log
-    of :math:`m e^t`, and ``los`` the :math:`L/s` that stands for :math:`ce/u` there.
+    """:math:`m\\,ce/u` (``ratio``), whose derivative near :math:`x = 0` gains at a right
+    hard label (``sure``) :math:`m` times the label slope of :math:`ce/u`, which ``ratio``,
+    there the :math:`L/s` that stands for it, lacks; ``m`` is :math:`u^\\gamma 2^{shift}`
+    and ``log_me`` the log of :math:`m e^t`.
 
-    There :math:`ce/u = (L + n_b t)/(s D)`, :math:`D = n_s + n_b e^t = 1`, is taken at
-    :math:`n_b = 0` from :math:`t` alone, so the label slope's own label derivative lacked
-    :math:`m\\,[(t/s)\\,dn_b - (L/s)(dn_s + e^t dn_b)]` and ``hessian`` in ``y`` was wrong
-    there (0.115 for 0.160 at x = 3, y = 1, gamma 2, alpha 0.25). With :math:`1/s = 1 +
-    e^t` that is :math:`(m t + m e^t (t - L/s))\\,dn_b - m (L/s)\\,dn_s`, with
-    :math:`m e^t = e^{t - \\gamma(t + L)} 2^{shift}` from its log, never from :math:`1/s`
-    or :math:`e^t` alone, and the coefficient kept finite (where it would overflow, the
-    exact second derivative is about :math:`e^{(1-\\gamma) t}` and overflows too, but for a
-    window of :math:`2^{-shift}` below the largest number). Written as coefficients times
-    :math:`n - \\operatorname{stop\\_gradient}(n)`: exactly 0, with that derivative.
-
-    Near :math:`x = 0` (:func:`_with_label_slope`) the weights come without derivatives,
-    and ``lin`` carries the whole slope, :math:`c_b + c_s` per :math:`dn_b` (:math:`dn_s =
-    -dn_b`): :math:`m t (1 + e^t) - (L/s)\\,m \\operatorname{expm1}(t)`, where the sum of
-    the two coefficients (about :math:`\\mp 2 m \\log 2`) cancelled to :math:`O(t)`.
+    At a right hard label :math:`ce/u = (L + n_b t)/(s D)`, :math:`D = n_s + n_b e^t = 1`, is
+    taken at :math:`n_b = 0` from :math:`t` alone: its label slope, :math:`(t + e^t (t -
+    L/s))\\,dn_b - (L/s)\\,dn_s`, comes with d/dy's unscaled (:func:`_sure_label_slopes`)
+    but near :math:`x = 0` (:func:`_with_label_slope`), where the weights come without
+    derivatives and ``lin`` carries the whole slope, the two coefficients' sum per
+    :math:`dn_b` (:math:`dn_s = -dn_b`): :math:`m t (1 + e^t) - (L/s)\\,m
+    \\operatorname{expm1}(t)`, where the sum (about :math:`\\mp 2 m \\log 2`) cancelled to
+    :math:`O(t)`.
     """
-    read = sure & jnp.isfinite(t)  # finite where not read
-    t, m, los = (jnp.where(read, a, 0.0) for a in (t, m, los))
-    big = jnp.finfo(t.dtype).max
-    me = jnp.exp(jnp.minimum(jnp.where(read, log_me, -jnp.inf), np.log(big) - 1.0))
-    # Finite, so that a zero tangent (in x, or with gamma = 0 after it) never makes 0 * inf.
-    c_b = lax.stop_gradient(jnp.where(read, jnp.clip(m * t + me * (t - los), -big, big), 0.0))
-    c_s = lax.stop_gradient(jnp.where(read, m * los, 0.0))
-    slope = c_b * (n_b - lax.stop_gradient(n_b)) - c_s * (n_s - lax.stop_gradient(n_s))
-    near = read & (t < _SLOPE_BELOW)
-    c_lin = jnp.where(near, m * t + me * t - los * (m * jnp.expm1(t)), 0.0)
-    return _with_label_slope(slope, lax.stop_gradient(c_lin), lin)
+    near = sure & (t < _SLOPE_BELOW)  # finite where read
+    t, m_n, los = (jnp.where(near, a, 0.0) for a in (t, m, ratio))
+    me = jnp.exp(jnp.where(near, log_me, -jnp.inf))
+    c_lin = jnp.where(near, m_n * t + me * t - los * (m_n * jnp.expm1(t)), 0.0)
+    return _with_label_slope(m * ratio, lax.stop_gradient(c_lin), lin)
+
+
+def _sure_label_slopes(d_y: jax.Array, v: _Value, g: Any, parts: Sequence[jax.Array]) -> jax.Array:
+    """``d_y`` (d/dy, unscaled), whose label derivative gains at a right hard label the
+    terms of :math:`m`'s and of :math:`R = ce/u`'s (``parts``: :math:`x`, :math:`u_y =
+    du/dy` and ``stretch``; ``g`` is :math:`\\gamma`).
+
+    There :math:`dm = \\gamma m\\,dD = \\gamma (m\\,dn_s + m e^t dn_b)` and :math:`d(ce/u) =
+    (t + e^t(t - R))\\,dn_b - R\\,dn_s` (:func:`_m_ratio`), whose sum through d/dy
+    :math:`= \\alpha_t (-x m + \\gamma m R\\,u_y) + \\alpha_t' m\\,ce` is, with :math:`P =
+    u^\\gamma e^t = m e^t 2^{-shift}` (about :math:`u^{\\gamma - 1}`),
+
+    .. math::
+
+        \\gamma P\\,[\\alpha_t(-x + u_y(t + (\\gamma - 1) R + e^{-t} t)) + \\alpha_t' ce]\\,dn_b
+        + \\gamma P e^{-t}\\,[\\alpha_t(-x + (\\gamma - 1) R u_y) + \\alpha_t' ce]\\,dn_s.
+
+    Taken through the scaled :math:`m` it was lost where :math:`m` underflows
+    (:math:`\\gamma |x| \\log_2 e > 1254`), where :math:`e^t` was capped (:math:`|x| >
+    708.8`) and where :math:`m e^t` overflows (:math:`\\gamma < 1`, from :math:`|x| \\approx
+    1170` at 0.5): half of float64 d2/dy2, or all of it. Here :math:`P` is
+    :math:`e^{\\log P}`, within a few ulps, and where it underflows, its product with the
+    rest, :math:`O(|x|)`, comes from the sum of their logs. :math:`P` and the coefficients
+    are kept finite (where they are capped, the exact second derivative, about
+    :math:`2\\gamma P |x|`, overflows too), so that a zero tangent never makes :math:`0 \\cdot
+    \\infty`. Near :math:`x = 0` the weights carry no derivative, and :func:`_m_ratio` and
+    :func:`_times_sure_d` take the slopes there, in ``lin``.
+    """
+    x, du_dy, stretch = parts
+    t, s, ce, at = v.t, v.sums[0], v.ce, total(v.at)
+    read = v.sure & jnp.isfinite(t)  # finite where read
+    fi = jnp.finfo(t.dtype)
+    # R = L/s from the pairs: d/dy's stand-in 1 above |x| = 20 (_softplus_over_sigmoid) is
+    # e^-|x|/2 off, 1e-10 of d2/dy2 at |x| = 20, gamma 5. 1 where s is not normal.
+    ok = s >= fi.tiny
+    s_safe = (jnp.where(ok, v.s[0], 1.0), jnp.where(ok, v.s[1], 0.0))
+    ratio = jnp.where(ok, total(divide(v.softplus, s_safe)), 1.0)
+    cap = np.log(fi.max) - 1.0
+    log_p = jnp.minimum(jnp.where(read, v.log_ue, -jnp.inf), cap)
+    p = jnp.exp(log_p)
+    e_t = s / v.sums[1]  # e^-|x| = s / (1 - s)
+    a_b = at * (-x + du_dy * (t + (g - 1.0) * ratio + e_t * t)) + v.d_at * ce
+    a_s = e_t * (at * (-x + (g - 1.0) * ratio * du_dy) + v.d_at * ce)
+    log_stretch = jnp.log(stretch)
+    for a, n in ((a_b, v.n_b), (a_s, v.n_s)):
+        log_pa = log_p + (jnp.log(jnp.abs(a)) + log_stretch)
+        from_logs = g * jnp.sign(a) * jnp.exp(jnp.minimum(log_pa, cap))
+        c = jnp.where(p < fi.tiny, from_logs, ((g * p) * a) * stretch)
+        c = jnp.where(read, jnp.clip(c, -fi.max, fi.max), 0.0)
+        d_y = _with_label_slope(d_y, lax.stop_gradient(c), n - lax.stop_gradient(n))
+    return d_y
 
 
 #: Beyond :math:`|x| = 2^{64}` the focal loss is :math:`c(y)\,|x|` to the last bit:
@@ -295,6 +327,8 @@ class _Value(NamedTuple):
     s: Pair  # sigma(-|x|)
     big: Pair  # 1 - s
     sums: tuple[jax.Array, jax.Array, jax.Array]  # s, big and m = u^gamma 2^shift, rounded
+    m_y: jax.Array  # m, without its label slope at a right hard label but near x = 0
+    log_ue: jax.Array  # log(u^gamma e^|x|) at a right hard label
     lw: LabelWeights  # (y, 1 - y)
     n_s: jax.Array
     n_b: jax.Array
@@ -359,7 +393,7 @@ def _value_near(
     # D is 1 there, but it carries the label derivatives of u (log D: D - 1, of derivative
     # dD / D there).
     log_d = _times_sure_d(jnp.ones_like(t), 1.0, sure, n_s, n_b, t, lin) - 1.0
-    tail_lo = jnp.where(jnp.isinf(t), 0.0, tail_err + l_lo) - log_d
+    tail_base = jnp.where(jnp.isinf(t), 0.0, tail_err + l_lo)
     # For a wrong hard label (n_s = 0, u = 1 - s near 1), -log u = L(|x|) exactly: the pair
     # from u was good to 2^-34 absolute only, which d/dgamma = -value log u read relatively
     # (2e-4 off at x = 17, y = 0 in float32). Its label derivative rides on -log1p(v),
@@ -372,12 +406,20 @@ def _value_near(
     wrong_lo = jnp.where(jnp.isinf(t), 0.0, l_lo) - jnp.log1p(v_w)
     nl_hi = jnp.where(sure, tail_hi, jnp.where(wrong, l_hi, nlu_hi))
     inv_u = reciprocal(u_safe)  # to 2^-17, for corrections
-    nl_lo = jnp.where(sure, tail_lo, jnp.where(wrong, wrong_lo, nlu_lo - u_err * inv_u))
+    nl_rest = jnp.where(wrong, wrong_lo, nlu_lo - u_err * inv_u)
+    nl_lo = jnp.where(sure, tail_base - log_d, nl_rest)
     # u^gamma below 2^-64 is computed times 2^shift, near 2^-64 (and the products scaled
     # back), so that u^gamma * ce stays exact where u^gamma alone would underflow.
     log2_m = lax.stop_gradient(gamma * nl_hi * np.log2(np.e))  # -log2(u^gamma), about
     shift = jnp.clip(jnp.floor(jnp.where(jnp.isfinite(log2_m), log2_m, 0.0)) - 64.0, 0.0, 180.0)
     m_hi, m_lo = pow_neg_log(nl_hi, nl_lo, gamma, shift)
+    # d/dy reads m_y, m without its label derivative at a right hard label (gamma m dD / D,
+    # through -log u) but near x = 0 (in lin): elsewhere d/dy's label derivative comes
+    # unscaled, from logs (_sure_label_slopes), as the scaled gamma m e^|x| underflows with
+    # m, meets a capped e^|x| or overflows (gamma < 1).
+    m_y_hi = pow_neg_log(
+        nl_hi, jnp.where(sure, tail_base - lax.stop_gradient(log_d), nl_rest), gamma, shift
+    )[0]
     if x.dtype != jnp.float32:
         # XLA's float64 power is correctly rounded where exp(gamma * log u) is not.
         u_val = jnp.where(sure, s, u_safe)
@@ -386,12 +428,19 @@ def _value_near(
         small = (u_val < jnp.finfo(x.dtype).tiny) | (log2_m > 1000.0)
         power = jnp.power(jnp.where(small, 1.0, u_val), gamma)  # no 0^(gamma - 1) behind
         power = power * jnp.where(sure, 1.0, 1.0 + gamma * u_err * inv_u)
+        m_y_hi = jnp.where(small, m_y_hi, _times_pow2(power, shift))
         # s^gamma D^gamma for a right hard label (D^gamma: :func:`_times_sure_d`), but where
         # the power is not read (small): its stand-in 1 times e^|x| made the second
         # derivatives of reverse mode NaN.
         power = _times_sure_d(power, gamma, sure & ~small, n_s, n_b, t, lin)
         m_hi = jnp.where(small, m_hi, _times_pow2(power, shift))
         m_lo = jnp.where(small, m_lo, 0.0)
+    no_n = (lax.stop_gradient(n_s), lax.stop_gradient(n_b))
+    m_y_hi = _times_sure_d(m_y_hi, gamma, sure, *no_n, t, lin)  # D's slope in lin alone
+    # log(u^gamma e^|x|) at a right hard label, -log u = nl = |x| + L(|x|): with nl's low
+    # part, and |x| (1 - gamma) exact for gamma = 0.5, 2, 5 (nl_hi - |x| is), its
+    # exponential is within a few ulps (_sure_label_slopes).
+    log_ue = (1.0 - gamma) * t - gamma * ((nl_hi - t) + nl_lo)
     m = m_hi + m_lo
     at, d_at = _alpha_weight(y, alpha)
     scale = _mul(at, (m_hi, m_lo))  # alpha_t u^gamma 2^shift
@@ -407,6 +456,8 @@ def _value_near(
         s=(s_hi, s_lo),
         big=(b_hi, b_lo),
         sums=(s, big, m),
+        m_y=m_y_hi + m_lo,
+        log_ue=log_ue,
         lw=lw,
         n_s=n_s,
         n_b=n_b,
@@ -482,13 +533,15 @@ def _focal_parts_near(
     half_tanh = jnp.tanh(0.5 * t)
     du_dy = jnp.where(nonneg, -half_tanh, half_tanh)
     m_ce = safe_mul(m, ce)  # times 2^shift, as m
+    # d/dy reads m_y, without m's label slope at a right hard label (_sure_label_slopes).
+    m_y = v.m_y
     log_me = (t - gamma * v.nl[0] + shift * np.log(2.0)).astype(t.dtype)  # log(m e^t), sure
-    m_ratio = m * ce_over_u + _sure_ratio_slope(m, log_me, t, ce_over_u, sure, n_s, n_b, v.lin)
-    d_y = total(v.at) * (safe_mul(m, -x) + gamma * m_ratio * du_dy) + v.d_at * m_ce
+    m_ratio = _m_ratio(m_y, ce_over_u, log_me, t, sure, v.lin)
+    d_y = total(v.at) * (safe_mul(m_y, -x) + gamma * m_ratio * du_dy) + v.d_at * safe_mul(m_y, ce)
     # Times stretch, d/dy may overflow (with the exact one) where jacfwd gives it a zero tangent.
-    d_y_far = Overflowing(
-        _times_pow2(d_y * stretch, -shift), lambda t: _times_pow2((d_y * t) * stretch, -shift)
-    )
+    d_y_back = _times_pow2(d_y * stretch, -shift)
+    d_y_back = _sure_label_slopes(d_y_back, v, gamma, (x, du_dy, stretch))
+    d_y_far = Overflowing(d_y_back, lambda t: _times_pow2((d_y * t) * stretch, -shift))
     # From the value times 2^shift: where the value itself underflows, value * d(-log u)/dy
     # is still normal, and d/dy of d/dgamma lost it (1e-3 off at x = 30, y = 1, gamma 2).
     d_gamma = _times_pow2(-safe_mul(v.scaled, v.nl[0] + v.nl[1]), -shift)
