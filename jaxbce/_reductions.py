@@ -128,9 +128,10 @@ def _blocked_sum_and_count(loss: jax.Array, counted: jax.Array) -> tuple[jax.Arr
       accuracy over 2^25 elements, so it only sums blocks of at most ``SUM_BLOCK`` elements
       (error ~1e-5 at worst), and ``jnp.sum`` adds the partial sums;
     * blocks that divide the size (:func:`block_size`), never padding: a zero padding fused
-      into the reduction made XLA:CPU check every element's index, and the value pass 15 to
-      20 times slower whenever N was not a multiple of the block (a mean over 10^7 elements
-      took 364 ms, over 2^24 25 ms). Where the size has no divisor from ``MIN_BLOCK`` to
+      into the reduction made XLA:CPU check every element's index, and the value pass 16
+      times slower per element whenever N was not a multiple of the block
+      (``benchmarks/results/unaligned-cpu-2026-11-27*.txt``, from
+      ``benchmarks/unaligned_sizes.py``). Where the size has no divisor from ``MIN_BLOCK`` to
       ``SUM_BLOCK`` (a prime, or a symbolic batch without a static factor) the plain sum
       serves, which writes the loss once. The number of blocks keeps the size's factors of
       two up to 2^6, so that under ``jit`` with a batch sharded over up to 64 devices each
