@@ -6,8 +6,9 @@ The public functions are pure and jit-able; options are keyword-only::
     loss = jaxbce.sigmoid_binary_cross_entropy(logits, labels, reduction="mean")
 
 The modules behind them are private: ``_losses`` (the public elementwise losses),
-``_kernels`` (their elementwise kernel and its custom derivatives, on ``_elementary``'s
-faithfully rounded float32 functions, built from ``_arithmetic``'s error-free operations),
+``_kernels`` (their elementwise kernel and its custom derivatives, contracted with tangents
+by ``_coefficients``, on ``_elementary``'s faithfully rounded float32 functions, built from
+``_arithmetic``'s error-free operations),
 ``_focal`` (the focal loss' kernel), ``_fused`` (the custom_jvp and shard_map parts shared
 by scalar losses whose gradients come with their value), ``_checks`` (argument checks),
 ``_sharding`` (what a value's type says about its split over devices),

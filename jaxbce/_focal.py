@@ -39,6 +39,7 @@ from jaxbce._arithmetic import (
     reciprocal,
     two_sum,
 )
+from jaxbce._coefficients import Coefficient, Overflowing, contract
 from jaxbce._elementary import (
     neg_log,
     pow_neg_log,
@@ -46,10 +47,7 @@ from jaxbce._elementary import (
     softplus_neg_abs,
 )
 from jaxbce._kernels import (
-    Coefficient,
     LabelWeights,
-    Overflowing,
-    contract,
     logit_slope_pair,
     logit_value_pair,
     neg_abs,
@@ -310,7 +308,7 @@ def _focal_parts(
 
     Near ``finfo.max`` the intermediate terms of the kernel overflow while the loss and its
     slope do not (``jacfwd`` and every second derivative were NaN there); :math:`\\partial_y`
-    overflows with the exact one, as an :class:`~jaxbce._kernels.Overflowing` coefficient,
+    overflows with the exact one, as an :class:`~jaxbce._coefficients.Overflowing` coefficient,
     so that ``jacfwd`` does not multiply it by the zero tangent of ``y``. Infinite ``x`` keeps
     the kernel's own limits.
     """

@@ -45,9 +45,9 @@ its relative accuracy at :math:`x \\to 0`, where :math:`A` and :math:`B` are bot
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +61,7 @@ from jaxbce._arithmetic import (
     opaque,
     two_sum,
 )
+from jaxbce._coefficients import Coefficient, Overflowing, apply, contract
 from jaxbce._elementary import (
     neg_log,
     neg_log1m,
@@ -381,34 +382,6 @@ def _label_weights(
 Residuals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array | None]
 
 
-class Overflowing(NamedTuple):
-    """A partial derivative that may overflow where the loss is finite, with the map
-    ``t -> value * t`` written so that a zero ``t`` gives 0 rather than ``inf * 0``.
-
-    ``jacfwd`` and ``hessian`` push a zero tangent into every input but one: a coefficient
-    that overflowed (``d/dy`` at ``x = -finfo.max`` with ``pos_weight``) would turn the
-    finite derivatives of the other inputs into NaN.
-    ``times`` multiplies ``t`` by finite factors in turn; it is used only where ``value``
-    is not finite, and is linear in ``t``, so reverse mode transposes it.
-    """
-
-    value: jax.Array
-    times: Callable[[jax.Array], jax.Array]
-
-
-Coefficient: TypeAlias = "jax.Array | Overflowing | None"
-
-
-def apply(c: jax.Array | Overflowing, t: jax.Array) -> jax.Array:
-    """``c * t``: through ``c.times`` where an :class:`Overflowing` ``c`` is not finite."""
-    if not isinstance(c, Overflowing):
-        return c * t
-    finite = jnp.isfinite(c.value)
-    # Both branches stay finite where they are not taken: reverse mode sends a zero
-    # cotangent through the other branch too.
-    return jnp.where(finite, jnp.where(finite, c.value, 0.0) * t, c.times(t))
-
-
 def nll_fwd(
     kind: Kind,
     x: jax.Array,
@@ -579,21 +552,3 @@ def _probs_slope_overflowing(p: jax.Array, lw: LabelWeights, slope: jax.Array) -
         return t * lw.qc - (t * ratio) * 2.0**64
 
     return Overflowing(slope, times)
-
-
-def contract(
-    out: jax.Array, coefficients: Sequence[Coefficient], tangents: Sequence[Any]
-) -> jax.Array:
-    """The tangent of an elementwise function: ``sum(c * t)`` over the inputs.
-
-    ``coefficients`` holds the diagonal of each input's Jacobian (``None`` for an absent
-    input; :func:`apply` for an :class:`Overflowing` one); tangents that are symbolic zeros
-    are skipped, so their coefficients are never needed and XLA drops them. A scalar
-    tangent (``eps``) broadcasts.
-    """
-    terms = [
-        apply(c, t)
-        for c, t in zip(coefficients, tangents, strict=True)
-        if c is not None and not isinstance(t, SymbolicZero)
-    ]
-    return sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
