@@ -236,6 +236,37 @@ def check_split_over(name: str, x: jax.Array, axes: tuple[Any, ...], axis_name: 
         )
 
 
+def check_linear_operands(
+    features: ArrayLike, kernel: ArrayLike, bias: ArrayLike | None
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """The fused linear loss' ``(B, d)`` features, ``(d, L)`` kernel and bias (``(L,)``,
+    broadcast from a scalar or ``(1,)``), each a real floating array, or a clear error."""
+    h = check_predictions("features", features)
+    w_mat = check_predictions("kernel", kernel)
+    if h.ndim != 2:
+        raise ValueError(
+            f"features must have shape (batch, in_features), got shape {h.shape}; "
+            "use jax.vmap for more batch dimensions"
+        )
+    if w_mat.ndim != 2 or w_mat.shape[0] != h.shape[1]:
+        raise ValueError(
+            f"kernel must have shape (in_features, labels) = ({h.shape[1]}, L) to match "
+            f"features of shape {h.shape}, got shape {w_mat.shape}"
+        )
+    n_labels = w_mat.shape[1]
+    if n_labels == 0:
+        raise ValueError(f"kernel must have at least one label column, got shape {w_mat.shape}")
+    if bias is None:
+        return h, w_mat, None
+    b_vec = check_predictions("bias", bias)
+    if b_vec.ndim > 1 or not (b_vec.ndim == 0 or b_vec.shape[0] in (1, n_labels)):
+        raise ValueError(
+            f"bias must have shape ({n_labels},) (one per kernel column) or be a scalar, "
+            f"got shape {b_vec.shape}"
+        )
+    return h, w_mat, jnp.broadcast_to(b_vec, (n_labels,))
+
+
 def check_sparse_labels(
     y: jax.Array,
     features_shape: tuple[int, ...],

@@ -469,31 +469,9 @@ def linear_sigmoid_binary_cross_entropy(
       Training*, 2024 (fused linear cross-entropy); Bhatia et al., *The Extreme
       Classification Repository*, 2016.
     """
-    h = checks.check_predictions("features", features)
-    w_mat = checks.check_predictions("kernel", kernel)
-    if h.ndim != 2:
-        raise ValueError(
-            f"features must have shape (batch, in_features), got shape {h.shape}; "
-            "use jax.vmap for more batch dimensions"
-        )
-    if w_mat.ndim != 2 or w_mat.shape[0] != h.shape[1]:
-        raise ValueError(
-            f"kernel must have shape (in_features, labels) = ({h.shape[1]}, L) to match "
-            f"features of shape {h.shape}, got shape {w_mat.shape}"
-        )
+    h, w_mat, b_vec = checks.check_linear_operands(features, kernel, bias)
     n_batch, n_labels = h.shape[0], w_mat.shape[1]
-    if n_labels == 0:
-        raise ValueError(f"kernel must have at least one label column, got shape {w_mat.shape}")
     shape = (n_batch, n_labels)
-    b_vec = None
-    if bias is not None:
-        b_vec = checks.check_predictions("bias", bias)
-        if b_vec.ndim > 1 or not (b_vec.ndim == 0 or b_vec.shape[0] in (1, n_labels)):
-            raise ValueError(
-                f"bias must have shape ({n_labels},) (one per kernel column) or be a scalar, "
-                f"got shape {b_vec.shape}"
-            )
-        b_vec = jnp.broadcast_to(b_vec, (n_labels,))
 
     axes = () if axis_name is None else axis_tuple(axis_name)
     # The mesh axes that split the kernel's columns (sparse indices are offset along them):
