@@ -100,8 +100,9 @@ def _plain_sum_and_count(loss: jax.Array, counted: jax.Array) -> tuple[jax.Array
 
 def block_size(shape: tuple[Any, ...]) -> int:
     """The block of :func:`_blocked_sum_and_count`: the largest divisor of the number of
-    elements up to :data:`SUM_BLOCK` that leaves up to :data:`KEEP_TWOS` factors of two
-    in the number of blocks; 1 for an empty array.
+    elements up to :data:`SUM_BLOCK` that leaves as many factors of two in the number of
+    blocks as it can, up to :data:`KEEP_TWOS`, while still :data:`MIN_BLOCK` or more; 1
+    for an empty array (and below ``MIN_BLOCK`` where no divisor is that large).
 
     Only the static dimensions count (with a symbolic batch, ``jax.export``, they divide
     the size whatever the batch is), and all their factors of two may go into the block.
@@ -111,8 +112,13 @@ def block_size(shape: tuple[Any, ...]) -> int:
         return 1
     symbolic = any(jax.export.is_symbolic_dim(d) for d in shape)
     twos = (static & -static).bit_length() - 1
-    rest = static >> (0 if symbolic else min(twos, KEEP_TWOS))
-    return max(b for b in range(1, min(SUM_BLOCK, rest) + 1) if rest % b == 0)
+    block = 1
+    for keep in range(0 if symbolic else min(twos, KEEP_TWOS), -1, -1):
+        rest = static >> keep
+        block = max(b for b in range(1, min(SUM_BLOCK, rest) + 1) if rest % b == 0)
+        if block >= MIN_BLOCK:
+            break
+    return block
 
 
 def _blocked_sum_and_count(loss: jax.Array, counted: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -133,11 +139,12 @@ def _blocked_sum_and_count(loss: jax.Array, counted: jax.Array) -> tuple[jax.Arr
       (``benchmarks/results/unaligned-cpu-2026-11-27*.txt``, from
       ``benchmarks/unaligned_sizes.py``). Where the size has no divisor from ``MIN_BLOCK`` to
       ``SUM_BLOCK`` (a prime, or a symbolic batch without a static factor) the plain sum
-      serves, which writes the loss once. The number of blocks keeps the size's factors of
-      two up to 2^6, so that under ``jit`` with a batch sharded over up to 64 devices each
-      device holds whole blocks: a padded layout made XLA's partitioner gather the whole
-      loss onto every device. A loss whose type says it is split over devices (explicit
-      sharding, :func:`~jaxbce._sharding.explicitly_split`) is summed plainly too.
+      serves, which writes the loss once. The number of blocks keeps as many of the size's
+      factors of two as it can, up to 2^6, so that under ``jit`` with a batch sharded over
+      up to 64 devices each device holds whole blocks: a padded layout made XLA's
+      partitioner gather the whole loss onto every device. A loss whose type says it is
+      split over devices (explicit sharding, :func:`~jaxbce._sharding.explicitly_split`) is
+      summed plainly too.
 
     A single compensated (TwoSum) reduction would need no blocks, but XLA:CPU runs a
     reduction to one scalar as one chain of dependent additions: a compensated step makes
