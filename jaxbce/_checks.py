@@ -256,6 +256,19 @@ def check_linear_operands(
     n_labels = w_mat.shape[1]
     if n_labels == 0:
         raise ValueError(f"kernel must have at least one label column, got shape {w_mat.shape}")
+    # Explicit sharding: the chunked loop is planned for a split batch only (a split kernel
+    # or feature axis failed inside JAX with a ShardingTypeError).
+    for name, x, dims in (("kernel", w_mat, (0, 1)), ("features", h, (1,))):
+        spec = explicit_spec(x)
+        split = [] if spec is None else [spec[d] for d in dims if d < len(spec) and spec[d]]
+        if split:
+            raise ValueError(
+                f"{name} is split over mesh axis {split[0]!r} by its type (explicit "
+                "sharding), which the fused linear loss takes only for the batch (features' "
+                "rows and the labels). For a kernel split over its labels call the loss "
+                f"inside jax.shard_map with axis_name={split[0]!r} (docs/sharding.rst), or "
+                f"reshard {name} so that only the batch is split"
+            )
     if bias is None:
         return h, w_mat, None
     b_vec = check_predictions("bias", bias)

@@ -267,6 +267,16 @@ _GSPMD_SCRIPT = textwrap.dedent(
         results["pairwise"] = "no error"
     except Exception as err:
         results["pairwise"] = f"{type(err).__name__}: {err}"
+    # The fused linear loss takes a split batch only: a kernel split over its labels
+    # failed inside JAX (its gradient; the value too for a chunk not dividing L).
+    try:
+        with jax.set_mesh(MESHES["explicit"]):
+            by_labels = NamedSharding(MESHES["explicit"], P(None, "data"))
+            w = jax.device_put(np.ones((8, 64), np.float32), by_labels)
+            jax.jit(jaxbce.linear_sigmoid_binary_cross_entropy)(a, w, np.ones((64, 64), bool))
+        results["linear_kernel_split"] = "no error"
+    except Exception as err:
+        results["linear_kernel_split"] = f"{type(err).__name__}: {err}"
     print("RESULTS " + json.dumps(results))
     """
 )
@@ -295,6 +305,11 @@ def test_reduced_loss_under_jit_with_sharded_inputs_moves_no_batch(
     assert got["moved"] < n // 64, f"a collective moves {got['moved']} of {n} elements"
     assert got["value"] <= 1e-6 and got["grad"] <= 1e-6, got
     assert got["grad_sharding"][:1] == ["data"], got
+
+
+def test_linear_loss_refuses_a_kernel_split_by_its_type(gspmd_results):
+    got = gspmd_results["linear_kernel_split"]
+    assert got.startswith("ValueError: kernel is split over mesh axis 'data' by its type"), got
 
 
 def test_pairwise_loss_refuses_a_batch_split_by_its_type_without_axis_name(gspmd_results):
