@@ -1,0 +1,81 @@
+"""Does the speed of the mean losses on CPU depend on the size of the last dimension?
+
+Times ``value_and_grad`` of the mean of jaxbce's ``sigmoid_binary_cross_entropy`` and
+``sigmoid_focal_loss`` (alpha 0.25, gamma 2) against optax's, on float32 inputs of about
+2^22 elements laid out with last dimensions 1024, 4, 3, 2 and 1 and as odd 1-D lengths,
+interleaved round by round (each sample preceded by an untimed call; the fastest of the
+rounds, per element). A fused loop whose last dimension is small or odd is compiled by
+XLA:CPU into code that is slower per element; the question is how much each loss pays.
+
+Usage::
+
+    python benchmarks/inner_dims.py                  # prints the table
+    python benchmarks/inner_dims.py --out FILE       # also writes it (a new file)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxbce
+
+SHAPES = ((4096, 1024), (2**20, 4), (2**20, 3), (2**19, 7), (2**21, 2), (2**22, 1))
+SHAPES += ((2**22,), (2**22 - 1,))
+
+
+def _contenders() -> dict:
+    return {
+        "jaxbce": lambda z, y: jaxbce.sigmoid_binary_cross_entropy(z, y, reduction="mean"),
+        "optax": lambda z, y: optax.sigmoid_binary_cross_entropy(z, y).mean(),
+        "jaxbce focal": lambda z, y: jaxbce.sigmoid_focal_loss(z, y, reduction="mean"),
+        "optax focal": lambda z, y: optax.sigmoid_focal_loss(z, y, alpha=0.25).mean(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path, help="also write the table here (a new file)")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    if args.out is not None and (args.out.exists() or not args.out.parent.is_dir()):
+        parser.error(f"--out {str(args.out)!r} exists or its folder does not; it is never replaced")
+    rng = np.random.default_rng(0)
+    lines = [
+        f"jax {jax.__version__}, {jax.devices()[0].device_kind}, fastest of {args.rounds} "
+        "rounds, ns per element of value_and_grad of the mean",
+        f"{'shape':>14s} " + " ".join(f"{name:>13s}" for name in _contenders()),
+    ]
+    for shape in SHAPES:
+        z = jnp.asarray((3 * rng.standard_normal(shape)).astype(np.float32))
+        y = jnp.asarray((rng.random(shape) < 0.3).astype(np.float32))
+        compiled = {
+            name: jax.jit(jax.value_and_grad(f)).lower(z, y).compile()
+            for name, f in _contenders().items()
+        }
+        best = dict.fromkeys(compiled, float("inf"))
+        for _ in range(args.rounds):
+            for name, f in compiled.items():
+                jax.block_until_ready(f(z, y))  # untimed: the same allocator state
+                start = time.perf_counter()
+                jax.block_until_ready(f(z, y))
+                best[name] = min(best[name], time.perf_counter() - start)
+        cells = " ".join(f"{1e9 * t / z.size:13.2f}" for t in best.values())
+        lines.append(f"{shape!s:>14s} {cells}")
+        print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    if args.out is not None:
+        args.out.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
