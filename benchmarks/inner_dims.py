@@ -15,14 +15,13 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from bench.tables import table_arguments, write_table
 
 import jaxbce
 
@@ -40,14 +39,7 @@ def _contenders() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--out", type=Path, help="also write the table here (a new file)")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    if args.out is not None and (args.out.exists() or not args.out.parent.is_dir()):
-        parser.error(f"--out {str(args.out)!r} exists or its folder does not; it is never replaced")
+    args = table_arguments(__doc__.splitlines()[0], 5, argv)
     rng = np.random.default_rng(0)
     lines = [
         f"jax {jax.__version__}, {jax.devices()[0].device_kind}, fastest of {args.rounds} "
@@ -72,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"{shape!s:>14s} {cells}")
         print(lines[-1], flush=True)
     table = "\n".join(lines)
-    if args.out is not None:
-        args.out.write_text(table + "\n")
+    write_table(args.out, table)
     return 0
 
 

@@ -19,7 +19,6 @@ The table says which jaxbce it timed (the commit of the checkout it was imported
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from bench.tables import table_arguments, write_table
 
 import jaxbce
 
@@ -78,14 +78,7 @@ def _programs(n: int) -> tuple[dict[str, Callable[[], float]], int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--out", type=Path, help="also write the table here (a new file)")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    if args.out is not None and (args.out.exists() or not args.out.parent.is_dir()):
-        parser.error(f"--out {str(args.out)!r} exists or its folder does not; it is never replaced")
+    args = table_arguments(__doc__.splitlines()[0], 9, argv)
     timers = [_programs(n) for n in SIZES]
     times = {(n, name): [] for programs, n in timers for name in programs}
     for _ in range(args.rounds):
@@ -114,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     table = "\n".join(lines)
     print(table)
-    if args.out is not None:
-        args.out.write_text(table + "\n")
+    write_table(args.out, table)
     return 0
 
 

@@ -398,3 +398,25 @@ def test_cpu_passes_times_the_shipped_computation(capsys) -> None:
     out = capsys.readouterr().out
     assert "jaxbce value_and_grad" in out
     assert "gradient pass: fresh output" in out
+
+
+@pytest.mark.parametrize("script_name", ["unaligned_sizes", "inner_dims"])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--rounds", "0"], "--rounds must be at least 1, got 0"),
+        (["--out", "{file}"], "exists or its folder does not; it is never replaced"),
+        (["--out", "{missing}/table.txt"], "exists or its folder does not"),
+    ],
+)
+def test_table_benchmarks_refuse_before_measuring(
+    tmp_path: Path, capsys, script_name: str, flags: list[str], message: str
+) -> None:
+    """The stand-alone table benchmarks never replace a file (a committed result)."""
+    import importlib
+
+    script = importlib.import_module(script_name)
+    (tmp_path / "file").write_text("mine")
+    argv = [f.format(file=tmp_path / "file", missing=tmp_path / "missing") for f in flags]
+    assert message in _refused_in_process(script.main, argv, capsys)
+    assert (tmp_path / "file").read_text() == "mine"

@@ -22,6 +22,7 @@ Modules, each importing only those listed before it:
 * :mod:`bench.report`: text tables, the Markdown summary and the plot.
 * :mod:`bench.results`: where a run's JSON and PNG go, and what they may not replace.
 * :mod:`bench.runner`: a whole run, from its settings to the JSON result.
+* :mod:`bench.tables`: the command line of the stand-alone table benchmarks.
 """
 
 from __future__ import annotations
