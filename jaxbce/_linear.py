@@ -148,7 +148,7 @@ def _chunk_labels(s: _Static, a: _Args[jax.Array], start: jax.Array) -> jax.Arra
     # Out-of-chunk indices point one past the end and are dropped; duplicates set True twice.
     cols = jnp.where(inside, local, s.chunk)
     spec = explicit_spec(idx)  # explicit sharding: the chunk is split as the indices' rows
-    split = None if spec is None else PartitionSpec(spec[0], None)
+    split = None if spec is None else PartitionSpec(spec[0] if len(spec) else None, None)
     chunk = jnp.zeros((idx.shape[0], s.chunk), jnp.bool_, out_sharding=split)
     return chunk.at[rows, cols].set(True, mode="drop", out_sharding=split)
 
