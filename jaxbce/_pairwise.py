@@ -473,6 +473,8 @@ def pairwise_sigmoid_loss(
     ``psum`` to ``psum``, each device gets D times its slice, as for any psum-ed loss, and
     D times its own anchors' part of the ``scale`` and ``bias`` gradients: ``psum`` them.)
     Without ``pair_ids``, row ``i`` of device ``k`` is global pair ``k * B_local + i``.
+    Without ``axis_name``, rows split over devices by their type (explicit sharding) are
+    refused with an error that names the ring; replicated ``a`` and ``b`` are taken.
 
     Args:
       a: (B, d) real floating anchors (image embeddings in SigLIP).
