@@ -19,7 +19,6 @@ The table says which jaxbce it timed (the commit of the checkout it was imported
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,22 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from bench.machine import git_state
 from bench.tables import table_arguments, write_table
 
 import jaxbce
 
 SIZES = (2**22, 4 * 10**6, 2**22 - 2, 4194301)
-
-
-def _commit_of(module_file: str) -> str:
-    where = Path(module_file).resolve().parent
-    out = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True
-    )
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "."], cwd=where, capture_output=True, text=True
-    )
-    return (out.stdout.strip() or "unknown") + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _programs(n: int) -> tuple[dict[str, Callable[[], float]], int]:
@@ -87,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                 times[n, name].append(sample())
     per_element = {key: np.asarray(t) / key[0] for key, t in times.items()}
     lines = [
-        f"jaxbce {_commit_of(jaxbce.__file__)} ({jaxbce.__file__}), jax {jax.__version__}, "
+        f"jaxbce {git_state(('.',), Path(jaxbce.__file__).resolve().parent) or 'unknown'} "
+        f"({jaxbce.__file__}), jax {jax.__version__}, "
         f"{jax.devices()[0].device_kind}, {args.rounds} rounds, medians",
         f"{'N':>9s} {'N % 512':>7s} {'program':24s} {'ms':>8s} {'ns/elem':>8s} "
         f"{'x at 2^22':>9s} {'optax / jaxbce':>14s}",

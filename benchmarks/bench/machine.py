@@ -78,17 +78,18 @@ def source_digest(module: ModuleType) -> str | None:
     return digest.hexdigest()
 
 
-def git_state(paths: Sequence[str] = ("jaxbce",)) -> str | None:
-    """``<commit>`` of this checkout, with ``+dirty`` when ``git status`` lists anything
-    under ``paths`` (git pathspecs; ``()`` for the whole tree): a changed or an untracked
-    file, which the run may have read."""
+def git_state(paths: Sequence[str] = ("jaxbce",), where: Path = ROOT) -> str | None:
+    """``<commit>`` of the checkout at ``where`` (this one by default), with ``+dirty`` when
+    ``git status`` lists anything under ``paths`` (git pathspecs, relative to ``where``;
+    ``()`` for the whole tree): a changed or an untracked file, which the run may have
+    read."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--", *paths],
-            cwd=ROOT,
+            cwd=where,
             capture_output=True,
             text=True,
         ).stdout.strip()
