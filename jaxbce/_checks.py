@@ -28,7 +28,7 @@ from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from jaxbce._reductions import REDUCTIONS
-from jaxbce._sharding import explicit_spec, varying_axes
+from jaxbce._sharding import explicit_split_axis, varying_axes
 
 #: The errors that :func:`with_value_checks` turns on: the library's own value checks.
 CHECKED_ERRORS = checkify.user_checks
@@ -205,13 +205,13 @@ def check_rows_not_split_by_type(name: str, x: jax.Array) -> None:
     its type (JAX's explicit sharding), without ``axis_name``: every anchor meets every
     candidate, and the blocks are not planned for a split batch (JAX refused them deep
     inside with a ``ShardingTypeError``)."""
-    spec = explicit_spec(x)
-    if spec is not None and len(spec) and spec[0] is not None:
+    axis = explicit_split_axis(x, (0,))
+    if axis is not None:
         raise ValueError(
-            f"{name}'s rows are split over mesh axis {spec[0]!r} by its type (explicit "
+            f"{name}'s rows are split over mesh axis {axis!r} by its type (explicit "
             "sharding), and without axis_name every anchor is paired with every candidate "
             "of the batch. Call the loss inside jax.shard_map with "
-            f"axis_name={spec[0]!r} (a ring of devices that never gathers b; "
+            f"axis_name={axis!r} (a ring of devices that never gathers b; "
             "docs/sharding.rst), or reshard a and b to replicated first"
         )
 
@@ -259,14 +259,13 @@ def check_linear_operands(
     # Explicit sharding: the chunked loop is planned for a split batch only (a split kernel
     # or feature axis failed inside JAX with a ShardingTypeError).
     for name, x, dims in (("kernel", w_mat, (0, 1)), ("features", h, (1,))):
-        spec = explicit_spec(x)
-        split = [] if spec is None else [spec[d] for d in dims if d < len(spec) and spec[d]]
-        if split:
+        axis = explicit_split_axis(x, dims)
+        if axis is not None:
             raise ValueError(
-                f"{name} is split over mesh axis {split[0]!r} by its type (explicit "
+                f"{name} is split over mesh axis {axis!r} by its type (explicit "
                 "sharding), which the fused linear loss takes only for the batch (features' "
                 "rows and the labels). For a kernel split over its labels call the loss "
-                f"inside jax.shard_map with axis_name={split[0]!r} (docs/sharding.rst), or "
+                f"inside jax.shard_map with axis_name={axis!r} (docs/sharding.rst), or "
                 f"reshard {name} so that only the batch is split"
             )
     if bias is None:

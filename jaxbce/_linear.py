@@ -58,7 +58,7 @@ from jaxbce._fused import (
     zeros_varying_as,
 )
 from jaxbce._losses import sigmoid_binary_cross_entropy
-from jaxbce._sharding import explicit_spec, varying_axes
+from jaxbce._sharding import explicit_spec, explicit_split_axis, varying_axes
 
 #: Target number of elements of one (B, C) chunk of logits when ``chunk_size=None``.
 DEFAULT_CHUNK_ELEMENTS = 2**20
@@ -147,8 +147,10 @@ def _chunk_labels(s: _Static, a: _Args[jax.Array], start: jax.Array) -> jax.Arra
     rows = jnp.arange(idx.shape[0], dtype=idx.dtype)[:, None]
     # Out-of-chunk indices point one past the end and are dropped; duplicates set True twice.
     cols = jnp.where(inside, local, s.chunk)
-    spec = explicit_spec(idx)  # explicit sharding: the chunk is split as the indices' rows
-    split = None if spec is None else PartitionSpec(spec[0] if len(spec) else None, None)
+    # Explicit sharding: the chunk is split as the indices' rows.
+    split = (
+        None if explicit_spec(idx) is None else PartitionSpec(explicit_split_axis(idx, (0,)), None)
+    )
     chunk = jnp.zeros((idx.shape[0], s.chunk), jnp.bool_, out_sharding=split)
     return chunk.at[rows, cols].set(True, mode="drop", out_sharding=split)
 

@@ -37,7 +37,16 @@ def explicit_spec(x: jax.Array) -> PartitionSpec | None:
     return spec
 
 
+def explicit_split_axis(x: jax.Array, dims: tuple[int, ...] | None = None) -> Any:
+    """The mesh axis that ``x``'s type splits the first of ``dims`` (all by default) over,
+    under explicit sharding; None where none is split."""
+    spec = explicit_spec(x)
+    if spec is None:
+        return None
+    picked = range(len(spec)) if dims is None else (d for d in dims if d < len(spec))
+    return next((spec[d] for d in picked if spec[d] is not None), None)
+
+
 def explicitly_split(x: jax.Array) -> bool:
     """Whether ``x``'s type says it is split over a mesh axis (explicit sharding)."""
-    spec = explicit_spec(x)
-    return spec is not None and any(axis is not None for axis in spec)
+    return explicit_split_axis(x) is not None
