@@ -41,10 +41,12 @@ from jaxbce._arithmetic import (
 )
 from jaxbce._coefficients import Coefficient, Overflowing, contract
 from jaxbce._elementary import (
+    exp_neg,
     neg_log,
     pow_neg_log,
     sigmoid_neg_abs,
     softplus_neg_abs,
+    tanh_half,
 )
 from jaxbce._kernels import (
     LabelWeights,
@@ -105,6 +107,14 @@ def _with_label_slope_jvp(
 ) -> tuple[jax.Array, jax.Array]:
     (q, slope, lin), (dq, d_slope, d_lin) = primals, tangents
     return _with_label_slope(q, slope, lin), dq + slope * d_lin + lin * d_slope
+
+
+def _log1p_at_zero(v: jax.Array) -> jax.Array:
+    """``log1p(v)`` for a ``v`` whose value is 0 (it carries derivatives only): the cubic
+    Taylor polynomial, with log1p's value and first three derivatives there. XLA's
+    ``log1p`` is a call in XLA:CPU's loops, which keeps a loop that holds one from being
+    vectorized at odd sizes (``benchmarks/vectorized_loops.py``)."""
+    return v * (1.0 - v * (0.5 - v / 3.0))
 
 
 def _times_pow2(x: jax.Array, n: jax.Array) -> jax.Array:
@@ -384,7 +394,7 @@ def _value_near(
     u_err = u_err + ((p_lo + q_lo) + (n_s * s_lo + n_b * b_lo) + (ns_l * s + nb_l * big))
     u_hi, u_err = fast_two_sum(u_hi, u_err)
     # du = s dn_s + (1 - s) dn_b = tanh(|x|/2) dn_b.
-    u_hi = _with_label_slope(u_hi, jnp.where(near, jnp.tanh(0.5 * t), 0.0), lin)
+    u_hi = _with_label_slope(u_hi, jnp.where(near, tanh_half(t), 0.0), lin)
     u_safe = jnp.where(sure, 1.0, u_hi)
     nlu_hi, nlu_lo = neg_log(u_safe)
     # For a right hard label, u = s D and -log u = softplus(|x|) - log D, D = n_s + n_b e^|x|:
@@ -398,10 +408,10 @@ def _value_near(
     # v = n_s e^-|x| + n_b - 1 (u = (1 - s)(1 + v)), 0 there.
     wrong = (n_s == 0) & ~sure
     t_w = jnp.where(wrong, t, 0.0)
-    v_w = jnp.where(wrong, n_s * jnp.exp(-t_w) + (n_b - 1.0), 0.0)
+    v_w = jnp.where(wrong, n_s * exp_neg(t_w) + (n_b - 1.0), 0.0)
     # dv = e^-|x| dn_s + dn_b = -expm1(-|x|) dn_b.
     v_w = _with_label_slope(v_w, jnp.where(wrong & near, -jnp.expm1(-t_w), 0.0), lin)
-    wrong_lo = jnp.where(jnp.isinf(t), 0.0, l_lo) - jnp.log1p(v_w)
+    wrong_lo = jnp.where(jnp.isinf(t), 0.0, l_lo) - _log1p_at_zero(v_w)
     nl_hi = jnp.where(sure, tail_hi, jnp.where(wrong, l_hi, nlu_hi))
     inv_u = reciprocal(u_safe)  # to 2^-17, for corrections
     nl_rest = jnp.where(wrong, wrong_lo, nlu_lo - u_err * inv_u)
@@ -528,7 +538,7 @@ def _focal_parts_near(
     )
     # sigma(-x) - sigma(x) = -tanh(x/2): as s - (1 - s) it cancelled near x = 0 (d/dy
     # 26 % off at |x| < 1e-8 in float32, where it is O(x) like its other term).
-    half_tanh = jnp.tanh(0.5 * t)
+    half_tanh = tanh_half(t)
     du_dy = jnp.where(nonneg, -half_tanh, half_tanh)
     m_ce = safe_mul(m, ce)  # times 2^shift, as m
     # d/dy reads m_y, without m's label slope at a right hard label (_sure_label_slopes).
