@@ -7,7 +7,10 @@ The losses need a few functions of one argument, each faithfully rounded in floa
 * :func:`sigmoid_neg_abs`: :math:`\\sigma(-t) = e^{-t}/(1 + e^{-t})`, :math:`t \\ge 0`;
 * :func:`neg_log`: :math:`-\\log p` and :func:`neg_log1m`: :math:`-\\log(1 - p)`, for
   :math:`p \\in [0, 1]`, and :func:`recip_one_minus`: :math:`1/(1 - p)`;
-* :func:`pow_neg_log`: :math:`u^\\gamma` from :math:`-\\log u` (the focal loss' factor).
+* :func:`pow_neg_log`: :math:`u^\\gamma` from :math:`-\\log u` (the focal loss' factor);
+* :func:`exp_neg`: :math:`e^{-t}` and :func:`tanh_half`: :math:`\\tanh(t/2)`, single
+  floats within an ulp, which the focal kernel needs where XLA's ``exp`` and ``tanh`` would
+  be calls in XLA:CPU's loops (a loop that holds one is not vectorized at odd sizes).
 
 XLA's own float32 ``exp``, ``log1p`` and ``log`` are each within an ulp or two, but a
 composition of correctly rounded functions is not itself within one ulp: the rounding of
