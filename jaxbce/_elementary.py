@@ -171,7 +171,7 @@ def exp_neg(t: jax.Array) -> jax.Array:
     """
     if is_float32(t):
         e_hi, e_lo, scale = _exp_neg(jnp.minimum(t, _T_MAX))
-        return jnp.where(t < _T_MAX, scale * (e_hi + e_lo), 0.0)
+        return jnp.where(t >= _T_MAX, 0.0, scale * (e_hi + e_lo))  # NaN stays NaN
     return jnp.exp(-t)
 
 

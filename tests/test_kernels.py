@@ -237,3 +237,4 @@ def test_float32_call_free_elementary_functions_within_an_ulp(name, exact):
     assert ulps.max() <= 1.0, (ulps.max(), t[normal][np.argmax(ulps)])
     assert np.all(got[~normal] <= np.finfo(np.float32).tiny)
     assert float(getattr(_elementary, name)(jnp.float32(np.inf))) == float(exact(np.inf))
+    assert np.isnan(float(getattr(_elementary, name)(jnp.float32(np.nan))))
