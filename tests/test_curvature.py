@@ -684,6 +684,46 @@ def test_float64_focal_d2y_near_zero_by_every_mode(alpha):
     assert not failures, f"{len(failures)} of {3 * len(points)}, e.g. {failures[:4]}"
 
 
+@pytest.mark.parametrize(
+    "alpha", [None, 0.25, 0.75], ids=["alpha_none", "alpha_0.25", "alpha_0.75"]
+)
+def test_float64_focal_dxy_at_hard_labels_by_every_mode(alpha):
+    """d2/dxdy at a hard label is alpha_t' dF/dx + alpha_t d2F/dxdy (F the unweighted loss), two
+    O(1) terms whose sum is (1 - 4 alpha) 2^-gamma-1 (gamma log 2 + 1) at x = 0, y = 1: O(x)
+    for alpha 1/4 (and at y = 0 for alpha 3/4), whatever gamma; and, at a wrong hard label,
+    1 - alpha (gamma + 3) + O(|x| e^-|x|) as x -> -inf (y = 1), 0 for alpha 1/4 at gamma 1.
+    Autodiff formed the terms separately and left an ulp of 1: -2.8e-18 for -9.3e-26 at
+    x = 6e-24, 8e-10 relative at x = -17.26, the wrong sign from x = -28, and every mode and
+    order another number. Within 1e-10 of mpmath relative, by hessian (both orders), forward
+    over forward and reverse over reverse (both orders), at both hard labels (mirrored: x at
+    y = 1 is -x at y = 0)."""
+    xs = [7e-28, -2.3e-16, 1e-12, -1e-8, 3e-5, -0.6, 0.9, -1.5, -17.26, -27.9, -38.1, -122.0]
+    xs += [-205.0, -700.0]
+    points = [(sx, y, g) for x in xs for sx, y in ((x, 1.0), (-x, 0.0)) for g in GAMMAS]
+    x, y, g = (np.array(v, np.float64) for v in zip(*points, strict=True))
+    with jax.enable_x64(True):
+
+        def dxy(x, y, g):
+            f = lambda x, y: FOCAL(x, y, alpha=alpha, gamma=g)
+            h = jax.hessian(f, (0, 1))(x, y)
+            ff = jax.jacfwd(jax.jacfwd(f, (0, 1)), (0, 1))(x, y)
+            rr = jax.jacrev(jax.grad(f, (0, 1)), (0, 1))(x, y)
+            return [h[0][1], h[1][0], ff[0][1], ff[1][0], rr[0][1], rr[1][0]]
+
+        got = [np.asarray(m) for m in jax.jit(jax.vmap(dxy))(x, y, g)]
+    modes = ("hessian[x,y]", "hessian[y,x]", "jacfwd[x,y]", "jacfwd[y,x]", "jacrev[x,y]")
+    modes += ("jacrev[y,x]",)
+    tiny = np.finfo(np.float64).tiny
+    failures = []
+    for i, (xi, yi, gi) in enumerate(points):
+        ex = float(ref.focal_curvature(xi, yi, alpha=alpha, gamma=gi)["dzy"])
+        for mode, m in zip(modes, got, strict=True):
+            ok = abs(m[i] - ex) <= RTOL_F64 * abs(ex) if abs(ex) >= tiny else abs(m[i]) <= 4 * tiny
+            if not ok:
+                failures.append(f"{mode} x={xi} y={yi} gamma={gi}: {m[i]!r}, exact {ex!r}")
+    assert not failures, f"{len(failures)} of {6 * len(points)}, e.g. {failures[:4]}"
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="focal d2/dy2 beyond |x| = 2^64, where the kernel runs at +-2^64 and scales: "
