@@ -169,6 +169,79 @@ def with_exact_mixed(parts_fn: Callable[..., Parts], parts: Parts, *args: jax.Ar
     return value, d_x, Overflowing(d_y_value, d_y.times), d_gamma, d_alpha
 
 
+def soft_region(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Where :func:`soft_label_dyy` stands for autodiff's d2/dy2: soft labels at finite
+    :math:`|x| \\ge 1`."""
+    return (y > 0.0) & (y < 1.0) & jnp.isfinite(x) & (jnp.abs(x) >= _NEAR_BELOW)
+
+
+def soft_label_dyy(x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array) -> jax.Array:
+    """:math:`\\partial_y^2` of the focal loss at a soft label where :func:`soft_region`
+    holds (elsewhere finite or not, and not read), float64.
+
+    With :math:`t = |x|`, :math:`s = \\sigma(-t)`, :math:`L = \\operatorname{log1p}(e^{-t})`,
+    :math:`n` the weight of the big logistic (:math:`y` for :math:`x < 0`, :math:`1 - y`
+    for :math:`x > 0`), :math:`U = 1 - 2n`, :math:`u = n + U s`, :math:`w = 1 - 2s` and
+    :math:`a' = d\\alpha_t/dn`: the cross-entropy is :math:`n t + L`, whose label slope is
+    :math:`t` exactly, and
+
+    .. math::
+
+        \\partial_y^2\\ell = u^{\\gamma - 2}\\,(t\\,T + L\\,\\gamma w (2 a' u + \\alpha_t
+        (\\gamma - 1) w)),\\quad T = 2 a' (\\gamma n u w + u^2) + \\alpha_t\\gamma w
+        ((\\gamma - 1) n w + 2 u),
+
+    :math:`T` a quadratic in :math:`s`: :math:`T = n (\\gamma + 1) B + T_1 s + T_2 s^2`,
+    :math:`B = 2 a' n + \\gamma\\alpha_t`. The terms of the product rule are of size
+    :math:`t`, and their sum is :math:`t\\,n (\\gamma + 1) B u^{\\gamma - 2}` as
+    :math:`t \\to \\infty`: :math:`B` vanishes where :math:`\\alpha_t\\gamma = -2 a' n`
+    (:math:`\\alpha = 1/4`, :math:`\\gamma = 1/2` at :math:`y = 0.3`, where it is the
+    1.4e-17 by which float64's 0.3 misses 3/10), and autodiff, which adds the terms, left an
+    ulp of them: 1.4e-14 for 1.6e-15 at :math:`x = -43`, the sign wrong or 0 from there,
+    hessian and reverse over reverse two numbers. Here :math:`B` is a compensated sum of
+    exact products of the inputs (:math:`n`, :math:`\\alpha_t` and :math:`a'` as exact
+    pairs), 0 only where the exact one is, and the rest has no cancellation of this kind.
+    """
+    on = alpha >= 0
+    a = jnp.where(on, alpha, 0.0)
+    neg = x < 0
+    t = jnp.where(jnp.isfinite(x), jnp.abs(x), 0.0)
+    qc = two_sum(jnp.ones_like(y), -y)  # 1 - y exactly
+    n_hi, n_lo = jnp.where(neg, y, qc[0]), jnp.where(neg, 0.0, qc[1])
+    # alpha_t = (1 - a) + (2a - 1) y as exact terms, and a' = +-(2a - 1) as a pair.
+    c = two_sum(2.0 * a, -jnp.ones_like(a))
+    one_a = two_sum(jnp.ones_like(a), -a)
+    cy = _two_prod(c[0], y)
+    at_terms = [
+        jnp.where(on, v, off)
+        for v, off in zip(
+            (one_a[0], one_a[1], cy[0], cy[1] + c[1] * y), (1.0, 0.0, 0.0, 0.0), strict=True
+        )
+    ]
+    at = at_terms[0] + at_terms[1] + at_terms[2] + at_terms[3]
+    sign = jnp.where(neg, 1.0, -1.0)  # dn/dy
+    ay_hi, ay_lo = jnp.where(on, sign * c[0], 0.0), jnp.where(on, sign * c[1], 0.0)
+    g = jnp.broadcast_to(gamma, x.shape)
+    lead = _two_prod(2.0 * ay_hi, n_hi)
+    terms = [lead[0], lead[1] + 2.0 * (ay_hi * n_lo + ay_lo * n_hi)]
+    for v in at_terms:
+        terms += list(_two_prod(g, v))
+    b = _compensated(*terms)
+    e = jnp.exp(-t)
+    s, soft = e / (1.0 + e), jnp.log1p(e)
+    n, ay = n_hi + n_lo, ay_hi + ay_lo
+    big_u, w = 1.0 - 2.0 * n, 1.0 - 2.0 * s
+    u = n + big_u * s
+    t1 = 2.0 * ay * (g * n * (big_u - 2.0 * n) + 2.0 * n * big_u)
+    t1 = t1 + at * g * (2.0 * (big_u - 2.0 * n) - 4.0 * (g - 1.0) * n)
+    t2 = 2.0 * ay * (big_u * big_u - 2.0 * g * n * big_u) + at * g * (
+        4.0 * (g - 1.0) * n - 4.0 * big_u
+    )
+    big_t = n * (g + 1.0) * b + s * (t1 + s * t2)
+    l_coef = g * w * (2.0 * ay * u + at * (g - 1.0) * w)
+    return jnp.power(u, g - 2.0) * (t * big_t + soft * l_coef)
+
+
 @partial(jax.custom_jvp, nondiff_argnums=(0,))
 def exact_mixed(
     parts: Callable[..., tuple[jax.Array, jax.Array]],
@@ -201,9 +274,16 @@ def _exact_mixed_jvp(
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     d_x, d_y, x, y, gamma, alpha = primals
     _, _, tx, ty, t_gamma, t_alpha = tangents
-    region = mixed_region(x, y)
-    slope = jnp.where(region, hard_label_dxy(x, y, gamma, alpha), 0.0)
+    # Where a closed form is not finite (d2/dy2 overflows near finfo.max) the kernel's
+    # own, so that no inf meets a zero tangent.
+    slope = hard_label_dxy(x, y, gamma, alpha)
+    region = mixed_region(x, y) & jnp.isfinite(slope)
+    slope = jnp.where(region, slope, 0.0)
+    curve = soft_label_dyy(x, y, gamma, alpha)
+    soft = soft_region(x, y) & jnp.isfinite(curve)
+    curve = jnp.where(soft, curve, 0.0)
     args = (x, y, gamma, alpha)
     t_dx = jax.jvp(parts, args, (tx, jnp.where(region, 0.0, ty), t_gamma, t_alpha))[1][0]
-    t_dy = jax.jvp(parts, args, (jnp.where(region, 0.0, tx), ty, t_gamma, t_alpha))[1][1]
-    return (d_x, d_y), (t_dx + slope * ty, t_dy + slope * tx)
+    cut = (jnp.where(region, 0.0, tx), jnp.where(soft, 0.0, ty), t_gamma, t_alpha)
+    t_dy = jax.jvp(parts, args, cut)[1][1]
+    return (d_x, d_y), (t_dx + slope * ty, t_dy + slope * tx + curve * ty)
