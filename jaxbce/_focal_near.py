@@ -142,13 +142,18 @@ def hard_label_dxy(x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Arra
     p2 = g * e_l * ((g - 1.0) * d + 2.0 * s_m) + g * d - g * s_p * xn + 1.0
     c_near = _compensated(0.5 * b_hi, 0.5 * b_lo, a_hi, a_lo)
     q_near = c_near * p2 + (0.5 * big_b) * ((1.0 - g) * d * (1.0 + g * e_l) + g * s_p * xn)
-    # A wrong label beyond: (B + A (g + 1)) + s+ terms; s+ L first, 0 where s+ is (no
-    # 0 * inf at |x| near finfo.max).
+    # A wrong label beyond: (B + A (g + 1)) + s+ K, K = B (g L - 1) + A g (((g - 1) d / s-
+    # + 2) L - 2 - x'). s+ K as e^(x' + log|K|) / (1 + e^x'): where c = 0 it is the value,
+    # normal down to x' = -709 (|x| e^-|x| / 4 at gamma 1), while s+ itself is flushed to 0
+    # from -708.4 (XLA's logistic) and subnormal from -708.4 on; 0 beyond x' = -1000.
     ag = _two_prod(a_hi, g)
     c_far = _compensated(b_hi, b_lo, a_hi, a_lo, ag[0], ag[1] + a_lo * g)
-    sp_l = s_p * soft
-    inner = ((g - 1.0) * d / s_m + 2.0) * sp_l - 2.0 * s_p - s_p * xr
-    q_far = c_far + big_b * (g * sp_l - s_p) + (big_a * g) * inner
+    in_range = xr > -1000.0
+    xf, lf = jnp.where(in_range, xr, 0.0), jnp.where(in_range, soft, 0.0)
+    k = big_b * (g * lf - 1.0) + (big_a * g) * (((g - 1.0) * d / s_m + 2.0) * lf - 2.0 - xf)
+    log_k = jnp.where(in_range & (k != 0.0), xf + jnp.log(jnp.abs(k)), -jnp.inf)
+    sp_k = jnp.sign(k) * jnp.exp(log_k) / (1.0 + jnp.exp(jnp.minimum(xf, 0.0)))
+    q_far = c_far + sp_k
     q = jnp.where(near, q_near, q_far)
     return -jnp.power(s_m, g) * q
 

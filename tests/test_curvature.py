@@ -699,7 +699,7 @@ def test_float64_focal_dxy_at_hard_labels_by_every_mode(alpha):
     over forward and reverse over reverse (both orders), at both hard labels (mirrored: x at
     y = 1 is -x at y = 0)."""
     xs = [7e-28, -2.3e-16, 1e-12, -1e-8, 3e-5, -0.6, 0.9, -1.5, -17.26, -27.9, -38.1, -122.0]
-    xs += [-205.0, -700.0]
+    xs += [-205.0, -700.0, -709.0]
     points = [(sx, y, g) for x in xs for sx, y in ((x, 1.0), (-x, 0.0)) for g in GAMMAS]
     x, y, g = (np.array(v, np.float64) for v in zip(*points, strict=True))
     with jax.enable_x64(True):
