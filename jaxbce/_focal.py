@@ -48,6 +48,7 @@ from jaxbce._elementary import (
     softplus_neg_abs,
     tanh_half,
 )
+from jaxbce._focal_near import with_exact_mixed
 from jaxbce._kernels import (
     LabelWeights,
     logit_slope_pair,
@@ -306,7 +307,7 @@ def _focal_value(x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array)
 
 
 def _focal_parts(
-    x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array
+    x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array, exact: bool = True
 ) -> tuple[jax.Array, jax.Array, Coefficient, jax.Array, jax.Array]:
     """Value and partial derivatives of the focal loss (:func:`_focal_parts_near`) at every
     ``x``: beyond :data:`_LINEAR_FROM`, where the loss is linear in :math:`|x|`, those at
@@ -320,10 +321,14 @@ def _focal_parts(
     slope do not (``jacfwd`` and every second derivative were NaN there); :math:`\\partial_y`
     overflows with the exact one, as an :class:`~jaxbce._coefficients.Overflowing` coefficient,
     so that ``jacfwd`` does not multiply it by the zero tangent of ``y``. Infinite ``x`` keeps
-    the kernel's own limits.
+    the kernel's own limits. float64 mixed second derivatives at hard labels come from
+    :func:`~jaxbce._focal_near.with_exact_mixed` (``exact``), where autodiff's cancel.
     """
     near_x, stretch = _near(x)
-    return _focal_parts_near(near_x, y, gamma, alpha, stretch)
+    parts = _focal_parts_near(near_x, y, gamma, alpha, stretch)
+    if x.dtype == jnp.float32 or not exact:
+        return parts
+    return with_exact_mixed(partial(_focal_parts, exact=False), parts, x, y, gamma, alpha)
 
 
 class _Value(NamedTuple):
