@@ -48,6 +48,7 @@ from jaxbce._elementary import (
     softplus_neg_abs,
     tanh_half,
 )
+from jaxbce._focal_far import far_band, far_slopes, sure_ratio
 from jaxbce._focal_near import with_exact_mixed
 from jaxbce._kernels import (
     LabelWeights,
@@ -262,11 +263,7 @@ def _sure_label_slopes(d_y: jax.Array, v: _Value, g: Any, parts: Sequence[jax.Ar
     t, s, ce, at = v.t, v.sums[0], v.ce, total(v.at)
     read = v.sure & jnp.isfinite(t)  # finite where read
     fi = jnp.finfo(t.dtype)
-    # R = L/s from the pairs: d/dy's stand-in 1 above |x| = 20 (_softplus_over_sigmoid) is
-    # e^-|x|/2 off, 1e-10 of d2/dy2 at |x| = 20, gamma 5. 1 where s is not normal.
-    ok = s >= fi.tiny
-    s_safe = (jnp.where(ok, v.s[0], 1.0), jnp.where(ok, v.s[1], 0.0))
-    ratio = jnp.where(ok, total(divide(v.softplus, s_safe)), 1.0)
+    ratio = sure_ratio(v.softplus, v.s)  # L/s, from the pairs
     cap = np.log(fi.max) - 1.0
     log_p = jnp.minimum(jnp.where(read, v.log_ue, -jnp.inf), cap)
     p = jnp.exp(log_p)
@@ -515,6 +512,11 @@ def _focal_parts_near(
     Returns:
       ``(value, d/dx, d/dy, d/dgamma, d/dalpha)``.
     """
+    # Far out in float64 the logit derivatives of the coefficients are closed forms
+    # (_focal_far): the kernel runs on x with its derivative stopped there.
+    band, x_in = far_band(x, stretch), x
+    if band is not None:
+        x = jnp.where(band, lax.stop_gradient(x), x)
     value, v = _value_near(x, y, gamma, alpha, stretch)
     nonneg, t, sure, n_s, n_b, shift, ce = v.nonneg, v.t, v.sure, v.n_s, v.n_b, v.shift, v.ce
     b_hi, b_lo = v.big
@@ -533,7 +535,9 @@ def _focal_parts_near(
         _times_sure_d(v.ce_fin[1], -1.0, sure, n_s, n_b, t, v.lin),
     )
     modulation = times(jnp.broadcast_to(gamma, x.shape), *_mul(d_log_u, ce_d))
-    d_x = _times_pow2(total(_mul(v.scale, plus(d_ce, modulation))), -shift)
+    core = plus(d_ce, modulation)
+    weighted = total(_mul(v.scale, core))
+    d_x = _times_pow2(weighted, -shift)
     # d/dy = alpha_t m (d ce/dy + gamma (ce / u) du/dy) + (2 alpha - 1) m ce, d ce/dy =
     # A - B = -x, du/dy = sigma(-x) - sigma(x); ce / u = L(|x|) / s for a right hard label.
     ce_over_u = jnp.where(
@@ -554,11 +558,18 @@ def _focal_parts_near(
     # Times stretch, d/dy may overflow (with the exact one) where jacfwd gives it a zero tangent.
     d_y_back = _times_pow2(d_y * stretch, -shift)
     d_y_back = _sure_label_slopes(d_y_back, v, gamma, (x, du_dy, stretch))
-    d_y_far = Overflowing(d_y_back, lambda t: _times_pow2((d_y * t) * stretch, -shift))
     # From the value times 2^shift: where the value itself underflows, value * d(-log u)/dy
     # is still normal, and d/dy of d/dgamma lost it (1e-3 off at x = 30, y = 1, gamma 2).
     d_gamma = _times_pow2(-safe_mul(v.scaled, v.nl[0] + v.nl[1]), -shift)
     d_alpha = jnp.where(alpha >= 0, (2.0 * y - 1.0) * _times_pow2(m_ce * stretch, -shift), 0.0)
+    if band is not None:
+        ratios = (ce_over_u, m * total(core), weighted)  # ce/u, 2^shift (F_x/alpha_t, F_x)
+        coefficients = (value, d_x, d_y_back, d_gamma, d_alpha)
+        back = partial(_times_pow2, n=-shift)
+        value, d_x, d_y_back, d_gamma, d_alpha = far_slopes(
+            band, (x_in, y, gamma, alpha), v, ratios, back, coefficients
+        )
+    d_y_far = Overflowing(d_y_back, lambda t: _times_pow2((d_y * t) * stretch, -shift))
     return value, d_x, d_y_far, d_gamma, d_alpha
 
 

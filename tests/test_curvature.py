@@ -50,26 +50,15 @@ pytestmark = pytest.mark.xdist_group("curvature")
 #: not met for them yet). Strict: a fix makes the case pass, the xfail then fails, and the
 #: entry must go.
 KNOWN_FAILURES = {
-    "test_every_mode_computes_the_same_second_derivatives[focal-alpha_none-float64]": (
-        "float64 focal d2/dxdy: the orders differ by more than 2e-10 for |x| > ~580 "
-        "(jacrev(grad)[x,y]: the cotangent 2^-shift times the slope underflows; also where the "
-        "value nears underflow at right hard labels, 2.8e-304 at |x| = 141, gamma 5) and near "
-        "|x| = 708 (no scaled band in the float64 focal path); reverse over reverse at a "
-        "right hard label lost gamma/|x| from |x| = 745/(gamma + 1) on until _times_sure_d"
-    ),
     "test_every_mode_computes_the_same_second_derivatives[focal-alpha_0.25-float64]": (
-        "as without alpha; and d2/dxdy at the soft label 1 - 1e-6 (|x| < 2e-5), where the "
+        "float64 focal, alpha 0.25: d2/dxdy at the soft label 1 - 1e-6 (|x| < 2e-5), where the "
         "exact value is 1e-7 of its O(1) terms and ill-conditioned (an ulp of y or alpha moves "
         "it by 1e-10 to 1e-8 relative): the orders differ by an ulp of the terms"
     ),
-    "test_float64_second_derivatives_match_mpmath[focal-alpha_none]": (
-        "float64 focal, |x| ~ 708: d2/dx2 flushed to 0 where the exact one is ~1e-305 "
-        "(normal) and d2/dxdy 1e-3 off (no scaled band in the float64 focal path)"
-    ),
     "test_float64_second_derivatives_match_mpmath[focal-alpha_0.25]": (
-        "as without alpha, and d2/dxdy at the soft label 1 - 1e-6 (x = 1.3e-5, gamma 1: 3e-9 "
-        "off; x = -37: 1.3e-10), ill-conditioned there: an ulp of y or alpha moves the exact "
-        "value by 1e-8 and 1.5e-10 relative"
+        "float64 focal, alpha 0.25: d2/dxdy at the soft label 1 - 1e-6 (x = 1.3e-5, gamma 1: "
+        "3e-9 off; x = -37: 1.3e-10), ill-conditioned there: an ulp of y or alpha moves the "
+        "exact value by 1e-8 and 1.5e-10 relative"
     ),
 }
 
@@ -859,6 +848,107 @@ def test_float64_focal_d2y_far_out_by_every_mode(alpha):
                 failures.append(f"{mode} x={xi} y={yi} gamma={gi}: {m[i]!r}, exact {ex!r}")
     assert checked >= 4 * 60
     assert not failures, f"{len(failures)} of {checked}, e.g. {failures[:4]}"
+
+
+#: Far-out logits where float64 focal d2/dx2 and d2/dxdy failed (see the tests below).
+FAR_OUT = (21.0, 37.0, 100.0, 141.1, 352.1, 592.07, 708.4, 709.78, 710.0, 800.0, 1388.25, 1e4)
+
+
+@pytest.mark.parametrize("alpha", [None, 0.25], ids=["alpha_none", "alpha_0.25"])
+def test_float64_focal_second_derivatives_far_out_by_every_mode(alpha):
+    """d2/dx2 and d2/dxdy far out. d2/dx2 was 0.0 near |x| = 708.4 at every label but the
+    right hard one, where sigma(-|x|), a factor of each term, is subnormal and flushed while
+    the sum, about |x| e^-|x| (-5.9e-306 at x = 708.4, y = 0, gamma 0.5), is normal; d2/dxdy
+    at right hard labels lost the label slope of the cross-entropy there (7e-4 at
+    x = -708.4, y = 0, gamma 0.5), and by reverse over reverse the cotangent 2^-shift times
+    the slope underflowed (0.0 or 2e-3 off from |x| = 141 at gamma 5, 352 at gamma 2, 592 at
+    gamma <= 1); at a wrong hard label where its O(1) terms cancel exactly (y = 1, alpha
+    0.25, gamma 1: -|x| e^-|x| / 4) the two orders differed by 1 % from |x| = 37 and one
+    was 0.0 from 100. Within 1e-10 of mpmath by hessian, reverse over reverse, forward over
+    forward and jvp of grad, both orders of the mixed one; at most 4 * tiny where the exact
+    value is below the smallest normal number."""
+    points = [
+        (sx, y, g)
+        for x in FAR_OUT
+        for sx in (x, -x)
+        for y in (0.0, 1.0, 0.3, 1e-6, 1 - 1e-6)
+        for g in (0.0, 0.5, 1.0, 2.0, 5.0)
+    ]
+    x, y, g = (np.array(v, np.float64) for v in zip(*points, strict=True))
+    with jax.enable_x64(True):
+
+        def modes(x, y, g):
+            f = lambda x, y: FOCAL(x, y, alpha=alpha, gamma=g)
+            grad = jax.grad(f, (0, 1))
+            h = jax.hessian(f, (0, 1))(x, y)
+            r = jax.jacrev(grad, (0, 1))(x, y)
+            ff = jax.jacfwd(jax.jacfwd(f, (0, 1)), (0, 1))(x, y)
+            t_xx = jax.jvp(lambda x: grad(x, y)[0], (x,), (jnp.ones_like(x),))[1]
+            xx = {"hessian": h[0][0], "jacrev(grad)": r[0][0], "jvp(grad)": t_xx}
+            xx |= {"jacfwd(jacfwd)": ff[0][0]}
+            xy = {"hessian[x,y]": h[0][1], "hessian[y,x]": h[1][0]}
+            xy |= {"jacrev(grad)[x,y]": r[0][1], "jacrev(grad)[y,x]": r[1][0]}
+            xy |= {"jacfwd(jacfwd)[x,y]": ff[0][1], "jacfwd(jacfwd)[y,x]": ff[1][0]}
+            return {"dzz": xx, "dzy": xy}
+
+        got = jax.tree.map(np.asarray, jax.jit(jax.vmap(modes))(x, y, g))
+    tiny = np.finfo(np.float64).tiny
+    failures, checked = [], 0
+    for i, (xi, yi, gi) in enumerate(points):
+        exact = ref.focal_curvature(xi, yi, alpha=alpha, gamma=gi)
+        for q, by_mode in got.items():
+            ex = float(exact[q])
+            for mode, m in by_mode.items():
+                checked += 1
+                ok = (
+                    abs(m[i] - ex) <= RTOL_F64 * abs(ex)
+                    if abs(ex) >= tiny
+                    else abs(m[i]) <= 4 * tiny
+                )
+                if not ok:
+                    failures.append(f"{q} {mode} x={xi} y={yi} gamma={gi}: {m[i]!r}, exact {ex!r}")
+    assert checked == 10 * len(points)
+    assert not failures, f"{len(failures)} of {checked}, e.g. {failures[:4]}"
+
+
+def test_float64_focal_gamma_mixed_derivative_far_out():
+    """d/dgamma of d/dx, both orders, by forward and reverse over reverse: far out the logit
+    derivatives of the coefficients are closed forms (jaxbce._focal_far), F_x log u + F u_x / u
+    for this one. At a wrong hard label it was 0.0 from |x| = 708.4 (exact -8.7e-306 at
+    x = -709, y = 1, gamma 2), where its terms, about e^-|x| and |x| e^-|x|, are subnormal and
+    normal. Within 1e-10 of mpmath."""
+    points = [
+        (sx, y, g, a)
+        for x in (21.0, 300.0, 708.4, 709.0, 712.0)
+        for sx in (x, -x)
+        for y in (0.0, 1.0, 0.3)
+        for g in (0.5, 2.0)
+        for a in (-1.0, 0.25)
+    ]
+    x, y, g, a = (np.array(v, np.float64) for v in zip(*points, strict=True))
+    with jax.enable_x64(True):
+
+        def modes(x, y, g, a):
+            f = lambda x, g: FOCAL(x, y, alpha=a, gamma=g)
+            h = jax.hessian(f, (0, 1))(x, g)
+            r = jax.jacrev(jax.grad(f, (0, 1)), (0, 1))(x, g)
+            return [h[0][1], h[1][0], r[0][1], r[1][0]]
+
+        got = [np.asarray(m) for m in jax.jit(jax.vmap(modes))(x, y, g, a)]
+    failures = []
+    for i, (xi, yi, gi, ai) in enumerate(points):
+        alpha = None if ai < 0 else ai
+        z, t = mpmath.mpf(xi), mpmath.mpf(yi)
+        with mpmath.workprec(1500):
+            d = ref.focal_curvature(xi, yi, alpha=alpha, gamma=gi)
+            s_plus, s_minus = ref.sigmoid(z), ref.sigmoid(-z)
+            u = t * s_minus + (1 - t) * s_plus
+            value = ref.focal_value(z, t, alpha=alpha, gamma=gi)
+            ex = float(d["dz"] * mpmath.log(u) + value * (1 - 2 * t) * s_plus * s_minus / u)
+        for k, m in enumerate(got):
+            if not abs(m[i] - ex) <= RTOL_F64 * abs(ex):
+                failures.append(f"mode {k} x={xi} y={yi} gamma={gi} alpha={ai}: {m[i]!r}, {ex!r}")
+    assert not failures, f"{len(failures)} of {4 * len(points)}, e.g. {failures[:4]}"
 
 
 def test_float32_focal_d2y_beyond_88():
