@@ -15,13 +15,11 @@ Usage::
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from bench.tables import table_arguments, write_table
+from bench.tables import fastest_of_rounds, table_arguments, write_table
 
 import jaxbce
 
@@ -53,13 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             name: jax.jit(jax.value_and_grad(f)).lower(z, y).compile()
             for name, f in _contenders().items()
         }
-        best = dict.fromkeys(compiled, float("inf"))
-        for _ in range(args.rounds):
-            for name, f in compiled.items():
-                jax.block_until_ready(f(z, y))  # untimed: the same allocator state
-                start = time.perf_counter()
-                jax.block_until_ready(f(z, y))
-                best[name] = min(best[name], time.perf_counter() - start)
+        best = fastest_of_rounds(compiled, (z, y), args.rounds)
         cells = " ".join(f"{1e9 * t / z.size:13.2f}" for t in best.values())
         lines.append(f"{shape!s:>14s} {cells}")
         print(lines[-1], flush=True)

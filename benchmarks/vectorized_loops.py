@@ -22,13 +22,12 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench.tables import table_arguments, write_table
+from bench.tables import fastest_of_rounds, table_arguments, write_table
 
 import jaxbce
 
@@ -85,13 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             f.__name__ = tag  # the name of the dumped module
             compiled[name] = jax.jit(f).lower(z, y).compile()
             simd[name] = _vector_lines(dump, tag)
-        best = dict.fromkeys(compiled, float("inf"))
-        for _ in range(args.rounds):
-            for name, c in compiled.items():
-                jax.block_until_ready(c(z, y))  # untimed: the same allocator state
-                start = time.perf_counter()
-                jax.block_until_ready(c(z, y))
-                best[name] = min(best[name], time.perf_counter() - start)
+        best = fastest_of_rounds(compiled, (z, y), args.rounds)
         cells = " ".join(f"{1e9 * best[n] / z.size:9.2f} / {simd[n]:5d}" for n in names)
         lines.append(f"{shape!s:>14s} {cells}")
         print(lines[-1], flush=True)

@@ -643,6 +643,25 @@ def test_label_derivative_is_minus_the_logit_to_the_last_bits(name, keep):
         )
 
 
+#: The modes of :func:`_focal_d2y_by_every_mode`, in its order.
+D2Y_MODES = ("hessian", "jacfwd(jacfwd)", "jacrev(grad)", "jvp(grad)")
+
+
+def _focal_d2y_by_every_mode(points, alpha) -> list[np.ndarray]:
+    """float64 d2/dy2 of the focal loss at ``points``, ``(x, y, gamma)`` triples, by each of
+    :data:`D2Y_MODES` (one jitted, vmapped program)."""
+    x, y, g = (np.array(v, np.float64) for v in zip(*points, strict=True))
+    with jax.enable_x64(True):
+
+        def d2y(x, y, g):
+            f = lambda y: FOCAL(x, y, alpha=alpha, gamma=g)
+            grad = jax.grad(f)
+            modes = (jax.hessian(f), jax.jacfwd(jax.jacfwd(f)), jax.jacrev(grad))
+            return [m(y) for m in modes] + [jax.jvp(grad, (y,), (jnp.ones_like(y),))[1]]
+
+        return [np.asarray(m) for m in jax.jit(jax.vmap(d2y))(x, y, g)]
+
+
 @pytest.mark.parametrize("alpha", [None, 0.25], ids=["alpha_none", "alpha_0.25"])
 def test_float64_focal_d2y_near_zero_by_every_mode(alpha):
     """d2/dy2 near x = 0 (O(x^2) for alpha None, O(x) with alpha) took the O(x) label slopes
@@ -650,28 +669,20 @@ def test_float64_focal_d2y_near_zero_by_every_mode(alpha):
     argument), as differences of O(1) terms, an ulp of 1 off each: 1e-8 relative at
     |x| = 1e-8, 1e-4 at 1e-12, all of it below 1e-16 (reverse over reverse as well, whose
     cotangents of y and 1 - y cancelled the same way). Within 1e-10 of mpmath relative to
-    the larger of the value and its terms, by hessian, forward over forward and reverse over
-    reverse, right and wrong hard labels and a soft one."""
+    the larger of the value and its terms, by hessian, forward over forward, reverse over
+    reverse and jvp of grad, right and wrong hard labels and a soft one."""
     xs = np.array([1e-8, -1e-8, 1e-12, -1e-12, 3e-5, -1e-20])
     points = [(x, y, g) for x in xs for y in (0.0, 0.3, 1.0) for g in (0.5, 1.0, 2.0, 5.0)]
-    x, y, g = (np.array(v) for v in zip(*points, strict=True))
-    with jax.enable_x64(True):
-
-        def d2y(x, y, g):
-            f = lambda y: FOCAL(x, y, alpha=alpha, gamma=g)
-            modes = (jax.hessian(f), jax.jacfwd(jax.jacfwd(f)), jax.jacrev(jax.grad(f)))
-            return [m(y) for m in modes]
-
-        got = [np.asarray(m) for m in jax.jit(jax.vmap(d2y))(x, y, g)]
+    got = _focal_d2y_by_every_mode(points, alpha)
     failures = []
     for i, (xi, yi, gi) in enumerate(points):
         exact = ref.focal_curvature(xi, yi, alpha=alpha, gamma=gi)
         ex = float(exact["dyy"])
         scale = max(abs(ex), float(exact["dyy_terms"]))
-        for mode, m in zip(("hessian", "jacfwd(jacfwd)", "jacrev(grad)"), got, strict=True):
+        for mode, m in zip(D2Y_MODES, got, strict=True):
             if not abs(m[i] - ex) <= RTOL_F64 * scale:
                 failures.append(f"{mode} x={xi} y={yi} gamma={gi}: {m[i]!r}, exact {ex!r}")
-    assert not failures, f"{len(failures)} of {3 * len(points)}, e.g. {failures[:4]}"
+    assert not failures, f"{len(failures)} of {4 * len(points)}, e.g. {failures[:4]}"
 
 
 @pytest.mark.parametrize(
@@ -728,21 +739,11 @@ def test_float64_focal_d2y_at_soft_labels_by_every_mode(alpha):
     hessian, forward over forward, reverse over reverse and jvp of grad."""
     xs = [-1.5, -13.6, -14.4, -20.0, -25.67, -30.0, -37.0, -43.15, -122.0, -263.2, -1e4, -1e30]
     points = [(sx, y, g) for x in xs for sx, y in ((x, 0.3), (-x, 0.7), (x, 1e-6)) for g in GAMMAS]
-    x, y, g = (np.array(v, np.float64) for v in zip(*points, strict=True))
-    with jax.enable_x64(True):
-
-        def d2y(x, y, g):
-            f = lambda y: FOCAL(x, y, alpha=alpha, gamma=g)
-            grad = jax.grad(f)
-            modes = (jax.hessian(f), jax.jacfwd(jax.jacfwd(f)), jax.jacrev(grad))
-            return [m(y) for m in modes] + [jax.jvp(grad, (y,), (jnp.ones_like(y),))[1]]
-
-        got = [np.asarray(m) for m in jax.jit(jax.vmap(d2y))(x, y, g)]
+    got = _focal_d2y_by_every_mode(points, alpha)
     failures = []
     for i, (xi, yi, gi) in enumerate(points):
         ex = float(ref.focal_curvature(xi, yi, alpha=alpha, gamma=gi)["dyy"])
-        modes = ("hessian", "jacfwd(jacfwd)", "jacrev(grad)", "jvp(grad)")
-        for mode, m in zip(modes, got, strict=True):
+        for mode, m in zip(D2Y_MODES, got, strict=True):
             if not abs(m[i] - ex) <= RTOL_F64 * abs(ex):
                 failures.append(f"{mode} x={xi} y={yi} gamma={gi}: {m[i]!r}, exact {ex!r}")
     assert not failures, f"{len(failures)} of {4 * len(points)}, e.g. {failures[:4]}"
@@ -822,16 +823,7 @@ def test_float64_focal_d2y_far_out_by_every_mode(alpha):
     below the smallest normal number."""
     xs = np.array([21.0, 160.0, 200.0, 400.0, 600.0, 709.0, 800.0, 1277.5, 1e4, 1e30])
     points = [(sx, y, g) for x in xs for sx, y in ((x, 1.0), (-x, 0.0)) for g in (0.5, 1, 2, 5)]
-    x, y, g = (np.array(v, np.float64) for v in zip(*points, strict=True))
-    with jax.enable_x64(True):
-
-        def d2y(x, y, g):
-            f = lambda y: FOCAL(x, y, alpha=alpha, gamma=g)
-            grad = jax.grad(f)
-            modes = (jax.hessian(f), jax.jacfwd(jax.jacfwd(f)), jax.jacrev(grad))
-            return [m(y) for m in modes] + [jax.jvp(grad, (y,), (jnp.ones_like(y),))[1]]
-
-        got = [np.asarray(m) for m in jax.jit(jax.vmap(d2y))(x, y, g)]
+    got = _focal_d2y_by_every_mode(points, alpha)
     tiny, big = np.finfo(np.float64).tiny, np.finfo(np.float64).max
     failures, checked = [], 0
     for i, (xi, yi, gi) in enumerate(points):
@@ -840,8 +832,7 @@ def test_float64_focal_d2y_far_out_by_every_mode(alpha):
             continue  # overflows (gamma 0.5 at 1e4 and beyond)
         ex = float(exact["dyy"])
         scale = max(abs(ex), min(float(exact["dyy_terms"]), big))
-        modes = ("hessian", "jacfwd(jacfwd)", "jacrev(grad)", "jvp(grad)")
-        for mode, m in zip(modes, got, strict=True):
+        for mode, m in zip(D2Y_MODES, got, strict=True):
             checked += 1
             ok = abs(m[i] - ex) <= RTOL_F64 * scale if scale >= tiny else abs(m[i]) <= 4 * tiny
             if not ok:
