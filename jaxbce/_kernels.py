@@ -61,7 +61,7 @@ from jaxbce._arithmetic import (
     opaque,
     two_sum,
 )
-from jaxbce._coefficients import Coefficient, Overflowing, apply, contract
+from jaxbce._coefficients import Coefficient, Overflowing, apply, contract, contract_scaled
 from jaxbce._elementary import (
     neg_log,
     neg_log1m,
@@ -525,7 +525,13 @@ def _nll_jvp(
     x, y, *options = primals
     x, y = lax.optimization_barrier((x, y))
     carried = [t for t in tangents if t is not None and not isinstance(t, SymbolicZero)]
-    coefficients = _jacobian(kind, (x, y, *options), several=len(carried) > 1)
+    several = len(carried) > 1
+    if kind == "probs" and carried:
+        # d/dp and d/dy have derivatives in 1/p and 1/p^2 that overflow where the product
+        # with a zero tangent is finite: contract_scaled scales the direction first.
+        live = tuple(None if isinstance(t, SymbolicZero) else t for t in tangents)
+        return out, contract_scaled(partial(_jacobian, kind), several, (x, y, *options), live)
+    coefficients = _jacobian(kind, (x, y, *options), several=several)
     return out, contract(out, coefficients, tangents)
 
 
