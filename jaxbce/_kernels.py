@@ -435,7 +435,10 @@ def _jacobian(kind: Kind, res: Residuals, several: bool = False) -> tuple[Coeffi
     d_y = gap if eps is None else (1.0 - eps) * gap
     d_eps = None if eps is None else (0.5 - y) * gap
     d_pw = None if pw is None else q * a
-    d_w = None if w is None else _value(kind, x, _label_weights(y, eps, pw, None))
+    # d/dw is the unweighted loss, through the kernel itself: differentiated (d2/dw dx), its
+    # derivative is then the slope, formed without 1/p (a zero label weight times the
+    # derivative of -log p, -inf at a subnormal p, was NaN in _value's own derivative).
+    d_w = None if w is None else nll(kind, x, y, eps, pw, None)
     if w is not None:
         d_y, d_eps, d_pw = w * d_y, _times_or_none(w, d_eps), _times_or_none(w, d_pw)
     if kind == "logits" and pw is not None:

@@ -1022,3 +1022,13 @@ def test_float32_probs_second_derivatives_through_forward_mode_at_tiny_p(p, y, o
             if abs(want[i][j]) <= big:
                 got = float(h[i][j])
                 assert got == pytest.approx(float(want[i][j]), rel=1e-5, abs=0.0), (order, i, j)
+
+
+@pytest.mark.parametrize("order", ["jacfwd", "hessian"])
+def test_float32_probs_weight_curvature_at_a_subnormal_p(order):
+    # d2/dw dp = -q/p + qc/(1-p) = 1 at p = 1e-40, y = 0: the weight's coefficient, the
+    # unweighted loss, was differentiated through its value, 0 * d(-log p) = 0 * -inf.
+    f = lambda p, w: PROBS(p, np.float32(0.0), weights=w)
+    outer = jax.jacfwd if order == "jacfwd" else jax.jacrev
+    h = jax.jacfwd(outer(f, argnums=(0, 1)), argnums=(0, 1))(np.float32(1e-40), np.float32(2.5))
+    assert [[float(v) for v in row] for row in h] == [[2.5, 1.0], [1.0, 0.0]]
