@@ -10,6 +10,7 @@ the function is finite, is applied through a map that never forms ``inf * 0``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, NamedTuple, TypeAlias
 
 import jax
@@ -52,12 +53,93 @@ def contract(
 
     ``coefficients`` holds the diagonal of each input's Jacobian (``None`` for an absent
     input; :func:`apply` for an :class:`Overflowing` one); tangents that are symbolic zeros
-    are skipped, so their coefficients are never needed and XLA drops them. A scalar
+    (or ``None``) are skipped, so their coefficients are never needed and XLA drops them. A scalar
     tangent (``eps``) broadcasts.
     """
     terms = [
         apply(c, t)
         for c, t in zip(coefficients, tangents, strict=True)
-        if c is not None and not isinstance(t, SymbolicZero)
+        if c is not None and t is not None and not isinstance(t, SymbolicZero)
     ]
     return sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
+#: ``jacobian(primals, several)``: the coefficients of an elementwise function's inputs
+#: (see :func:`contract`); ``several`` asks for the :class:`Overflowing` forms used where
+#: two or more inputs carry tangents.
+Jacobian: TypeAlias = Callable[[tuple[Any, ...], bool], Sequence[Coefficient]]
+
+
+def _unit(c: Coefficient, like: jax.Array) -> jax.Array:
+    """``c * 1``, through :func:`apply`: the coefficient as a differentiable value."""
+    assert c is not None
+    return apply(c, jnp.ones_like(like))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def contract_scaled(
+    jacobian: Jacobian, several: bool, primals: tuple[Any, ...], tangents: tuple[Any, ...]
+) -> jax.Array:
+    """:func:`contract` of ``jacobian(primals, several)`` with ``tangents`` (``None`` where a
+    tangent is absent or a symbolic zero), whose own derivative in the primals is
+    :math:`\\sum_i J_{c_i}(t_i\\,dx)` rather than :math:`\\sum_i J_{c_i}(dx)\\,t_i`.
+
+    The two are equal (a JVP is linear in its tangent), but not in floating point where a
+    coefficient's derivative overflows while the product's is finite: ``jacfwd`` in two
+    inputs gives the first a zero tangent in the second's column, and forward over forward
+    then multiplies the derivative of the first's coefficient by it. For probabilities
+    :math:`\\partial_p\\partial_y \\ell = -(1/p + 1/(1-p))` is ``-inf`` at a subnormal
+    :math:`p` and :math:`\\partial_p^2 \\ell = \\pi q/p^2 + \\dots` below :math:`p \\approx
+    10^{-19}` (float32): ``-inf * 0`` made the finite entries of the Hessian NaN. Scaling
+    the direction first, the coefficient's derivative meets :math:`0\\cdot dx = 0`, and its
+    rules (:func:`~jaxbce._elementary.quotient`) give 0 for a zero direction. Each
+    coefficient is differentiated in its :class:`Overflowing` form (``several=True``), whose
+    map stays finite where the coefficient itself overflows.
+
+    The value is :func:`contract`'s, operation for operation; a linearization (``grad``)
+    inlines this function, so its first derivatives are those of :func:`contract` too.
+    """
+    return contract(jnp.zeros(()), jacobian(primals, several), tangents)
+
+
+@partial(contract_scaled.defjvp, symbolic_zeros=True)
+def _contract_scaled_jvp(
+    jacobian: Jacobian,
+    several: bool,
+    primals: tuple[tuple[Any, ...], tuple[Any, ...]],
+    tangents: tuple[tuple[Any, ...], tuple[Any, ...]],
+) -> tuple[jax.Array, jax.Array]:
+    (args, ts), (d_args, d_ts) = primals, tangents
+    out = contract_scaled(jacobian, several, args, ts)
+    # Linear in the tangents: the first part is the contraction itself (linear in t), the
+    # second scales the direction d by the primal t before the (linear) JVP.
+    terms = [contract(out, jacobian(args, several), d_ts)] if _carries(d_ts) else []
+    moving = [k for k, d in enumerate(d_args) if _live(d)]
+    for i, t in enumerate(ts):
+        if t is None or not moving:
+            continue
+        directions = [t * d_args[k] for k in moving]
+        start = [
+            jnp.broadcast_to(args[k], jnp.shape(d)) for k, d in zip(moving, directions, strict=True)
+        ]
+
+        def coefficient(*values: jax.Array, i: int = i, t: jax.Array = t) -> jax.Array:
+            moved = list(args)
+            for k, v in zip(moving, values, strict=True):
+                moved[k] = v
+            return _unit(jacobian(tuple(moved), True)[i], t)
+
+        # Where t is 0 the term is 0 (t is a primal here: the mask keeps it linear in d).
+        # The mask is for the transpose, ct -> t J^T(ct): reverse over forward (jacrev of
+        # jacfwd) forms J^T(ct) before the product by t, so only the mask avoids 0 * inf.
+        derivative = jax.jvp(coefficient, start, directions)[1]
+        terms.append(jnp.where(t == 0, 0.0, derivative))
+    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
+def _live(t: Any) -> bool:
+    return t is not None and not isinstance(t, SymbolicZero)
+
+
+def _carries(ts: Sequence[Any]) -> bool:
+    return any(_live(t) for t in ts)

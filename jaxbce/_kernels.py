@@ -61,7 +61,7 @@ from jaxbce._arithmetic import (
     opaque,
     two_sum,
 )
-from jaxbce._coefficients import Coefficient, Overflowing, apply, contract
+from jaxbce._coefficients import Coefficient, Overflowing, apply, contract, contract_scaled
 from jaxbce._elementary import (
     neg_log,
     neg_log1m,
@@ -435,7 +435,10 @@ def _jacobian(kind: Kind, res: Residuals, several: bool = False) -> tuple[Coeffi
     d_y = gap if eps is None else (1.0 - eps) * gap
     d_eps = None if eps is None else (0.5 - y) * gap
     d_pw = None if pw is None else q * a
-    d_w = None if w is None else _value(kind, x, _label_weights(y, eps, pw, None))
+    # d/dw is the unweighted loss, through the kernel itself: differentiated (d2/dw dx), its
+    # derivative is then the slope, formed without 1/p (a zero label weight times the
+    # derivative of -log p, -inf at a subnormal p, was NaN in _value's own derivative).
+    d_w = None if w is None else nll(kind, x, y, eps, pw, None)
     if w is not None:
         d_y, d_eps, d_pw = w * d_y, _times_or_none(w, d_eps), _times_or_none(w, d_pw)
     if kind == "logits" and pw is not None:
@@ -525,7 +528,13 @@ def _nll_jvp(
     x, y, *options = primals
     x, y = lax.optimization_barrier((x, y))
     carried = [t for t in tangents if t is not None and not isinstance(t, SymbolicZero)]
-    coefficients = _jacobian(kind, (x, y, *options), several=len(carried) > 1)
+    several = len(carried) > 1
+    if kind == "probs" and carried:
+        # d/dp and d/dy have derivatives in 1/p and 1/p^2 that overflow where the product
+        # with a zero tangent is finite: contract_scaled scales the direction first.
+        live = tuple(None if isinstance(t, SymbolicZero) else t for t in tangents)
+        return out, contract_scaled(partial(_jacobian, kind), several, (x, y, *options), live)
+    coefficients = _jacobian(kind, (x, y, *options), several=several)
     return out, contract(out, coefficients, tangents)
 
 

@@ -967,14 +967,59 @@ def test_float32_focal_reverse_mixed_gap():
     assert float(got) == pytest.approx(float(exact), rel=1e-4, abs=0.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="probabilities, float32, subnormal p above the clamp (1e-40, y = 0): "
-    "jacfwd(jacfwd) in (p, y) is NaN for d2/dp2 (exact 1) and d2/dy2 (exact 0), where the "
-    "mixed entry -(1/p + 1/(1-p)) overflows to -inf and meets a zero tangent (the sweep's "
-    "hessian and jacrev(grad) are finite there; adversarial pass, 2026-11-27)",
-)
 def test_float32_probs_forward_over_forward_at_subnormal_p():
     f = lambda p, y: PROBS(p, y)
     h = jax.jacfwd(jax.jacfwd(f, argnums=(0, 1)), argnums=(0, 1))(np.float32(1e-40), np.float32(0))
     assert float(h[0][0]) == pytest.approx(1.0) and float(h[1][1]) == 0.0
+
+
+#: ``(p, y, options)`` where forward over forward in ``(p, y)`` was NaN at an entry whose
+#: exact value is finite: d2/dp2 and d2/dy2 at a subnormal p with y = 0 (the other input's
+#: coefficient, d2/dpdy = ``-w(1-eps)(1/p + 1/(1-p))``, overflows), and d2/dpdy itself
+#: wherever d2/dp2 (``w q/p^2``) overflows while it does not, from p ~ 1e-19.
+_PROBS_FORWARD_OVER_FORWARD = [
+    *((1e-40, 0.0, name) for name in ("plain", "weights")),
+    *(
+        (p, y, name)
+        for name in ("plain", "weights")
+        for p in (3e-39, 1e-38, 1e-30, 1e-20)
+        for y in (0.3, 1.0)
+        if (p, y, name) != (3e-39, 1.0, "weights")  # there every entry overflows
+    ),
+    *((p, y, "smoothing") for p in (3e-39, 1e-38, 1e-30, 1e-20) for y in (0.0, 0.3, 1.0)),
+]
+_PROBS_OPTIONS = {
+    "plain": ({}, {}),
+    "weights": ({"weights": np.float32(2.5)}, {"w": 2.5}),
+    "smoothing": ({"label_smoothing": 0.1}, {"eps": 0.1}),
+}
+
+
+@pytest.mark.parametrize("p, y, options", _PROBS_FORWARD_OVER_FORWARD)
+def test_float32_probs_second_derivatives_through_forward_mode_at_tiny_p(p, y, options):
+    # jacfwd in (p, y) gives p a zero tangent in y's column and y one in p's: forward over
+    # forward met the overflowing derivative of the other input's coefficient with it
+    # (-inf * 0). Reverse over forward transposes the same products, so it is checked too.
+    kw, exact_kw = _PROBS_OPTIONS[options]
+    f = lambda p, y: PROBS(p, y, **kw)
+    exact = ref.bce_probs_curvature(
+        np.float32(p), y, **{k: _opt(v, np.float32) for k, v in exact_kw.items()}
+    )
+    want = [[exact["dzz"], exact["dzy"]], [exact["dzy"], exact["dyy"]]]
+    big = float(np.finfo(np.float32).max)
+    for order in (jax.jacfwd, jax.jacrev):
+        h = order(jax.jacfwd(f, argnums=(0, 1)), argnums=(0, 1))(np.float32(p), np.float32(y))
+        for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            if abs(want[i][j]) <= big:
+                got = float(h[i][j])
+                assert got == pytest.approx(float(want[i][j]), rel=1e-5, abs=0.0), (order, i, j)
+
+
+@pytest.mark.parametrize("order", ["jacfwd", "hessian"])
+def test_float32_probs_weight_curvature_at_a_subnormal_p(order):
+    # d2/dw dp = -q/p + qc/(1-p) = 1 at p = 1e-40, y = 0: the weight's coefficient, the
+    # unweighted loss, was differentiated through its value, 0 * d(-log p) = 0 * -inf.
+    f = lambda p, w: PROBS(p, np.float32(0.0), weights=w)
+    outer = jax.jacfwd if order == "jacfwd" else jax.jacrev
+    h = jax.jacfwd(outer(f, argnums=(0, 1)), argnums=(0, 1))(np.float32(1e-40), np.float32(2.5))
+    assert [[float(v) for v in row] for row in h] == [[2.5, 1.0], [1.0, 0.0]]
