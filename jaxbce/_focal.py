@@ -50,6 +50,7 @@ from jaxbce._elementary import (
     tanh_half,
 )
 from jaxbce._focal_far import far_band, far_slopes, sure_ratio
+from jaxbce._focal_huge import HugeParts, beyond_2_to_64
 from jaxbce._focal_near import with_exact_mixed
 from jaxbce._kernels import (
     LabelWeights,
@@ -485,6 +486,13 @@ def _label_slope(
     return d_y, ce_over_u, du_dy
 
 
+def _kernel_label_slope(
+    x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array
+) -> jax.Array:
+    """:func:`_label_slope`'s ``d_y`` from the inputs, for :math:`|x| \\le 2^{64}`."""
+    return _label_slope(x, gamma, _value_near(x, y, gamma, alpha, jnp.ones_like(x))[1])[0]
+
+
 def _focal_parts_near(
     x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array, stretch: jax.Array
 ) -> tuple[jax.Array, jax.Array, Coefficient, jax.Array, jax.Array]:
@@ -536,6 +544,10 @@ def _focal_parts_near(
     weighted = total(_mul(v.scale, core))
     d_x = _times_pow2(weighted, -shift)
     d_y, ce_over_u, du_dy = _label_slope(x, gamma, v)
+    # Beyond 2^64 the label slope of d_y in closed form (_focal_huge): a cotangent times
+    # stretch overflowed in the kernel, and float32 kept an ulp of cancelling terms.
+    huge = HugeParts(sure, m, v.m_y, ce_over_u, du_dy, v.d_at)
+    d_y = beyond_2_to_64(_kernel_label_slope, d_y, stretch > 1.0, huge, x, y, gamma, alpha)
     m_ce = safe_mul(m, ce)  # times 2^shift, as m
     # Times stretch, d/dy may overflow (with the exact one) where jacfwd gives it a zero tangent.
     d_y_back = _times_pow2(d_y * stretch, -shift)
