@@ -7,7 +7,8 @@ The losses need a few functions of one argument, each faithfully rounded in floa
 * :func:`sigmoid_neg_abs`: :math:`\\sigma(-t) = e^{-t}/(1 + e^{-t})`, :math:`t \\ge 0`;
 * :func:`neg_log`: :math:`-\\log p` and :func:`neg_log1m`: :math:`-\\log(1 - p)`, for
   :math:`p \\in [0, 1]`, and :func:`recip_one_minus`: :math:`1/(1 - p)`;
-* :func:`pow_neg_log`: :math:`u^\\gamma` from :math:`-\\log u` (the focal loss' factor);
+* :func:`pow_neg_log`: :math:`u^\\gamma` from :math:`-\\log u` (the focal loss' factor),
+  and :func:`softplus_over_sigmoid`: :math:`L(t)/\\sigma(-t)` from the pairs of both;
 * :func:`exp_neg`: :math:`e^{-t}` and :func:`tanh_half`: :math:`\\tanh(t/2)`, single
   floats within an ulp, which the focal kernel needs where XLA's ``exp`` and ``tanh`` would
   be calls in XLA:CPU's loops (a loop that holds one is not vectorized at odd sizes).
@@ -70,6 +71,7 @@ from jax import lax
 
 from jaxbce._arithmetic import (
     Pair,
+    divide,
     fast_two_sum,
     is_float32,
     opaque,
@@ -522,6 +524,36 @@ def _pow_neg_log_jvp(
     d_log = jnp.where(out == 0, 0.0, out * nl)
     d_out = -(out * gamma) * (d_hi + d_lo) - d_log * d_gamma
     return (hi, lo), (d_out, jnp.zeros_like(d_out))
+
+
+@jax.custom_jvp
+def softplus_over_sigmoid(t: jax.Array, softplus: Pair, sigmoid: Pair) -> jax.Array:
+    """:math:`f(t) = L(t)/\\sigma(-t) = (1 + e^{-t})\\operatorname{log1p}(e^{-t})/e^{-t}`,
+    :math:`t \\ge 0`: between :math:`2\\log 2` and 1, 1 at :math:`t = \\infty`.
+
+    ``softplus`` and ``sigmoid`` are the caller's :math:`L(t)` and :math:`\\sigma(-t)`
+    (:func:`softplus_neg_abs`, :func:`sigmoid_neg_abs` of this ``t``), not evaluated twice;
+    their tangents are not read, the derivative is taken in ``t``: :math:`f' = \\sigma(t) f
+    - 1`, in terms of :math:`f` itself, so that no derivative divides by the underflowing
+    :math:`\\sigma(-t)^2`. Above :math:`t = 20`,
+    :math:`f - 1 < e^{-t} < 2^{-28}` and :math:`f` rounds to 1 (float32; float64 to within
+    :math:`2^{-28}`, for a label derivative only).
+    """
+    near = t <= 20.0
+    s_safe = (jnp.where(near, sigmoid[0], 1.0), jnp.where(near, sigmoid[1], 0.0))
+    f = divide(softplus, s_safe)
+    return jnp.where(near, f[0] + f[1], 1.0)
+
+
+@softplus_over_sigmoid.defjvp
+def _softplus_over_sigmoid_jvp(
+    primals: tuple[jax.Array, Pair, Pair], tangents: tuple[jax.Array, Pair, Pair]
+) -> tuple[jax.Array, jax.Array]:
+    t, softplus, sigmoid = primals
+    dt = tangents[0]
+    f = softplus_over_sigmoid(t, softplus, sigmoid)
+    big = 1.0 - (sigmoid[0] + sigmoid[1])
+    return f, (big * f - 1.0) * dt
 
 
 @jax.custom_jvp

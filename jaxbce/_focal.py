@@ -46,9 +46,11 @@ from jaxbce._elementary import (
     pow_neg_log,
     sigmoid_neg_abs,
     softplus_neg_abs,
+    softplus_over_sigmoid,
     tanh_half,
 )
 from jaxbce._focal_far import far_band, far_slopes, sure_ratio
+from jaxbce._focal_huge import HugeParts, beyond_2_to_64
 from jaxbce._focal_near import with_exact_mixed
 from jaxbce._kernels import (
     LabelWeights,
@@ -131,35 +133,6 @@ def _times_pow2(x: jax.Array, n: jax.Array) -> jax.Array:
         return lax.bitcast_convert_type(bits, jnp.float32).astype(n.dtype)
 
     return (x * factor(half)) * factor(n - half)
-
-
-@jax.custom_jvp
-def _softplus_over_sigmoid(t: jax.Array, softplus: Pair, sigmoid: Pair) -> jax.Array:
-    """:math:`f(t) = L(t)/\\sigma(-t) = (1 + e^{-t})\\operatorname{log1p}(e^{-t})/e^{-t}`,
-    :math:`t \\ge 0`: between :math:`2\\log 2` and 1, 1 at :math:`t = \\infty`.
-
-    ``softplus`` and ``sigmoid`` are the caller's :math:`L(t)` and :math:`\\sigma(-t)`
-    (:func:`~jaxbce._elementary.softplus_neg_abs`, :func:`~jaxbce._elementary.sigmoid_neg_abs`
-    of this ``t``), not evaluated twice; their tangents are not read, the derivative is
-    taken in ``t``: :math:`f' = \\sigma(t) f - 1`, in terms of :math:`f` itself, so that no
-    derivative divides by the underflowing :math:`\\sigma(-t)^2`. Above :math:`t = 20`,
-    :math:`f - 1 < e^{-t} < 2^{-28}` and :math:`f` rounds to 1 (float32; float64 to within
-    :math:`2^{-28}`, for a label derivative only).
-    """
-    near = t <= 20.0
-    s_safe = (jnp.where(near, sigmoid[0], 1.0), jnp.where(near, sigmoid[1], 0.0))
-    return jnp.where(near, total(divide(softplus, s_safe)), 1.0)
-
-
-@_softplus_over_sigmoid.defjvp
-def _softplus_over_sigmoid_jvp(
-    primals: tuple[jax.Array, Pair, Pair], tangents: tuple[jax.Array, Pair, Pair]
-) -> tuple[jax.Array, jax.Array]:
-    t, softplus, sigmoid = primals
-    dt = tangents[0]
-    f = _softplus_over_sigmoid(t, softplus, sigmoid)
-    big = 1.0 - total(sigmoid)
-    return f, (big * f - 1.0) * dt
 
 
 @jax.custom_jvp
@@ -488,6 +461,38 @@ def _value_near(
     return value, parts
 
 
+def _label_slope(
+    x: jax.Array, gamma: jax.Array, v: _Value
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(d_y, ce/u, du/dy)``: d/dy times 2^shift, for :math:`|x| \\le 2^{64}`, and two of
+    its factors; see :func:`_focal_parts_near`."""
+    t, sure, ce = v.t, v.sure, v.ce
+    # d/dy = alpha_t m (d ce/dy + gamma (ce / u) du/dy) + (2 alpha - 1) m ce, d ce/dy =
+    # A - B = -x, du/dy = sigma(-x) - sigma(x); ce / u = L(|x|) / s for a right hard label.
+    ce_over_u = jnp.where(
+        sure,
+        softplus_over_sigmoid(t, v.softplus, v.s),
+        jnp.where(v.inf_ce, ce, total(divide(v.ce_fin, v.u))),
+    )
+    # sigma(-x) - sigma(x) = -tanh(x/2): as s - (1 - s) it cancelled near x = 0 (d/dy
+    # 26 % off at |x| < 1e-8 in float32, where it is O(x) like its other term).
+    half_tanh = tanh_half(t)
+    du_dy = jnp.where(v.nonneg, -half_tanh, half_tanh)
+    # d/dy reads m_y, without m's label slope at a right hard label (_sure_label_slopes).
+    m_y = v.m_y
+    log_me = (t - gamma * v.nl[0] + v.shift * np.log(2.0)).astype(t.dtype)  # log(m e^t), sure
+    m_ratio = _m_ratio(m_y, ce_over_u, log_me, t, sure, v.lin)
+    d_y = total(v.at) * (safe_mul(m_y, -x) + gamma * m_ratio * du_dy) + v.d_at * safe_mul(m_y, ce)
+    return d_y, ce_over_u, du_dy
+
+
+def _kernel_label_slope(
+    x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array
+) -> jax.Array:
+    """:func:`_label_slope`'s ``d_y`` from the inputs, for :math:`|x| \\le 2^{64}`."""
+    return _label_slope(x, gamma, _value_near(x, y, gamma, alpha, jnp.ones_like(x))[1])[0]
+
+
 def _focal_parts_near(
     x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array, stretch: jax.Array
 ) -> tuple[jax.Array, jax.Array, Coefficient, jax.Array, jax.Array]:
@@ -518,7 +523,7 @@ def _focal_parts_near(
     if band is not None:
         x = jnp.where(band, lax.stop_gradient(x), x)
     value, v = _value_near(x, y, gamma, alpha, stretch)
-    nonneg, t, sure, n_s, n_b, shift, ce = v.nonneg, v.t, v.sure, v.n_s, v.n_b, v.shift, v.ce
+    t, sure, n_s, n_b, shift, ce = v.t, v.sure, v.n_s, v.n_b, v.shift, v.ce
     b_hi, b_lo = v.big
     m = v.sums[2]
     d_ce = logit_slope_pair(x, v.lw, band64=False)
@@ -538,23 +543,12 @@ def _focal_parts_near(
     core = plus(d_ce, modulation)
     weighted = total(_mul(v.scale, core))
     d_x = _times_pow2(weighted, -shift)
-    # d/dy = alpha_t m (d ce/dy + gamma (ce / u) du/dy) + (2 alpha - 1) m ce, d ce/dy =
-    # A - B = -x, du/dy = sigma(-x) - sigma(x); ce / u = L(|x|) / s for a right hard label.
-    ce_over_u = jnp.where(
-        sure,
-        _softplus_over_sigmoid(t, v.softplus, v.s),
-        jnp.where(v.inf_ce, ce, total(divide(v.ce_fin, v.u))),
-    )
-    # sigma(-x) - sigma(x) = -tanh(x/2): as s - (1 - s) it cancelled near x = 0 (d/dy
-    # 26 % off at |x| < 1e-8 in float32, where it is O(x) like its other term).
-    half_tanh = tanh_half(t)
-    du_dy = jnp.where(nonneg, -half_tanh, half_tanh)
+    d_y, ce_over_u, du_dy = _label_slope(x, gamma, v)
+    # Beyond 2^64 the label slope of d_y in closed form (_focal_huge): a cotangent times
+    # stretch overflowed in the kernel, and float32 kept an ulp of cancelling terms.
+    huge = HugeParts(sure, m, v.m_y, ce_over_u, du_dy, v.d_at)
+    d_y = beyond_2_to_64(_kernel_label_slope, d_y, stretch > 1.0, huge, x, y, gamma, alpha)
     m_ce = safe_mul(m, ce)  # times 2^shift, as m
-    # d/dy reads m_y, without m's label slope at a right hard label (_sure_label_slopes).
-    m_y = v.m_y
-    log_me = (t - gamma * v.nl[0] + shift * np.log(2.0)).astype(t.dtype)  # log(m e^t), sure
-    m_ratio = _m_ratio(m_y, ce_over_u, log_me, t, sure, v.lin)
-    d_y = total(v.at) * (safe_mul(m_y, -x) + gamma * m_ratio * du_dy) + v.d_at * safe_mul(m_y, ce)
     # Times stretch, d/dy may overflow (with the exact one) where jacfwd gives it a zero tangent.
     d_y_back = _times_pow2(d_y * stretch, -shift)
     d_y_back = _sure_label_slopes(d_y_back, v, gamma, (x, du_dy, stretch))

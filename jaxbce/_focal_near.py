@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbce._arithmetic import Pair, two_sum
+from jaxbce._arithmetic import Pair, exact_mul, is_float32, two_sum
 from jaxbce._coefficients import Coefficient, Overflowing
 
 #: The focal kernel's value and partial derivatives (``jaxbce._focal._focal_parts``).
@@ -180,6 +180,51 @@ def soft_region(x: jax.Array, y: jax.Array) -> jax.Array:
     return (y > 0.0) & (y < 1.0) & jnp.isfinite(x) & (jnp.abs(x) >= _NEAR_BELOW)
 
 
+def _exact_product(a: jax.Array, b: jax.Array) -> Pair:
+    """``a * b`` as an exact pair (:func:`_two_prod` in float64,
+    :func:`~jaxbce._arithmetic.exact_mul` in float32)."""
+    return exact_mul(a, b) if is_float32(a) else _two_prod(a, b)
+
+
+def cancelling_b(
+    neg: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(B, n, alpha_t, a')``: :math:`B = 2 a' n + \\gamma\\alpha_t` (see
+    :func:`soft_label_dyy`), :math:`n` the weight of the big logistic (``y`` where ``neg``,
+    :math:`x < 0`; :math:`1 - y` elsewhere), :math:`\\alpha_t` and :math:`a' =
+    d\\alpha_t/dn`, float32 or float64.
+
+    :math:`B` vanishes where :math:`\\gamma\\alpha_t = -2 a' n` (:math:`\\alpha = 1/4`,
+    :math:`\\gamma = 1/2` at :math:`y = 3/10`): it is a compensated sum of exact products
+    of the inputs (:math:`n`, :math:`\\alpha_t` and :math:`a'` as exact pairs), 0 only
+    where the exact one is, and within a few ulps of it relatively elsewhere.
+    """
+    on = alpha >= 0
+    a = jnp.where(on, alpha, 0.0)
+    qc = two_sum(jnp.ones_like(y), -y)  # 1 - y exactly
+    n_hi, n_lo = jnp.where(neg, y, qc[0]), jnp.where(neg, 0.0, qc[1])
+    # alpha_t = (1 - a) + (2a - 1) y as exact terms, and a' = +-(2a - 1) as a pair.
+    c = two_sum(2.0 * a, -jnp.ones_like(a))
+    one_a = two_sum(jnp.ones_like(a), -a)
+    cy = _exact_product(c[0], y)
+    at_terms = [
+        jnp.where(on, v, off)
+        for v, off in zip(
+            (one_a[0], one_a[1], cy[0], cy[1] + c[1] * y), (1.0, 0.0, 0.0, 0.0), strict=True
+        )
+    ]
+    at = at_terms[0] + at_terms[1] + at_terms[2] + at_terms[3]
+    sign = jnp.where(neg, 1.0, -1.0)  # dn/dy
+    ay_hi, ay_lo = jnp.where(on, sign * c[0], 0.0), jnp.where(on, sign * c[1], 0.0)
+    g = jnp.broadcast_to(gamma, y.shape)
+    lead = _exact_product(2.0 * ay_hi, n_hi)
+    terms = [lead[0], lead[1] + 2.0 * (ay_hi * n_lo + ay_lo * n_hi)]
+    for v in at_terms:
+        terms += list(_exact_product(g, v))
+    b = _compensated(*terms)
+    return b, n_hi + n_lo, at, ay_hi + ay_lo
+
+
 def soft_label_dyy(x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array) -> jax.Array:
     """:math:`\\partial_y^2` of the focal loss at a soft label where :func:`soft_region`
     holds (elsewhere finite or not, and not read), float64.
@@ -207,34 +252,11 @@ def soft_label_dyy(x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Arra
     exact products of the inputs (:math:`n`, :math:`\\alpha_t` and :math:`a'` as exact
     pairs), 0 only where the exact one is, and the rest has no cancellation of this kind.
     """
-    on = alpha >= 0
-    a = jnp.where(on, alpha, 0.0)
-    neg = x < 0
     t = jnp.where(jnp.isfinite(x), jnp.abs(x), 0.0)
-    qc = two_sum(jnp.ones_like(y), -y)  # 1 - y exactly
-    n_hi, n_lo = jnp.where(neg, y, qc[0]), jnp.where(neg, 0.0, qc[1])
-    # alpha_t = (1 - a) + (2a - 1) y as exact terms, and a' = +-(2a - 1) as a pair.
-    c = two_sum(2.0 * a, -jnp.ones_like(a))
-    one_a = two_sum(jnp.ones_like(a), -a)
-    cy = _two_prod(c[0], y)
-    at_terms = [
-        jnp.where(on, v, off)
-        for v, off in zip(
-            (one_a[0], one_a[1], cy[0], cy[1] + c[1] * y), (1.0, 0.0, 0.0, 0.0), strict=True
-        )
-    ]
-    at = at_terms[0] + at_terms[1] + at_terms[2] + at_terms[3]
-    sign = jnp.where(neg, 1.0, -1.0)  # dn/dy
-    ay_hi, ay_lo = jnp.where(on, sign * c[0], 0.0), jnp.where(on, sign * c[1], 0.0)
+    b, n, at, ay = cancelling_b(x < 0, y, gamma, alpha)
     g = jnp.broadcast_to(gamma, x.shape)
-    lead = _two_prod(2.0 * ay_hi, n_hi)
-    terms = [lead[0], lead[1] + 2.0 * (ay_hi * n_lo + ay_lo * n_hi)]
-    for v in at_terms:
-        terms += list(_two_prod(g, v))
-    b = _compensated(*terms)
     e = jnp.exp(-t)
     s, soft = e / (1.0 + e), jnp.log1p(e)
-    n, ay = n_hi + n_lo, ay_hi + ay_lo
     big_u, w = 1.0 - 2.0 * n, 1.0 - 2.0 * s
     u = n + big_u * s
     t1 = 2.0 * ay * (g * n * (big_u - 2.0 * n) + 2.0 * n * big_u)
