@@ -14,7 +14,9 @@ constants in them hidden from XLA's simplifier (:func:`opaque`). No division is 
 XLA does not fuse a division whose result is read more than once, and would write it to
 memory.
 
-In other dtypes (float64) the functions compute plainly, with ``lo = 0``.
+In other dtypes (float64) the functions compute plainly, with ``lo = 0``, but
+:func:`exact_product` and :func:`compensated_sum`, which stay exact there too (the focal
+loss' float64 closed forms whose constants must cancel exactly).
 """
 
 from __future__ import annotations
@@ -87,6 +89,34 @@ def _exact_mul_jvp(
     hi, lo = exact_mul(a, b)
     d = a * db + b * da
     return (hi, lo), (d, jnp.zeros_like(d))
+
+
+def exact_product(a: jax.Array, b: jax.Array) -> Pair:
+    """``a * b`` as a pair in float32 (:func:`exact_mul`) and in float64, where
+    :func:`exact_mul` rounds: there the factors' halves of 26 bits (the low 27 mantissa bits
+    cleared by an integer mask), whose partial products are exact but the last, about
+    ``2^-106`` of the product, as for float32 a contraction into a fused multiply-add
+    computes the same numbers. For sums whose terms must cancel exactly
+    (:func:`compensated_sum`)."""
+    if is_float32(a):
+        return exact_mul(a, b)
+    mask = jnp.uint64(0xFFFFFFFFF8000000)
+    ah, bh = (
+        lax.bitcast_convert_type(lax.bitcast_convert_type(v, jnp.uint64) & mask, v.dtype)
+        for v in (a, b)
+    )
+    al, bl = a - ah, b - bh
+    return ah * bh, (ah * bl + al * bh) + al * bl
+
+
+def compensated_sum(*terms: jax.Array) -> jax.Array:
+    """The sum of ``terms``, each addition's rounding error (:func:`two_sum`) added back at
+    the end: exact where the terms are exact pairs that cancel."""
+    total, err = terms[0], jnp.zeros_like(terms[0])
+    for term in terms[1:]:
+        total, e = two_sum(total, term)
+        err = err + e
+    return total + err
 
 
 def reciprocal(d: jax.Array) -> jax.Array:

@@ -61,9 +61,8 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxbce._arithmetic import Pair, exact_mul, is_float32, two_sum
+from jaxbce._arithmetic import compensated_sum, exact_product, two_sum
 from jaxbce._coefficients import Coefficient, Overflowing
 
 #: The focal kernel's value and partial derivatives (``jaxbce._focal._focal_parts``).
@@ -72,36 +71,6 @@ Parts = tuple[jax.Array, jax.Array, Coefficient, jax.Array, jax.Array]
 #: Below this :math:`|x|` the near-zero form of :func:`hard_label_dxy`; beyond it, at
 #: wrong hard labels, the far form.
 _NEAR_BELOW = 1.0
-
-
-def _split(a: jax.Array) -> Pair:
-    """``(hi, lo)``, ``hi + lo = a`` (float64), ``hi`` with at most 26 significant bits:
-    ``a`` with the low 27 mantissa bits cleared by an integer mask (no multiplication that a
-    compiler could contract into a fused multiply-add)."""
-    bits = lax.bitcast_convert_type(a, jnp.uint64)
-    hi = lax.bitcast_convert_type(bits & jnp.uint64(0xFFFFFFFFF8000000), jnp.float64)
-    return hi, a - hi
-
-
-def _two_prod(a: jax.Array, b: jax.Array) -> Pair:
-    """``a * b`` as ``(p, err)``, ``p = fl(a * b)``: Dekker's product from
-    :func:`_split`'s halves, whose partial products are exact but the last (``2^-106`` of
-    the product)."""
-    p = a * b
-    ah, al = _split(a)
-    bh, bl = _split(b)
-    return p, ((ah * bh - p) + (ah * bl + al * bh)) + al * bl
-
-
-def _compensated(*terms: jax.Array) -> jax.Array:
-    """The sum of ``terms``, each addition's rounding error (:func:`two_sum`) added back at
-    the end: exact where the terms are exact pairs that cancel, as the constants of
-    :func:`hard_label_dxy` do."""
-    total, err = terms[0], jnp.zeros_like(terms[0])
-    for term in terms[1:]:
-        total, e = two_sum(total, term)
-        err = err + e
-    return total + err
 
 
 def mixed_region(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -140,14 +109,14 @@ def hard_label_dxy(x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Arra
     xn = jnp.where(near, xr, 0.0)
     e_l = jnp.exp(xn) * soft
     p2 = g * e_l * ((g - 1.0) * d + 2.0 * s_m) + g * d - g * s_p * xn + 1.0
-    c_near = _compensated(0.5 * b_hi, 0.5 * b_lo, a_hi, a_lo)
+    c_near = compensated_sum(0.5 * b_hi, 0.5 * b_lo, a_hi, a_lo)
     q_near = c_near * p2 + (0.5 * big_b) * ((1.0 - g) * d * (1.0 + g * e_l) + g * s_p * xn)
     # A wrong label beyond: (B + A (g + 1)) + s+ K, K = B (g L - 1) + A g (((g - 1) d / s-
     # + 2) L - 2 - x'). s+ K as e^(x' + log|K|) / (1 + e^x'): where c = 0 it is the value,
     # normal down to x' = -709 (|x| e^-|x| / 4 at gamma 1), while s+ itself is flushed to 0
     # from -708.4 (XLA's logistic) and subnormal from -708.4 on; 0 beyond x' = -1000.
-    ag = _two_prod(a_hi, g)
-    c_far = _compensated(b_hi, b_lo, a_hi, a_lo, ag[0], ag[1] + a_lo * g)
+    ag = exact_product(a_hi, g)
+    c_far = compensated_sum(b_hi, b_lo, a_hi, a_lo, ag[0], ag[1] + a_lo * g)
     in_range = xr > -1000.0
     xf, lf = jnp.where(in_range, xr, 0.0), jnp.where(in_range, soft, 0.0)
     k = big_b * (g * lf - 1.0) + (big_a * g) * (((g - 1.0) * d / s_m + 2.0) * lf - 2.0 - xf)
@@ -180,12 +149,6 @@ def soft_region(x: jax.Array, y: jax.Array) -> jax.Array:
     return (y > 0.0) & (y < 1.0) & jnp.isfinite(x) & (jnp.abs(x) >= _NEAR_BELOW)
 
 
-def _exact_product(a: jax.Array, b: jax.Array) -> Pair:
-    """``a * b`` as an exact pair (:func:`_two_prod` in float64,
-    :func:`~jaxbce._arithmetic.exact_mul` in float32)."""
-    return exact_mul(a, b) if is_float32(a) else _two_prod(a, b)
-
-
 def cancelling_b(
     neg: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -206,7 +169,7 @@ def cancelling_b(
     # alpha_t = (1 - a) + (2a - 1) y as exact terms, and a' = +-(2a - 1) as a pair.
     c = two_sum(2.0 * a, -jnp.ones_like(a))
     one_a = two_sum(jnp.ones_like(a), -a)
-    cy = _exact_product(c[0], y)
+    cy = exact_product(c[0], y)
     at_terms = [
         jnp.where(on, v, off)
         for v, off in zip(
@@ -217,11 +180,11 @@ def cancelling_b(
     sign = jnp.where(neg, 1.0, -1.0)  # dn/dy
     ay_hi, ay_lo = jnp.where(on, sign * c[0], 0.0), jnp.where(on, sign * c[1], 0.0)
     g = jnp.broadcast_to(gamma, y.shape)
-    lead = _exact_product(2.0 * ay_hi, n_hi)
+    lead = exact_product(2.0 * ay_hi, n_hi)
     terms = [lead[0], lead[1] + 2.0 * (ay_hi * n_lo + ay_lo * n_hi)]
     for v in at_terms:
-        terms += list(_exact_product(g, v))
-    b = _compensated(*terms)
+        terms += list(exact_product(g, v))
+    b = compensated_sum(*terms)
     return b, n_hi + n_lo, at, ay_hi + ay_lo
 
 
