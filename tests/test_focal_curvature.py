@@ -5,6 +5,8 @@ closed forms (the dense sweeps of every loss are ``test_curvature.py``'s)."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import mpmath
@@ -33,23 +35,83 @@ pytestmark = pytest.mark.xdist_group("curvature")
 #: The modes of :func:`_focal_d2y_by_every_mode`, in its order.
 D2Y_MODES = ("hessian", "jacfwd(jacfwd)", "jacrev(grad)", "jvp(grad)")
 
+#: ``alpha`` as the public function passes ``alpha=None`` into its compiled program: a
+#: negative weight turns the weighting off there. The tests below pass alpha as data
+#: (``vmap``-ped, one value per point), so that each program compiles once for every
+#: alpha: the float64 focal second derivatives take seconds to trace and to compile.
+NO_ALPHA = -1.0
 
-def _focal_d2y_by_every_mode(points, alpha) -> list[np.ndarray]:
-    """float64 d2/dy2 of the focal loss at ``points``, ``(x, y, gamma)`` triples, by each of
-    :data:`D2Y_MODES` (one jitted, vmapped program)."""
-    x, y, g = (np.array(v, np.float64) for v in zip(*points, strict=True))
+ALPHAS = {"alpha_none": None, "alpha_0.25": 0.25, "alpha_0.75": 0.75}
+
+
+def _alpha_params(*ids: str):
+    return pytest.mark.parametrize("alpha", [ALPHAS[i] for i in ids], ids=ids)
+
+
+def _near_zero_points():
+    xs = np.array([1e-8, -1e-8, 1e-12, -1e-12, 3e-5, -1e-20])
+    return [(x, y, g) for x in xs for y in (0.0, 0.3, 1.0) for g in (0.5, 1.0, 2.0, 5.0)]
+
+
+def _soft_label_points():
+    xs = [-1.5, -13.6, -14.4, -20.0, -25.67, -30.0, -37.0, -43.15, -122.0, -263.2, -1e4, -1e30]
+    return [(sx, y, g) for x in xs for sx, y in ((x, 0.3), (-x, 0.7), (x, 1e-6)) for g in GAMMAS]
+
+
+def _far_out_points():
+    xs = np.array([21.0, 160.0, 200.0, 400.0, 600.0, 709.0, 800.0, 1277.5, 1e4, 1e30])
+    return [(sx, y, g) for x in xs for sx, y in ((x, 1.0), (-x, 0.0)) for g in (0.5, 1, 2, 5)]
+
+
+#: Every ``(x, y, gamma)`` point at which a test below takes d2/dy2 by every mode, with the
+#: alphas it takes them at: :func:`_d2y_table` evaluates them all in one program.
+D2Y_POINTS = (
+    (_near_zero_points, (None, 0.25)),
+    (_soft_label_points, (None, 0.25, 0.75)),
+    (_far_out_points, (None, 0.25)),
+)
+
+
+def _with_alpha(points, alphas):
+    """``(x, y, gamma, alpha)`` arrays for every point at every alpha (``None`` as
+    :data:`NO_ALPHA`), and the keys ``(x, y, gamma, alpha)`` in their order."""
+    keys = [(*p, a) for a in alphas for p in points]
+    cols = [[k[i] for k in keys] for i in range(3)]
+    cols.append([NO_ALPHA if k[3] is None else k[3] for k in keys])
+    return [np.array(c, np.float64) for c in cols], keys
+
+
+@functools.cache
+def _d2y_table() -> dict[tuple, np.ndarray]:
+    """float64 d2/dy2 of the focal loss by each of :data:`D2Y_MODES` at every point of
+    :data:`D2Y_POINTS`: one jitted, vmapped program; ``{(x, y, gamma, alpha): modes}``."""
+    columns, keys = [], []
+    for points, alphas in D2Y_POINTS:
+        c, k = _with_alpha(points(), alphas)
+        columns.append(c)
+        keys += k
+    x, y, g, a = (np.concatenate(c) for c in zip(*columns, strict=True))
     with jax.enable_x64(True):
 
-        def d2y(x, y, g):
-            f = lambda y: FOCAL(x, y, alpha=alpha, gamma=g)
+        def d2y(x, y, g, a):
+            f = lambda y: FOCAL(x, y, alpha=a, gamma=g)
             grad = jax.grad(f)
             modes = (jax.hessian(f), jax.jacfwd(jax.jacfwd(f)), jax.jacrev(grad))
-            return [m(y) for m in modes] + [jax.jvp(grad, (y,), (jnp.ones_like(y),))[1]]
+            return jnp.stack([m(y) for m in modes] + [jax.jvp(grad, (y,), (jnp.ones_like(y),))[1]])
 
-        return [np.asarray(m) for m in jax.jit(jax.vmap(d2y))(x, y, g)]
+        got = np.asarray(jax.jit(jax.vmap(d2y))(x, y, g, a))
+    return {k: got[i] for i, k in enumerate(keys)}
 
 
-@pytest.mark.parametrize("alpha", [None, 0.25], ids=["alpha_none", "alpha_0.25"])
+def _focal_d2y_by_every_mode(points, alpha) -> list[np.ndarray]:
+    """float64 d2/dy2 of the focal loss at ``points``, ``(x, y, gamma)`` triples of
+    :data:`D2Y_POINTS`, by each of :data:`D2Y_MODES`."""
+    table = _d2y_table()
+    got = np.array([table[(*p, alpha)] for p in points])
+    return list(got.T)
+
+
+@_alpha_params("alpha_none", "alpha_0.25")
 def test_float64_focal_d2y_near_zero_by_every_mode(alpha):
     """d2/dy2 near x = 0 (O(x^2) for alpha None, O(x) with alpha) took the O(x) label slopes
     of u, and at hard labels of D = n_s + n_b e^|x| and of v (the wrong label's log1p
@@ -58,8 +120,7 @@ def test_float64_focal_d2y_near_zero_by_every_mode(alpha):
     cotangents of y and 1 - y cancelled the same way). Within 1e-10 of mpmath relative to
     the larger of the value and its terms, by hessian, forward over forward, reverse over
     reverse and jvp of grad, right and wrong hard labels and a soft one."""
-    xs = np.array([1e-8, -1e-8, 1e-12, -1e-12, 3e-5, -1e-20])
-    points = [(x, y, g) for x in xs for y in (0.0, 0.3, 1.0) for g in (0.5, 1.0, 2.0, 5.0)]
+    points = _near_zero_points()
     got = _focal_d2y_by_every_mode(points, alpha)
     failures = []
     for i, (xi, yi, gi) in enumerate(points):
@@ -72,9 +133,36 @@ def test_float64_focal_d2y_near_zero_by_every_mode(alpha):
     assert not failures, f"{len(failures)} of {4 * len(points)}, e.g. {failures[:4]}"
 
 
-@pytest.mark.parametrize(
-    "alpha", [None, 0.25, 0.75], ids=["alpha_none", "alpha_0.25", "alpha_0.75"]
-)
+#: The modes of :func:`_dxy_table`, in its order.
+DXY_MODES = ("hessian[x,y]", "hessian[y,x]", "jacfwd[x,y]", "jacfwd[y,x]", "jacrev[x,y]")
+DXY_MODES += ("jacrev[y,x]",)
+
+
+def _dxy_points():
+    xs = [7e-28, -2.3e-16, 1e-12, -1e-8, 3e-5, -0.6, 0.9, -1.5, -17.26, -27.9, -38.1, -122.0]
+    xs += [-205.0, -700.0, -709.0]
+    return [(sx, y, g) for x in xs for sx, y in ((x, 1.0), (-x, 0.0)) for g in GAMMAS]
+
+
+@functools.cache
+def _dxy_table() -> dict[tuple, np.ndarray]:
+    """float64 d2/dxdy of the focal loss by each of :data:`DXY_MODES` at every point of
+    :func:`_dxy_points` for every alpha of its test: one program."""
+    (x, y, g, a), keys = _with_alpha(_dxy_points(), (None, 0.25, 0.75))
+    with jax.enable_x64(True):
+
+        def dxy(x, y, g, a):
+            f = lambda x, y: FOCAL(x, y, alpha=a, gamma=g)
+            h = jax.hessian(f, (0, 1))(x, y)
+            ff = jax.jacfwd(jax.jacfwd(f, (0, 1)), (0, 1))(x, y)
+            rr = jax.jacrev(jax.grad(f, (0, 1)), (0, 1))(x, y)
+            return jnp.stack([h[0][1], h[1][0], ff[0][1], ff[1][0], rr[0][1], rr[1][0]])
+
+        got = np.asarray(jax.jit(jax.vmap(dxy))(x, y, g, a))
+    return {k: got[i] for i, k in enumerate(keys)}
+
+
+@_alpha_params("alpha_none", "alpha_0.25", "alpha_0.75")
 def test_float64_focal_dxy_at_hard_labels_by_every_mode(alpha):
     """d2/dxdy at a hard label is alpha_t' dF/dx + alpha_t d2F/dxdy (F the unweighted loss), two
     O(1) terms whose sum is (1 - 4 alpha) 2^-gamma-1 (gamma log 2 + 1) at x = 0, y = 1: O(x)
@@ -85,22 +173,10 @@ def test_float64_focal_dxy_at_hard_labels_by_every_mode(alpha):
     order another number. Within 1e-10 of mpmath relative, by hessian (both orders), forward
     over forward and reverse over reverse (both orders), at both hard labels (mirrored: x at
     y = 1 is -x at y = 0)."""
-    xs = [7e-28, -2.3e-16, 1e-12, -1e-8, 3e-5, -0.6, 0.9, -1.5, -17.26, -27.9, -38.1, -122.0]
-    xs += [-205.0, -700.0, -709.0]
-    points = [(sx, y, g) for x in xs for sx, y in ((x, 1.0), (-x, 0.0)) for g in GAMMAS]
-    x, y, g = (np.array(v, np.float64) for v in zip(*points, strict=True))
-    with jax.enable_x64(True):
-
-        def dxy(x, y, g):
-            f = lambda x, y: FOCAL(x, y, alpha=alpha, gamma=g)
-            h = jax.hessian(f, (0, 1))(x, y)
-            ff = jax.jacfwd(jax.jacfwd(f, (0, 1)), (0, 1))(x, y)
-            rr = jax.jacrev(jax.grad(f, (0, 1)), (0, 1))(x, y)
-            return [h[0][1], h[1][0], ff[0][1], ff[1][0], rr[0][1], rr[1][0]]
-
-        got = [np.asarray(m) for m in jax.jit(jax.vmap(dxy))(x, y, g)]
-    modes = ("hessian[x,y]", "hessian[y,x]", "jacfwd[x,y]", "jacfwd[y,x]", "jacrev[x,y]")
-    modes += ("jacrev[y,x]",)
+    points = _dxy_points()
+    table = _dxy_table()
+    got = list(np.array([table[(*p, alpha)] for p in points]).T)
+    modes = DXY_MODES
     tiny = np.finfo(np.float64).tiny
     failures = []
     for i, (xi, yi, gi) in enumerate(points):
@@ -112,9 +188,7 @@ def test_float64_focal_dxy_at_hard_labels_by_every_mode(alpha):
     assert not failures, f"{len(failures)} of {6 * len(points)}, e.g. {failures[:4]}"
 
 
-@pytest.mark.parametrize(
-    "alpha", [None, 0.25, 0.75], ids=["alpha_none", "alpha_0.25", "alpha_0.75"]
-)
+@_alpha_params("alpha_none", "alpha_0.25", "alpha_0.75")
 def test_float64_focal_d2y_at_soft_labels_by_every_mode(alpha):
     """d2/dy2 at a soft label y is |x| times u^(gamma - 2) n (gamma + 1) (2 a' n + gamma alpha_t)
     plus O(|x| e^-|x|) (n = y for x < 0, 1 - y for x > 0, a' = d alpha_t / dn), its terms of
@@ -124,8 +198,7 @@ def test_float64_focal_d2y_at_soft_labels_by_every_mode(alpha):
     sign elsewhere from |x| = 14, hessian and reverse over reverse two numbers (7e13 and
     2.2e14 for 3.8e13 at x = -1e30). Within 1e-10 of mpmath relative to the value itself, by
     hessian, forward over forward, reverse over reverse and jvp of grad."""
-    xs = [-1.5, -13.6, -14.4, -20.0, -25.67, -30.0, -37.0, -43.15, -122.0, -263.2, -1e4, -1e30]
-    points = [(sx, y, g) for x in xs for sx, y in ((x, 0.3), (-x, 0.7), (x, 1e-6)) for g in GAMMAS]
+    points = _soft_label_points()
     got = _focal_d2y_by_every_mode(points, alpha)
     failures = []
     for i, (xi, yi, gi) in enumerate(points):
@@ -197,16 +270,35 @@ def test_focal_d2y_dgamma_beyond_2_to_64(dtype, order):
     |x| / 2^64 went through the kernel. Within 1e-3 of mpmath, by hessian and reverse over
     reverse, at labels whose big-logistic weight n is not 0."""
     big = float(np.finfo(dtype).max)
+    table = _dy_dgamma_table(np.dtype(dtype).name)
+    failures = []
+    for key, both in table.items():
+        x, y, g, alpha = key
+        a = None if alpha is None else option_value(alpha, dtype)
+        e = float(_linear_focal_dy_dgamma(x, y, g, a))
+        if not abs(e) <= big:
+            continue  # overflows
+        for mode, m in zip(("hessian", "jacrev(grad)"), both[order], strict=True):
+            if not abs(float(m) - e) <= 1e-3 * abs(e):
+                failures.append(f"{mode} x={x!r} y={y:g} gamma={g:g} alpha={alpha}: {m!r}")
+    assert not failures, f"{len(failures)} points, e.g. {failures[:4]}"
+
+
+@functools.cache
+def _dy_dgamma_table(dtype: str) -> dict[tuple, dict[str, tuple[float, float]]]:
+    """d/dgamma of d/dy, and d/dy of d/dgamma, by hessian and reverse over reverse beyond
+    2^64, at labels whose big-logistic weight n is not 0, alpha None and 0.25: one program
+    per dtype; ``{(x, y, gamma, alpha): {order: (hessian, jacrev(grad))}}``."""
+    big = float(np.finfo(dtype).max)
     points = [
-        (x, y, g, a)
+        (x, y, g)
         for x in (-1e30, 1e30, -big, big)
         for y in LABELS
         for g in (0.5, 1.0, 2.0, 5.0)
-        for a in (None, 0.25)
         if (y if x < 0 else 1 - y) > 0
     ]
-    i, j = (0, 1) if order == "dgamma(dy)" else (1, 0)
-    with jax.enable_x64(dtype == np.float64):
+    (x, y, g, a), keys = _with_alpha(points, (None, 0.25))
+    with jax.enable_x64(dtype == "float64"):
 
         def both(x, y, g, a):
             def f(y, g):
@@ -214,22 +306,17 @@ def test_focal_d2y_dgamma_beyond_2_to_64(dtype, order):
 
             h = jax.hessian(f, (0, 1))(y, g)
             r = jax.jacrev(jax.grad(f, (0, 1)), (0, 1))(y, g)
-            return h[i][j], r[i][j]
+            return jnp.stack([h[0][1], r[0][1], h[1][0], r[1][0]])
 
-        failures = []
-        for alpha in (None, 0.25):
-            sel = [p for p in points if p[3] == alpha]
-            x, y, g = (np.array([p[k] for p in sel], dtype) for k in range(3))
-            got = jax.jit(jax.vmap(lambda x, y, g, a=alpha: both(x, y, g, a)))(x, y, g)
-            a = None if alpha is None else option_value(alpha, dtype)
-            for k in range(len(sel)):
-                e = float(_linear_focal_dy_dgamma(float(x[k]), float(y[k]), float(g[k]), a))
-                if not abs(e) <= big:
-                    continue  # overflows
-                for mode, m in zip(("hessian", "jacrev(grad)"), got, strict=True):
-                    if not abs(float(m[k]) - e) <= 1e-3 * abs(e):
-                        failures.append(f"{mode} x={x[k]!r} y={y[k]:g} gamma={g[k]:g}: {m[k]!r}")
-    assert not failures, f"{len(failures)} points, e.g. {failures[:4]}"
+        cast = [v.astype(dtype) for v in (x, y, g, a)]
+        got = np.asarray(jax.jit(jax.vmap(both))(*cast))
+    return {
+        (float(cast[0][i]), float(cast[1][i]), float(cast[2][i]), k[3]): {
+            "dgamma(dy)": (got[i, 0], got[i, 1]),
+            "dy(dgamma)": (got[i, 2], got[i, 3]),
+        }
+        for i, k in enumerate(keys)
+    }
 
 
 @pytest.mark.parametrize("name", FOCAL_CASES)
@@ -267,7 +354,7 @@ def test_float64_focal_d2y_matches_mpmath(name):
     assert not failures, f"{len(failures)} points, e.g. {failures[:6]}"
 
 
-@pytest.mark.parametrize("alpha", [None, 0.25], ids=["alpha_none", "alpha_0.25"])
+@_alpha_params("alpha_none", "alpha_0.25")
 def test_float64_focal_d2y_far_out_by_every_mode(alpha):
     """d2/dy2 at right hard labels (y = 1 at x > 0, y = 0 at x < 0) far out, where
     u = sigma(-|x|) is tiny: half of it, or all, was lost to the scaled u^gamma 2^shift, whose
@@ -278,8 +365,7 @@ def test_float64_focal_d2y_far_out_by_every_mode(alpha):
     1e-10 of mpmath, relative to the larger of the value and its terms, by hessian, forward
     over forward, reverse over reverse and jvp of grad; at most 4 * tiny where those are
     below the smallest normal number."""
-    xs = np.array([21.0, 160.0, 200.0, 400.0, 600.0, 709.0, 800.0, 1277.5, 1e4, 1e30])
-    points = [(sx, y, g) for x in xs for sx, y in ((x, 1.0), (-x, 0.0)) for g in (0.5, 1, 2, 5)]
+    points = _far_out_points()
     got = _focal_d2y_by_every_mode(points, alpha)
     tiny, big = np.finfo(np.float64).tiny, np.finfo(np.float64).max
     failures, checked = [], 0
@@ -302,7 +388,54 @@ def test_float64_focal_d2y_far_out_by_every_mode(alpha):
 FAR_OUT = (21.0, 37.0, 100.0, 141.1, 352.1, 592.07, 708.4, 709.78, 710.0, 800.0, 1388.25, 1e4)
 
 
-@pytest.mark.parametrize("alpha", [None, 0.25], ids=["alpha_none", "alpha_0.25"])
+#: The second derivatives of :func:`_far_out_table`, by mode, in its order.
+FAR_OUT_MODES = {
+    "dzz": ("hessian", "jacrev(grad)", "jvp(grad)", "jacfwd(jacfwd)"),
+    "dzy": (
+        "hessian[x,y]",
+        "hessian[y,x]",
+        "jacrev(grad)[x,y]",
+        "jacrev(grad)[y,x]",
+        "jacfwd(jacfwd)[x,y]",
+        "jacfwd(jacfwd)[y,x]",
+    ),
+}
+
+
+def _far_out_second_points():
+    return [
+        (sx, y, g)
+        for x in FAR_OUT
+        for sx in (x, -x)
+        for y in (0.0, 1.0, 0.3, 1e-6, 1 - 1e-6)
+        for g in (0.0, 0.5, 1.0, 2.0, 5.0)
+    ]
+
+
+@functools.cache
+def _far_out_table() -> dict[tuple, np.ndarray]:
+    """float64 d2/dx2 and d2/dxdy of the focal loss by every mode of :data:`FAR_OUT_MODES`
+    (in its order, d2/dx2 first) at every point of :func:`_far_out_second_points` for alpha
+    None and 0.25: one program."""
+    (x, y, g, a), keys = _with_alpha(_far_out_second_points(), (None, 0.25))
+    with jax.enable_x64(True):
+
+        def modes(x, y, g, a):
+            f = lambda x, y: FOCAL(x, y, alpha=a, gamma=g)
+            grad = jax.grad(f, (0, 1))
+            h = jax.hessian(f, (0, 1))(x, y)
+            r = jax.jacrev(grad, (0, 1))(x, y)
+            ff = jax.jacfwd(jax.jacfwd(f, (0, 1)), (0, 1))(x, y)
+            t_xx = jax.jvp(lambda x: grad(x, y)[0], (x,), (jnp.ones_like(x),))[1]
+            xx = [h[0][0], r[0][0], t_xx, ff[0][0]]
+            xy = [h[0][1], h[1][0], r[0][1], r[1][0], ff[0][1], ff[1][0]]
+            return jnp.stack(xx + xy)
+
+        got = np.asarray(jax.jit(jax.vmap(modes))(x, y, g, a))
+    return {k: got[i] for i, k in enumerate(keys)}
+
+
+@_alpha_params("alpha_none", "alpha_0.25")
 def test_float64_focal_second_derivatives_far_out_by_every_mode(alpha):
     """d2/dx2 and d2/dxdy far out. d2/dx2 was 0.0 near |x| = 708.4 at every label but the
     right hard one, where sigma(-|x|), a factor of each term, is subnormal and flushed while
@@ -315,31 +448,14 @@ def test_float64_focal_second_derivatives_far_out_by_every_mode(alpha):
     was 0.0 from 100. Within 1e-10 of mpmath by hessian, reverse over reverse, forward over
     forward and jvp of grad, both orders of the mixed one; at most 4 * tiny where the exact
     value is below the smallest normal number."""
-    points = [
-        (sx, y, g)
-        for x in FAR_OUT
-        for sx in (x, -x)
-        for y in (0.0, 1.0, 0.3, 1e-6, 1 - 1e-6)
-        for g in (0.0, 0.5, 1.0, 2.0, 5.0)
-    ]
-    x, y, g = (np.array(v, np.float64) for v in zip(*points, strict=True))
-    with jax.enable_x64(True):
-
-        def modes(x, y, g):
-            f = lambda x, y: FOCAL(x, y, alpha=alpha, gamma=g)
-            grad = jax.grad(f, (0, 1))
-            h = jax.hessian(f, (0, 1))(x, y)
-            r = jax.jacrev(grad, (0, 1))(x, y)
-            ff = jax.jacfwd(jax.jacfwd(f, (0, 1)), (0, 1))(x, y)
-            t_xx = jax.jvp(lambda x: grad(x, y)[0], (x,), (jnp.ones_like(x),))[1]
-            xx = {"hessian": h[0][0], "jacrev(grad)": r[0][0], "jvp(grad)": t_xx}
-            xx |= {"jacfwd(jacfwd)": ff[0][0]}
-            xy = {"hessian[x,y]": h[0][1], "hessian[y,x]": h[1][0]}
-            xy |= {"jacrev(grad)[x,y]": r[0][1], "jacrev(grad)[y,x]": r[1][0]}
-            xy |= {"jacfwd(jacfwd)[x,y]": ff[0][1], "jacfwd(jacfwd)[y,x]": ff[1][0]}
-            return {"dzz": xx, "dzy": xy}
-
-        got = jax.tree.map(np.asarray, jax.jit(jax.vmap(modes))(x, y, g))
+    points = _far_out_second_points()
+    table = _far_out_table()
+    rows = np.array([table[(*p, alpha)] for p in points]).T
+    n_xx = len(FAR_OUT_MODES["dzz"])
+    got = {
+        "dzz": dict(zip(FAR_OUT_MODES["dzz"], rows[:n_xx], strict=True)),
+        "dzy": dict(zip(FAR_OUT_MODES["dzy"], rows[n_xx:], strict=True)),
+    }
     tiny = np.finfo(np.float64).tiny
     failures, checked = [], 0
     for i, (xi, yi, gi) in enumerate(points):
