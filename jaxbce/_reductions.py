@@ -29,23 +29,58 @@ def reduce_loss(
     out_dtype: Any,
 ) -> jax.Array:
     """Masks, reduces (in the compute dtype) and casts back to the predictions' dtype."""
+    local = local_reduction(loss, mask, reduction)
+    return finish_reduction(
+        local,
+        reduction,
+        axis_name,
+        size=loss.size,
+        masked=mask is not None,
+        out_dtype=out_dtype,
+    )
+
+
+Local = jax.Array | tuple[jax.Array, jax.Array]
+
+
+def local_reduction(loss: jax.Array, mask: jax.Array | None, reduction: str) -> Local:
+    """The masked loss (``"none"``), or this device's ``(sum, count)`` of it."""
     if mask is not None:
         loss = jnp.where(mask, loss, 0.0)
     if reduction == "none":
-        return loss.astype(out_dtype)
-    total, count = sum_and_count(loss, mask)
+        return loss
+    return sum_and_count(loss, mask)
+
+
+def finish_reduction(
+    local: Local,
+    reduction: str,
+    axis_name: Any,
+    *,
+    size: Any,
+    masked: bool,
+    out_dtype: Any,
+) -> jax.Array:
+    """:func:`local_reduction`'s result over ``axis_name`` (when given), divided by the
+    number of included elements for ``"mean"``, in ``out_dtype``. ``size`` is the number of
+    elements of the (local) loss, ``masked`` whether a mask counted them."""
+    if reduction == "none":
+        assert not isinstance(local, tuple)
+        return local.astype(out_dtype)
+    assert isinstance(local, tuple)
+    total, count = local
     if axis_name is not None:
         total, count = lax.psum((total, count), axis_name)
     # "+ 0 * count" keeps the count alive, and with it XLA:CPU's fused reduction (below).
     total = total + 0.0 * count
     if reduction == "sum":
         return total.astype(out_dtype)
-    if mask is None:
+    if not masked:
         # A static count: the gradient's scale 1/N then does not wait for the reduction,
         # so XLA may compute the value and the gradient in any order, or together.
         # In the loss dtype: 2^31 elements and more overflow int32. A symbolic size
         # (jax.export with a symbolic batch) becomes a value computed from the shape.
-        n = jnp.asarray(loss.size, loss.dtype)
+        n = jnp.asarray(size, total.dtype)
         if axis_name is not None:
             n = lax.psum(n, axis_name)
         return (total / jnp.maximum(n, 1.0)).astype(out_dtype)  # an empty batch's mean is 0

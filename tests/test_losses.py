@@ -175,18 +175,24 @@ def test_focal_label_derivatives_near_zero_and_at_right_hard_labels(x64, dtype):
     terms, near x = 0 too (its label slopes are exact there now), or at most 4 * tiny where
     the exact value is below the smallest normal number."""
     eps = np.finfo(dtype).eps
-    for x, y, gamma, alpha in [
+    cases = [
         (1e-20, 0.0, 0.5, None), (1e-9, 0.3, 0.5, 0.25), (-1e-9, 1.0, 2.0, 0.25),
         (1e-5, 0.0, 2.0, None), (3.0, 1.0, 2.0, 0.25), (-3.0, 0.0, 2.0, 0.25),
         (0.5, 1.0, 0.5, 0.6), (20.0, 1.0, 2.0, None),
-    ]:  # fmt: skip
+    ]  # fmt: skip
+    # The options as data (alpha None as the -1 the public function passes for it): one
+    # program per dtype; eager calls with Python floats compile one per option set.
+    columns = zip(*[(x, y, g, -1.0 if a is None else a) for x, y, g, a in cases], strict=True)
+    xs, ys, gs, als = (jnp.asarray(c, dtype) for c in columns)
 
-        def f(yy, x=x, gamma=gamma, alpha=alpha):
-            return FOCAL(jnp.asarray(x, dtype), yy, gamma=gamma, alpha=alpha)
+    def derivatives(x, y, g, a):
+        f = lambda yy: FOCAL(x, yy, gamma=g, alpha=a)
+        return jax.grad(f)(y), jax.hessian(f)(y)
 
+    d_ys, d_yys = jax.jit(jax.vmap(derivatives))(xs, ys, gs, als)
+    for k, (x, y, gamma, alpha) in enumerate(cases):
         exact = ref.focal_curvature(float(np.asarray(x, dtype)), y, alpha=alpha, gamma=gamma)
-        yy = jnp.asarray(y, dtype)
-        d_y, d_yy = float(jax.grad(f)(yy)), float(jax.hessian(f)(yy))
+        d_y, d_yy = float(d_ys[k]), float(d_yys[k])
         assert abs(d_y - float(exact["dy"])) <= 4 * eps * abs(float(exact["dy"])), (x, y)
         rtol, tiny = (1e-5 if dtype == np.float32 else 1e-12), float(np.finfo(dtype).tiny)
         scale = max(abs(float(exact["dyy"])), float(exact["dyy_terms"]))
