@@ -2,15 +2,15 @@
 innermost dimension is short, over the flattened array.
 
 XLA:CPU emits a fused elementwise computation as nested loops over the shape of its result,
-and LLVM vectorizes the innermost one, over the last dimension. Where that dimension is
-shorter than a vector (2 to 7 float32 lanes of 8 on AVX2), a small loop body is unrolled
-into the loop around it and vectorized there; the focal kernel's body is too large to be
-unrolled, and its loop runs scalar. ``value_and_grad`` of its mean took 105 ns per element
-at shape (2097152, 2) against 20.6 for the same elements as one dimension, 40.0 against 21.8
-at (1398101, 3), 31.4 at (1048576, 4), 28.1 at 5 and 25.1 at 6; 20.5 at 8
-(``benchmarks/inner_dims.py``). Reshaping the inputs inside the loss does not help: XLA
-moves the reshape through the elementwise operations and loops over the caller's shape
-again, and an ``optimization_barrier`` is gone before fusion.
+the innermost over the last dimension. Where that dimension is 2 to 7, LLVM vectorized the
+cross-entropy's small loop body (279 SIMD lines in the optimized IR at (2097152, 2)) but not
+the focal kernel's, about a thousand instructions (0;
+``benchmarks/results/vectorized-loops-cpu-2026-11-27.txt``). ``value_and_grad`` of the focal
+mean took 105.0 ns per element at (2097152, 2), 41.2 at (1048576, 3) and 31.4 at
+(1048576, 4), against 20.6 for as many elements in one dimension and 22.3 at (524288, 7)
+(``benchmarks/results/inner-dims-cpu-2026-11-27-s15.txt``). Reshaping the inputs inside
+the loss does not help: XLA moves the reshape through the elementwise operations and loops
+over the caller's shape again, and an ``optimization_barrier`` is gone before fusion.
 
 A conditional is a boundary XLA does not fuse across: :func:`flat_on_cpu` computes the loss
 over flattened inputs inside a ``lax.cond`` whose predicate is always true but is read from

@@ -400,7 +400,9 @@ def test_cpu_passes_times_the_shipped_computation(capsys) -> None:
     assert "gradient pass: fresh output" in out
 
 
-@pytest.mark.parametrize("script_name", ["unaligned_sizes", "inner_dims", "vectorized_loops"])
+@pytest.mark.parametrize(
+    "script_name", ["unaligned_sizes", "inner_dims", "vectorized_loops", "eager_odd_sizes"]
+)
 @pytest.mark.parametrize(
     "flags, message",
     [

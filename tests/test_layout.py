@@ -3,9 +3,10 @@ time): the focal loss at a short last dimension runs over the flattened array in
 conditional, with the same numbers; eager calls at odd sizes fold their scalar options.
 
 Found 2026-11-27 (``benchmarks/inner_dims.py``, ``benchmarks/vectorized_loops.py``):
-``value_and_grad`` of the focal mean took 105 ns per element at (2097152, 2) against 20.6
-flat, and an eager call at 2^22 - 1 elements 8.5 times as long per element as at 2^22 (the
-cross-entropy with label smoothing 11 times): XLA:CPU left those loops scalar.
+``value_and_grad`` of the focal mean took 105.0 ns per element at (2097152, 2) against 20.6
+flat, and an eager call at 2^22 - 1 elements 8.6 times as long per element as at 2^22 (the
+cross-entropy with label smoothing 10.9 times; ``benchmarks/eager_odd_sizes.py``): XLA:CPU
+left those loops scalar.
 """
 
 from __future__ import annotations
@@ -165,9 +166,10 @@ def test_a_short_last_dimension_is_as_fast_as_one_dimension():
 def test_eager_calls_at_an_odd_size_are_as_fast_as_at_an_aligned_one(loss):
     """An eager call compiles its scalar options into its program (``_fixed_or_traced``,
     ``_fix_weights``):
-    read at run time, they had left the loop scalar at an odd size (8.5 and 11 times the
-    time per element at 2^22 - 1 against 2^22, the focal gradient 4.8, the cross-entropy
-    with a scalar ``pos_weight`` 8)."""
+    read at run time, they had left the loop scalar at an odd size (the time per element at
+    2^22 - 1 was 8.6 times that at 2^22, the focal gradient's 4.9, the cross-entropy's with
+    label smoothing 10.9 and with a scalar ``pos_weight`` 8.5;
+    ``benchmarks/results/eager-odd-sizes-cpu-2026-11-27-67d6083.txt``)."""
 
     def timed(n):
         z, y = _random((n,))
