@@ -192,3 +192,55 @@ def test_an_eager_call_gives_the_numbers_of_a_jitted_one(options):
     eager, jitted = f(z, y), jax.jit(f)(z, y)
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# The sharded and exported calls of tests/test_sharded.py are too small to take the flat
+# loop (fewer than MIN_SIZE elements per device); these take it, on this process's device.
+
+
+@pytest.mark.parametrize("where", ["none", "sharded", "replicated"])
+def test_flat_loop_under_shard_map_and_pmap_with_axis_name(where):
+    """The conditional's never-taken branch gives zeros of the computed results' types,
+    varying over the mapped axis where they do (JAX refuses branches of different types):
+    with a mask split like the data, a replicated one, or none; on a mesh of this process's
+    one device."""
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    z, y = _random((8192, 2))
+    rows = jnp.asarray(np.random.default_rng(2).uniform(size=(8192, 2)) < 0.8)
+    m = {"none": rows, "sharded": rows, "replicated": jnp.asarray([True, False])}[where]
+    kw = {} if where == "none" else {"where": m}
+    value, grad = jax.value_and_grad(lambda z: FOCAL(z, y, reduction="mean", **kw))(z)
+
+    def per_device(z, y, m):
+        kw = {} if where == "none" else {"where": m}
+        return FOCAL(z, y, reduction="mean", axis_name="data", **kw)
+
+    replicated = where == "replicated"
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    specs = (P("data"), P("data"), P() if replicated else P("data"))
+    sm = jax.jit(
+        jax.value_and_grad(jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P()))
+    )
+    assert " conditional(" in sm.lower(z, y, m).compile().as_text()
+    pm = jax.pmap(per_device, axis_name="data", in_axes=(0, 0, None if replicated else 0))
+    m_pm = m if replicated else m[None]
+    by_pmap = jax.value_and_grad(lambda z: pm(z, y[None], m_pm)[0])(z[None])
+    for name, (v, g) in (("shard_map", sm(z, y, m)), ("pmap", by_pmap)):
+        np.testing.assert_allclose(v, value, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            np.asarray(g).reshape(grad.shape), grad, rtol=1e-6, atol=1e-12, err_msg=name
+        )
+
+
+def test_flat_loop_exports_for_cpu_and_gpu():
+    """Exported for CPU and CUDA at a static short last dimension: the conditional is in the
+    CPU branch of the platform switch only, and the CPU program runs as the jitted one."""
+    z, y = _random((8192, 2))
+    f = jax.value_and_grad(lambda z, y: FOCAL(z, y, reduction="mean"))
+    exported = jax.export.export(jax.jit(f), platforms=["cpu", "cuda"])(z, y)
+    value, grad = exported.call(z, y)
+    want = jax.jit(f)(z, y)
+    np.testing.assert_array_equal(value, want[0])
+    np.testing.assert_array_equal(grad, want[1])
