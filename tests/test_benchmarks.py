@@ -401,7 +401,8 @@ def test_cpu_passes_times_the_shipped_computation(capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    "script_name", ["unaligned_sizes", "inner_dims", "vectorized_loops", "eager_odd_sizes"]
+    "script_name",
+    ["unaligned_sizes", "inner_dims", "vectorized_loops", "eager_odd_sizes", "runtime_scalars"],
 )
 @pytest.mark.parametrize(
     "flags, message",

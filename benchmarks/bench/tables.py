@@ -1,6 +1,7 @@
 """What the stand-alone table benchmarks (``unaligned_sizes.py``, ``inner_dims.py``,
-``vectorized_loops.py``, ``eager_odd_sizes.py``) share: the command line (``--rounds`` and
-an ``--out`` file that is never replaced) and the interleaved fastest-of-rounds timing."""
+``vectorized_loops.py``, ``eager_odd_sizes.py``, ``runtime_scalars.py``) share: the command
+line (``--rounds`` and an ``--out`` file that is never replaced) and the interleaved
+fastest-of-rounds timing."""
 
 from __future__ import annotations
 
