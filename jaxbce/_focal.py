@@ -61,6 +61,7 @@ from jaxbce._kernels import (
     safe_mul,
     times,
     total,
+    vanishing_mul,
 )
 
 
@@ -554,7 +555,7 @@ def _focal_parts_near(
     d_y_back = _sure_label_slopes(d_y_back, v, gamma, (x, du_dy, stretch))
     # From the value times 2^shift: where the value itself underflows, value * d(-log u)/dy
     # is still normal, and d/dy of d/dgamma lost it (1e-3 off at x = 30, y = 1, gamma 2).
-    d_gamma = _times_pow2(-safe_mul(v.scaled, v.nl[0] + v.nl[1]), -shift)
+    d_gamma = _times_pow2(-vanishing_mul(v.scaled, v.nl[0] + v.nl[1]), -shift)
     d_alpha = jnp.where(alpha >= 0, (2.0 * y - 1.0) * _times_pow2(m_ce * stretch, -shift), 0.0)
     if band is not None:
         ratios = (ce_over_u, m * total(core), weighted)  # ce/u, 2^shift (F_x/alpha_t, F_x)

@@ -95,6 +95,24 @@ def safe_mul(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.where((a == 0) & jnp.isinf(b), 0.0, a * b)
 
 
+@jax.custom_jvp
+def vanishing_mul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """:func:`safe_mul`, whose tangent has no ``da`` term where ``b`` is 0 (nor ``db`` where
+    ``a`` is): a factor that is 0 because its exact value is below every float, met by the
+    slope of an overflowing other factor, gives 0 rather than ``0 * inf = NaN``. (The
+    selection reads the primals only: a JVP is linear in its tangents.)"""
+    return safe_mul(a, b)
+
+
+@vanishing_mul.defjvp
+def _vanishing_mul_jvp(
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    (a, b), (da, db) = primals, tangents
+    tangent = jnp.where(b == 0, 0.0, b * da) + jnp.where(a == 0, 0.0, a * db)
+    return vanishing_mul(a, b), tangent
+
+
 def _add_scaled(a: jax.Array, c: jax.Array, pair: Pair) -> jax.Array:
     """``a + c * (hi + lo)`` rounded once when ``c * hi`` is exact (``c`` = 0, 1, -1).
 
