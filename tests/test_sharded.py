@@ -193,6 +193,9 @@ GSPMD_SHAPES = ((64, 1000), (1024, 3), (4000, 7), (8000,), (1000, 13))
 GSPMD_CASES = (
     [("bce", shape, masked, "auto") for shape in GSPMD_SHAPES for masked in (False, True)]
     + [(name, shape, True, "auto") for name in ("probs", "focal") for shape in GSPMD_SHAPES[:2]]
+    # Large enough (2^14 elements or more) for the focal loss's flat loop in a conditional
+    # on CPU (jaxbce._layout): partitioned by XLA, it too must move no batch.
+    + [("focal", (8192, 3), True, "auto")]
     + [(name, shape, True, "explicit") for name in LOSSES for shape in ((8, 4096), (64, 1000))]
     + [("bce", (1024, 3), False, "explicit")]
     + [(name, (64, 1000), True, mode) for name in LINEAR for mode in ("auto", "explicit")]
