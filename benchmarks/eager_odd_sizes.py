@@ -16,9 +16,8 @@ Usage::
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from bench.tables import fastest_of_rounds, table_arguments, write_table
+from bench.tables import logits_and_labels, per_element_table, table_arguments, write_table
 
 import jaxbce
 
@@ -43,19 +42,9 @@ def _calls() -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = table_arguments(__doc__.splitlines()[0], 5, argv)
     rng = np.random.default_rng(0)
-    lines = [
-        f"jax {jax.__version__}, {jax.devices()[0].device_kind}, fastest of {args.rounds} "
-        "rounds, ns per element of an eager call",
-        f"{'size':>9s} " + " ".join(f"{name:>15s}" for name in _calls()),
-    ]
-    for n in SIZES:
-        z = jnp.asarray((3 * rng.standard_normal(n)).astype(np.float32))
-        y = jnp.asarray((rng.random(n) < 0.3).astype(np.float32))
-        best = fastest_of_rounds(_calls(), (z, y), args.rounds)
-        cells = " ".join(f"{1e9 * t / n:15.2f}" for t in best.values())
-        lines.append(f"{n:>9d} {cells}")
-        print(lines[-1], flush=True)
-    table = "\n".join(lines)
+    rows = ((str(n), logits_and_labels(rng, n), _calls()) for n in SIZES)
+    measures = "ns per element of an eager call"
+    table = per_element_table(args.rounds, measures, "size", list(_calls()), rows, (9, 15))
     write_table(args.out, table)
     return 0
 

@@ -16,10 +16,9 @@ Usage::
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-from bench.tables import fastest_of_rounds, table_arguments, write_table
+from bench.tables import logits_and_labels, per_element_table, table_arguments, write_table
 
 import jaxbce
 
@@ -39,23 +38,18 @@ def _contenders() -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = table_arguments(__doc__.splitlines()[0], 5, argv)
     rng = np.random.default_rng(0)
-    lines = [
-        f"jax {jax.__version__}, {jax.devices()[0].device_kind}, fastest of {args.rounds} "
-        "rounds, ns per element of value_and_grad of the mean",
-        f"{'shape':>14s} " + " ".join(f"{name:>13s}" for name in _contenders()),
-    ]
-    for shape in SHAPES:
-        z = jnp.asarray((3 * rng.standard_normal(shape)).astype(np.float32))
-        y = jnp.asarray((rng.random(shape) < 0.3).astype(np.float32))
-        compiled = {
-            name: jax.jit(jax.value_and_grad(f)).lower(z, y).compile()
-            for name, f in _contenders().items()
-        }
-        best = fastest_of_rounds(compiled, (z, y), args.rounds)
-        cells = " ".join(f"{1e9 * t / z.size:13.2f}" for t in best.values())
-        lines.append(f"{shape!s:>14s} {cells}")
-        print(lines[-1], flush=True)
-    table = "\n".join(lines)
+
+    def rows():
+        for shape in SHAPES:
+            z, y = logits_and_labels(rng, shape)
+            compiled = {
+                name: jax.jit(jax.value_and_grad(f)).lower(z, y).compile()
+                for name, f in _contenders().items()
+            }
+            yield str(shape), (z, y), compiled
+
+    measures = "ns per element of value_and_grad of the mean"
+    table = per_element_table(args.rounds, measures, "shape", list(_contenders()), rows(), (14, 13))
     write_table(args.out, table)
     return 0
 

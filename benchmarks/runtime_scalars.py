@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from bench.tables import fastest_of_rounds, table_arguments, write_table
+from bench.tables import logits_and_labels, per_element_table, table_arguments, write_table
 
 import jaxbce
 
@@ -53,22 +53,19 @@ def _programs() -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = table_arguments(__doc__.splitlines()[0], 5, argv)
     rng = np.random.default_rng(0)
-    lines = [
-        f"jax {jax.__version__}, {jax.devices()[0].device_kind}, fastest of {args.rounds} "
-        "rounds, ns per element of value_and_grad (s = 1.0 passed at run time)",
-        f"{'size':>9s} " + " ".join(f"{name:>15s}" for name in _programs()),
-    ]
-    for n in SIZES:
-        z = jnp.asarray((3 * rng.standard_normal(n)).astype(np.float32))
-        y = jnp.asarray((rng.random(n) < 0.3).astype(np.float32))
-        m = jnp.asarray(rng.random(n) < 0.9)
-        s = jnp.float32(1.0)
-        compiled = {name: jax.jit(f).lower(z, y, m, s).compile() for name, f in _programs().items()}
-        best = fastest_of_rounds(compiled, (z, y, m, s), args.rounds)
-        cells = " ".join(f"{1e9 * t / n:15.2f}" for t in best.values())
-        lines.append(f"{n:>9d} {cells}")
-        print(lines[-1], flush=True)
-    table = "\n".join(lines)
+
+    def rows():
+        for n in SIZES:
+            z, y = logits_and_labels(rng, n)
+            m = jnp.asarray(rng.random(n) < 0.9)
+            s = jnp.float32(1.0)
+            compiled = {
+                name: jax.jit(f).lower(z, y, m, s).compile() for name, f in _programs().items()
+            }
+            yield str(n), (z, y, m, s), compiled
+
+    measures = "ns per element of value_and_grad (s = 1.0 passed at run time)"
+    table = per_element_table(args.rounds, measures, "size", list(_programs()), rows(), (9, 15))
     write_table(args.out, table)
     return 0
 
