@@ -398,6 +398,22 @@ def test_cpu_passes_times_the_shipped_computation(capsys) -> None:
     out = capsys.readouterr().out
     assert "jaxbce value_and_grad" in out
     assert "gradient pass: fresh output" in out
+    assert "two-pass floor (the two floors added)" in out
+    assert "optax / 3:" in out
+
+
+def test_cpu_passes_never_replaces_a_file(tmp_path: Path, capsys) -> None:
+    import cpu_passes as passes
+
+    existing = tmp_path / "passes.txt"
+    existing.write_text("kept")
+    with pytest.raises(SystemExit):
+        passes.main(["--log2n", "12", "--rounds", "1", "--out", str(existing)])
+    assert "it is never replaced" in capsys.readouterr().err
+    assert existing.read_text() == "kept"
+    new = tmp_path / "new.txt"
+    assert passes.main(["--log2n", "12", "--rounds", "1", "--out", str(new)]) == 0
+    assert new.read_text().startswith("N = 2^12, 1 rounds")
 
 
 @pytest.mark.parametrize(

@@ -25,9 +25,14 @@ def table_arguments(description: str, rounds: int, argv: list[str] | None) -> ar
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    if args.out is not None and (args.out.exists() or not args.out.parent.is_dir()):
-        parser.error(f"--out {str(args.out)!r} exists or its folder does not; it is never replaced")
+    refuse_existing(parser, args.out)
     return args
+
+
+def refuse_existing(parser: argparse.ArgumentParser, out: Path | None) -> None:
+    """Exits with an error naming ``--out`` unless it is a new file in an existing folder."""
+    if out is not None and (out.exists() or not out.parent.is_dir()):
+        parser.error(f"--out {str(out)!r} exists or its folder does not; it is never replaced")
 
 
 def write_table(out: Path | None, table: str) -> None:
