@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -166,7 +167,8 @@ def format_table(samples: dict[str, list[float]], log2n: int, rounds: int) -> st
     base = np.asarray(samples["jaxbce value_and_grad"])
     median = {name: float(np.median(times)) for name, times in samples.items()}
     lines = [
-        f"N = 2^{log2n}, {rounds} rounds, {jax.devices()[0].device_kind}",
+        f"N = 2^{log2n}, {rounds} rounds, {jax.devices()[0].device_kind},"
+        f" XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
         f"{'':46s} {'median ms':>10s} {'x jaxbce':>9s}",
     ]
     for name, times in samples.items():
