@@ -143,3 +143,45 @@ def _live(t: Any) -> bool:
 
 def _carries(ts: Sequence[Any]) -> bool:
     return any(_live(t) for t in ts)
+
+
+#: ``coefficients(x, labels)``: one :data:`Coefficient` per entry of ``labels``.
+LabelCoefficients: TypeAlias = Callable[[jax.Array, tuple[Any, ...]], Sequence[Coefficient]]
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def with_label_coefficients(
+    f: Callable[[jax.Array, tuple[Any, ...]], jax.Array],
+    coefficients: LabelCoefficients,
+    x: jax.Array,
+    labels: tuple[Any, ...],
+) -> jax.Array:
+    """``f(x, labels)``, whose derivative in each entry of ``labels`` is the single
+    coefficient ``coefficients(x, labels)[i]`` (applied through :func:`apply`) rather than
+    the chain through ``f``'s own operations; its derivative in ``x`` is ``f``'s.
+
+    Reverse mode transposes a chain link by link: where ``f`` divides by a tiny ``x`` a
+    label weight that a factor below 1 has scaled, the transposed chain divides the
+    cotangent by ``x`` first, and overflows (then ``inf - inf`` in the error-free sums of the
+    weights: NaN) where the product of the links is finite. One coefficient is transposed
+    into one product.
+    """
+    return f(x, labels)
+
+
+@partial(with_label_coefficients.defjvp, symbolic_zeros=True)
+def _with_label_coefficients_jvp(
+    f: Callable[[jax.Array, tuple[Any, ...]], jax.Array],
+    coefficients: LabelCoefficients,
+    primals: tuple[jax.Array, tuple[Any, ...]],
+    tangents: tuple[Any, tuple[Any, ...]],
+) -> tuple[jax.Array, jax.Array]:
+    (x, labels), (dx, d_labels) = primals, tangents
+    if _live(dx):
+        out, d_out = jax.jvp(lambda v: f(v, labels), (x,), (dx,))
+    else:
+        out = with_label_coefficients(f, coefficients, x, labels)
+        d_out = jnp.zeros_like(out)
+    if _carries(d_labels):
+        d_out = d_out + contract(out, coefficients(x, labels), d_labels)
+    return out, d_out

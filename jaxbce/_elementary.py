@@ -583,5 +583,14 @@ def _quotient_jvp(
     d_num, d_p = tangents
     q = quotient(num, p)
     # Not quotient(d_num - q d_p, p), transposed into q * (ct / p) = 0 * inf at a subnormal p,
-    # nor (q / p) d_p, which overflows at p ~ 1e-20 (0 * inf in forward mode).
-    return q, quotient(d_num, p) - jnp.where(q == 0, 0.0, quotient(q * d_p, p))
+    # nor (q / p) d_p, which overflows at p ~ 1e-20 (0 * inf in forward mode). Where q itself
+    # overflows (the exact quotient too), q d_p would be inf * 0 in a zero direction (the
+    # other columns of jax.hessian over a vector): there the slope is (num d_p / p) / p,
+    # which gives 0 for a zero direction, and so does its transpose for a zero cotangent.
+    finite = jnp.isfinite(q)
+    slope = jnp.where(
+        finite,
+        quotient(jnp.where(finite, q, 0.0) * d_p, p),
+        quotient(quotient(num * d_p, p), p),
+    )
+    return q, quotient(d_num, p) - jnp.where(q == 0, 0.0, slope)

@@ -61,7 +61,14 @@ from jaxbce._arithmetic import (
     opaque,
     two_sum,
 )
-from jaxbce._coefficients import Coefficient, Overflowing, apply, contract, contract_scaled
+from jaxbce._coefficients import (
+    Coefficient,
+    Overflowing,
+    apply,
+    contract,
+    contract_scaled,
+    with_label_coefficients,
+)
 from jaxbce._elementary import (
     neg_log,
     neg_log1m,
@@ -314,6 +321,42 @@ def _probs_slope(p: jax.Array, lw: LabelWeights) -> jax.Array:
     return jnp.where(jnp.isnan(p), p, jnp.where(jnp.isfinite(r), slope, r))
 
 
+def _probs_slope_of(p: jax.Array, labels: tuple[Any, ...]) -> jax.Array:
+    return _probs_slope(p, _label_weights(*labels))
+
+
+def _probs_label_slopes(p: jax.Array, labels: tuple[Any, ...]) -> tuple[Coefficient, ...]:
+    """The derivatives of :func:`_probs_slope` in ``(y, eps, pw, w)``, each one coefficient
+    (:func:`~jaxbce._coefficients.with_label_coefficients`). With :math:`[A]`, :math:`[B]`
+    where a log is not clamped and :math:`G = \\pi[A]/p + [B]/(1-p)`:
+    :math:`-w(1-\\epsilon)G`, :math:`-w(\\tfrac12 - y)G`, :math:`-wq[A]/p` and the unweighted
+    slope. Each quotient by :math:`p` is formed with its whole numerator (finite wherever
+    the exact one is: the weight below 1 is applied before the division, in reverse mode
+    too), and is an :class:`Overflowing` where it is not."""
+    y, eps, pw, w = labels
+    q, qc = smoothed(y, eps)
+    in_a, in_b = _unclamped(p), p < 1.0
+    p_a = jnp.where(in_a, p, 1.0)
+    r_hi, r_lo = recip_one_minus(jnp.where(in_b, p, 0.0))
+    r = jnp.where(in_b, r_hi + r_lo, 0.0)
+
+    def over_p(a: jax.Array, b: jax.Array, value: jax.Array | None = None) -> Overflowing:
+        if value is None:  # a [A] / p + b [B] / (1 - p)
+            value = jnp.where(in_a, quotient(a, p_a), 0.0) + b * r
+        return Overflowing(value, lambda t: jnp.where(in_a, quotient(a * t, p_a), 0.0) + b * r * t)
+
+    ones = jnp.ones_like(p)
+    w1 = ones if w is None else w
+    pw1 = ones if pw is None else pw
+    scale = w1 if eps is None else w1 * (1.0 - eps)
+    c_y = over_p(-scale * pw1, -scale)
+    c_eps = None if eps is None else over_p(-w1 * (0.5 - y) * pw1, -w1 * (0.5 - y))
+    c_pw = None if pw is None else over_p(-w1 * q, jnp.zeros_like(p))
+    # The unweighted slope itself, whose two terms may cancel (at p = q): the kernel's.
+    c_w = None if w is None else over_p(-pw1 * q, qc, _probs_slope_of(p, (y, eps, pw, None)))
+    return c_y, c_eps, c_pw, c_w
+
+
 # ------------------------------------------------------------------ kernel
 
 
@@ -322,11 +365,6 @@ def _value(kind: Kind, x: jax.Array, lw: LabelWeights, exact: bool = True) -> ja
     if kind == "logits":
         return _logit_value(x, lw, exact)
     return _probs_value(x, lw)
-
-
-def _slope(kind: Kind, x: jax.Array, lw: LabelWeights) -> jax.Array:
-    """:math:`\\partial_x (pq A + qc B)`."""
-    return _logit_slope(x, lw) if kind == "logits" else _probs_slope(x, lw)
 
 
 def _neg_log_odds_gap(kind: Kind, x: jax.Array, pw: jax.Array | None) -> tuple[jax.Array, ...]:
@@ -448,7 +486,10 @@ def _jacobian(kind: Kind, res: Residuals, several: bool = False) -> tuple[Coeffi
     q, _ = smoothed(y, eps)
     lw = _label_weights(y, eps, pw, w)
     a, gap = _neg_log_odds_gap(kind, x, pw)
-    slope = _slope(kind, x, lw)
+    if kind == "logits":
+        slope = _logit_slope(x, lw)
+    else:
+        slope = with_label_coefficients(_probs_slope_of, _probs_label_slopes, x, (y, eps, pw, w))
     d_x = _probs_slope_overflowing(x, lw, slope) if kind == "probs" and several else slope
     d_y = gap if eps is None else (1.0 - eps) * gap
     d_eps = None if eps is None else (0.5 - y) * gap

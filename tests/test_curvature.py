@@ -373,6 +373,86 @@ def test_float32_probs_second_derivatives_through_forward_mode_at_tiny_p(p, y, o
                 assert got == pytest.approx(float(want[i][j]), rel=1e-5, abs=0.0), (order, i, j)
 
 
+#: ``(p, y, options)`` where ``1/p`` overflows float32 while the exact d2/dp dy,
+#: ``-w(1-eps)(1/p + 1/(1-p))``, and d2/dw dp, ``-q/p + qc/(1-p)``, do not: a weight or
+#: smoothing below 1 brings them back under ``finfo.max`` (p from 8.8e-40 for w = 0.3).
+_PROBS_SMALL_OPTIONS = {
+    "weight 0.3": ({"weights": np.float32(0.3)}, {"w": 0.3}),
+    "smoothing": ({"label_smoothing": 0.1}, {"eps": 0.1}),
+    "both": ({"weights": np.float32(0.3), "label_smoothing": 0.1}, {"w": 0.3, "eps": 0.1}),
+}
+_PROBS_BELOW_RECIPROCAL_OVERFLOW = [
+    (p, y, name)
+    for p in (2.9e-39, 2.8e-39, 1.5e-39, 1.2e-39)
+    for y in (0.7, 1.0)
+    for name, (_, exact_kw) in _PROBS_SMALL_OPTIONS.items()
+    if abs(ref.bce_probs_curvature(np.float32(p), y, **exact_kw)["dzy"]) < np.finfo(np.float32).max
+]
+
+
+def _mixed_by_every_order(f, p, y):
+    """d2/dp dy of ``f(p, y)`` by reverse and forward mode in both orders, and hessian."""
+    p, y = np.float32(p), np.float32(y)
+    return {
+        "grad_y(grad_p)": jax.grad(jax.grad(f, argnums=0), argnums=1)(p, y),
+        "grad_p(grad_y)": jax.grad(jax.grad(f, argnums=1), argnums=0)(p, y),
+        "jacfwd_y(grad_p)": jax.jacfwd(jax.grad(f, argnums=0), argnums=1)(p, y),
+        "jacrev_y(jacfwd_p)": jax.jacrev(jax.jacfwd(f, argnums=0), argnums=1)(p, y),
+        "jacrev_p(jacrev_y)": jax.jacrev(jax.jacrev(f, argnums=1), argnums=0)(p, y),
+        "hessian": jax.hessian(f, argnums=(0, 1))(p, y)[0][1],
+    }
+
+
+@pytest.mark.parametrize("p, y, options", _PROBS_BELOW_RECIPROCAL_OVERFLOW)
+def test_float32_probs_label_curvature_where_only_1_over_p_overflows(p, y, options):
+    """Reverse over reverse was NaN there (exact -1.07e38 at p = 2.8e-39, w = 0.3): the
+    transposed chain divided the unit cotangent by p (inf) before the weight scaled it, and
+    the label weights' error-free sums then formed inf - inf. The slope's derivatives in the
+    labels and weights are now single coefficients (``with_label_coefficients``)."""
+    kw, exact_kw = _PROBS_SMALL_OPTIONS[options]
+    exact = ref.bce_probs_curvature(np.float32(p), y, **exact_kw)["dzy"]
+    assert abs(exact) < float(np.finfo(np.float32).max)
+    f = lambda p, y: PROBS(p, y, **kw)
+    for mode, got in _mixed_by_every_order(f, p, y).items():
+        assert float(got) == pytest.approx(float(exact), rel=1e-5, abs=0.0), mode
+
+
+@pytest.mark.parametrize("p", [2.8e-39, 2.5e-39])
+def test_float32_probs_weight_curvature_where_only_1_over_p_overflows(p):
+    """d2/dw dp = -q/p + qc/(1-p) (the unweighted slope), finite for y = 0.7 at these p, by
+    reverse over reverse in both orders; it was NaN in the order that differentiates the
+    p-gradient in w (the same transposed chain as the labels')."""
+    y = 0.7
+    exact = ref.bce_probs_curvature(np.float32(p), y)["dz"]
+    f = lambda p, w: PROBS(p, np.float32(y), weights=w)
+    args = (np.float32(p), np.float32(0.3))
+    for mode, got in {
+        "grad_w(grad_p)": jax.grad(jax.grad(f, argnums=0), argnums=1)(*args),
+        "grad_p(grad_w)": jax.grad(jax.grad(f, argnums=1), argnums=0)(*args),
+        "hessian": jax.hessian(f, argnums=(0, 1))(*args)[0][1],
+    }.items():
+        assert float(got) == pytest.approx(float(exact), rel=1e-5, abs=0.0), mode
+
+
+@pytest.mark.parametrize("options", ["plain", "weights", "smoothing"])
+@pytest.mark.parametrize("order", ["hessian", "jacrev(jacrev)"])
+def test_float32_probs_hessian_over_a_batch_with_one_tiny_p(order, options):
+    """``jax.hessian`` of the summed loss over a batch in which one probability is so small
+    that its own d2/dp2 overflows (p = 1e-40, y = 0.7; exact 7e79): the other entries of its
+    row were NaN (exact 0), from the quotient's derivative ``(q / p) dp / p`` with ``q / p``
+    infinite and a zero direction. The other elements' curvature is unchanged."""
+    kw, exact_kw = _PROBS_OPTIONS[options]
+    p = np.array([1e-40, 0.3, 0.6], np.float32)
+    y = np.array([0.7, 0.2, 1.0], np.float32)
+    f = lambda p: PROBS(p, y, reduction="sum", **kw)
+    h = np.asarray(jax.hessian(f)(p) if order == "hessian" else jax.jacrev(jax.jacrev(f))(p))
+    assert h[0, 0] == np.inf
+    exact = {k: option_value(v, np.float32) for k, v in exact_kw.items()}
+    diagonal = [ref.bce_probs_curvature(p[i], float(y[i]), **exact)["dzz"] for i in (1, 2)]
+    np.testing.assert_allclose(np.diag(h)[1:], np.asarray(diagonal, np.float64), rtol=1e-5)
+    assert (h[~np.eye(3, dtype=bool)] == 0).all(), h
+
+
 @pytest.mark.parametrize("order", ["jacfwd", "hessian"])
 def test_float32_probs_weight_curvature_at_a_subnormal_p(order):
     # d2/dw dp = -q/p + qc/(1-p) = 1 at p = 1e-40, y = 0: the weight's coefficient, the
