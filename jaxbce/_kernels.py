@@ -617,6 +617,8 @@ def _probs_slope_overflowing(p: jax.Array, lw: LabelWeights, slope: jax.Array) -
     ratio = quotient(jnp.where(in_a, pq, 0.0) * 2.0**-64, jnp.where(in_a, p, 1.0))
 
     def times(t: jax.Array) -> jax.Array:
-        return t * lw.qc - (t * ratio) * 2.0**64
+        # An opaque 2^64: XLA's simplifier reassociated (t * ratio) * 2^64 into
+        # t * (ratio * 2^64) = 0 * inf (jacrev over the weights' gradient, found 2026-11-27).
+        return t * lw.qc - (t * ratio) * opaque(2.0**64, t)
 
     return Overflowing(slope, times)

@@ -453,6 +453,25 @@ def test_float32_probs_hessian_over_a_batch_with_one_tiny_p(order, options):
     assert (h[~np.eye(3, dtype=bool)] == 0).all(), h
 
 
+@pytest.mark.parametrize("order", ["jacrev", "jacfwd"])
+def test_float32_probs_weight_gradient_curvature_over_a_batch_with_one_tiny_p(order):
+    """The derivative in p of the weights' gradient (as in learning to reweight examples):
+    under ``jit``, ``jacrev`` of it was NaN off the diagonal in the column of an element whose
+    own d2/dw dp overflows (p = 1e-40, y = 0.7; exact 0 there). XLA's simplifier had
+    reassociated the safe map ``(t * ratio) * 2^64`` into ``t * (ratio * 2^64) = 0 * inf``;
+    unjitted, the same program gave 0."""
+    p = np.array([1e-40, 0.3, 0.6], np.float32)
+    y = np.array([0.7, 0.2, 1.0], np.float32)
+    w = np.array([0.3, 1.0, 2.0], np.float32)
+    f = lambda w, p: PROBS(p, y, weights=w, reduction="sum")
+    outer = jax.jacrev if order == "jacrev" else jax.jacfwd
+    h = np.asarray(outer(lambda p: jax.grad(f)(w, p))(p))
+    assert h[0, 0] == -np.inf  # exact -7e39
+    slopes = [ref.bce_probs_curvature(p[i], float(y[i]))["dz"] for i in (1, 2)]
+    np.testing.assert_allclose(np.diag(h)[1:], np.asarray(slopes, np.float64), rtol=1e-5)
+    assert (h[~np.eye(3, dtype=bool)] == 0).all(), h
+
+
 @pytest.mark.parametrize("order", ["jacfwd", "hessian"])
 def test_float32_probs_weight_curvature_at_a_subnormal_p(order):
     # d2/dw dp = -q/p + qc/(1-p) = 1 at p = 1e-40, y = 0: the weight's coefficient, the
