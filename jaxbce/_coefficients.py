@@ -185,3 +185,56 @@ def _with_label_coefficients_jvp(
     if _carries(d_labels):
         d_out = d_out + contract(out, coefficients(x, labels), d_labels)
     return out, d_out
+
+
+#: ``coefficients(x, labels)``: for each output of a function, its derivative in ``x``.
+XCoefficients: TypeAlias = Callable[[jax.Array, tuple[Any, ...]], Sequence[Coefficient]]
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def with_x_coefficients(
+    f: Callable[[jax.Array, tuple[Any, ...]], tuple[Any, ...]],
+    coefficients: XCoefficients,
+    x: jax.Array,
+    labels: tuple[Any, ...],
+) -> tuple[Any, ...]:
+    """``f(x, labels)``, a tuple of arrays (``None`` for an absent one), whose derivative in
+    ``x`` is, for output ``i``, the single coefficient ``coefficients(x, labels)[i]``; its
+    derivatives in the labels are ``f``'s own.
+
+    The converse of :func:`with_label_coefficients`, for the labels' derivatives of an
+    elementwise loss, whose derivatives in ``x`` are the mixed second derivatives: forward
+    mode through ``f``'s chain would divide the tangent by a tiny ``x`` before a weight
+    below 1 scales it (and overflow where the product is finite).
+    """
+    return f(x, labels)
+
+
+@partial(with_x_coefficients.defjvp, symbolic_zeros=True)
+def _with_x_coefficients_jvp(
+    f: Callable[[jax.Array, tuple[Any, ...]], tuple[Any, ...]],
+    coefficients: XCoefficients,
+    primals: tuple[jax.Array, tuple[Any, ...]],
+    tangents: tuple[Any, tuple[Any, ...]],
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    (x, labels), (dx, d_labels) = primals, tangents
+    live = [k for k, d in enumerate(d_labels) if _live(d)]
+    if live:
+
+        def of_live(*values: jax.Array) -> tuple[Any, ...]:
+            moved = list(labels)
+            for k, v in zip(live, values, strict=True):
+                moved[k] = v
+            return f(x, tuple(moved))
+
+        out, d_out = jax.jvp(of_live, [labels[k] for k in live], [d_labels[k] for k in live])
+    else:
+        out = with_x_coefficients(f, coefficients, x, labels)
+        d_out = tuple(None if o is None else jnp.zeros_like(o) for o in out)
+    if _live(dx):
+        slopes = coefficients(x, labels)
+        d_out = tuple(
+            None if o is None or c is None else d + apply(c, dx)
+            for o, d, c in zip(out, d_out, slopes, strict=True)
+        )
+    return out, d_out

@@ -68,6 +68,7 @@ from jaxbce._coefficients import (
     contract,
     contract_scaled,
     with_label_coefficients,
+    with_x_coefficients,
 )
 from jaxbce._elementary import (
     neg_log,
@@ -483,14 +484,37 @@ def _jacobian(kind: Kind, res: Residuals, several: bool = False) -> tuple[Coeffi
     tangents (:func:`_probs_slope_overflowing`).
     """
     x, y, eps, pw, w = res
-    q, _ = smoothed(y, eps)
     lw = _label_weights(y, eps, pw, w)
-    a, gap = _neg_log_odds_gap(kind, x, pw)
+    labels = (y, eps, pw, w)
     if kind == "logits":
         slope = _logit_slope(x, lw)
+        d_y, d_eps, d_pw, d_w = _label_derivatives(kind, x, labels)
     else:
-        slope = with_label_coefficients(_probs_slope_of, _probs_label_slopes, x, (y, eps, pw, w))
+        # The mixed derivatives (in p of the label coefficients, in the labels of the slope)
+        # are single coefficients: through the chains, a weight below 1 met 1/p after it
+        # had overflowed (NaN or -inf where the exact value is finite, p below 2.9e-39).
+        slope = with_label_coefficients(_probs_slope_of, _probs_label_slopes, x, labels)
+        d_y, d_eps, d_pw, d_w = with_x_coefficients(
+            _probs_label_derivatives, _probs_label_slopes, x, labels
+        )
     d_x = _probs_slope_overflowing(x, lw, slope) if kind == "probs" and several else slope
+    if kind == "logits" and pw is not None:
+        a = _neg_log_odds_gap(kind, x, pw)[0]
+        scale = w if eps is None else (1.0 - eps) if w is None else w * (1.0 - eps)
+
+        def gap_times(t: jax.Array) -> jax.Array:
+            ts = t if scale is None else t * scale
+            return (ts * (pw - 1.0)) * a - ts * x
+
+        return d_x, Overflowing(d_y, gap_times), d_eps, d_pw, d_w
+    return d_x, d_y, d_eps, d_pw, d_w
+
+
+def _label_derivatives(kind: Kind, x: jax.Array, labels: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``(d/dy, d/deps, d/dpw, d/dw)`` of the kernel (``None`` for an absent input)."""
+    y, eps, pw, w = labels
+    q, _ = smoothed(y, eps)
+    a, gap = _neg_log_odds_gap(kind, x, pw)
     d_y = gap if eps is None else (1.0 - eps) * gap
     d_eps = None if eps is None else (0.5 - y) * gap
     d_pw = None if pw is None else q * a
@@ -500,15 +524,11 @@ def _jacobian(kind: Kind, res: Residuals, several: bool = False) -> tuple[Coeffi
     d_w = None if w is None else nll(kind, x, y, eps, pw, None)
     if w is not None:
         d_y, d_eps, d_pw = w * d_y, _times_or_none(w, d_eps), _times_or_none(w, d_pw)
-    if kind == "logits" and pw is not None:
-        scale = w if eps is None else (1.0 - eps) if w is None else w * (1.0 - eps)
+    return d_y, d_eps, d_pw, d_w
 
-        def gap_times(t: jax.Array) -> jax.Array:
-            ts = t if scale is None else t * scale
-            return (ts * (pw - 1.0)) * a - ts * x
 
-        return d_x, Overflowing(d_y, gap_times), d_eps, d_pw, d_w
-    return d_x, d_y, d_eps, d_pw, d_w
+def _probs_label_derivatives(p: jax.Array, labels: tuple[Any, ...]) -> tuple[Any, ...]:
+    return _label_derivatives("probs", p, labels)
 
 
 def _times_or_none(a: jax.Array, c: jax.Array | None) -> jax.Array | None:

@@ -399,7 +399,10 @@ def _mixed_by_every_order(f, p, y):
         "jacfwd_y(grad_p)": jax.jacfwd(jax.grad(f, argnums=0), argnums=1)(p, y),
         "jacrev_y(jacfwd_p)": jax.jacrev(jax.jacfwd(f, argnums=0), argnums=1)(p, y),
         "jacrev_p(jacrev_y)": jax.jacrev(jax.jacrev(f, argnums=1), argnums=0)(p, y),
-        "hessian": jax.hessian(f, argnums=(0, 1))(p, y)[0][1],
+        "jacfwd_p(grad_y)": jax.jacfwd(jax.grad(f, argnums=1), argnums=0)(p, y),
+        "jvp_p(grad_y)": jax.jvp(lambda p: jax.grad(f, argnums=1)(p, y), (p,), (np.float32(1),))[1],
+        "hessian[0][1]": jax.hessian(f, argnums=(0, 1))(p, y)[0][1],
+        "hessian[1][0]": jax.hessian(f, argnums=(0, 1))(p, y)[1][0],
     }
 
 
@@ -407,8 +410,11 @@ def _mixed_by_every_order(f, p, y):
 def test_float32_probs_label_curvature_where_only_1_over_p_overflows(p, y, options):
     """Reverse over reverse was NaN there (exact -1.07e38 at p = 2.8e-39, w = 0.3): the
     transposed chain divided the unit cotangent by p (inf) before the weight scaled it, and
-    the label weights' error-free sums then formed inf - inf. The slope's derivatives in the
-    labels and weights are now single coefficients (``with_label_coefficients``)."""
+    the label weights' error-free sums then formed inf - inf. Forward mode in p over the
+    label derivative was -inf (its chain divided the tangent by p first; found by an
+    adversarial pass). The slope's derivatives in the labels and the label derivatives'
+    in p are now single coefficients (``with_label_coefficients``,
+    ``with_x_coefficients``)."""
     kw, exact_kw = _PROBS_SMALL_OPTIONS[options]
     exact = ref.bce_probs_curvature(np.float32(p), y, **exact_kw)["dzy"]
     assert abs(exact) < float(np.finfo(np.float32).max)
@@ -429,9 +435,29 @@ def test_float32_probs_weight_curvature_where_only_1_over_p_overflows(p):
     for mode, got in {
         "grad_w(grad_p)": jax.grad(jax.grad(f, argnums=0), argnums=1)(*args),
         "grad_p(grad_w)": jax.grad(jax.grad(f, argnums=1), argnums=0)(*args),
-        "hessian": jax.hessian(f, argnums=(0, 1))(*args)[0][1],
+        "jacfwd_p(grad_w)": jax.jacfwd(jax.grad(f, argnums=1), argnums=0)(*args),
+        "hessian[0][1]": jax.hessian(f, argnums=(0, 1))(*args)[0][1],
+        "hessian[1][0]": jax.hessian(f, argnums=(0, 1))(*args)[1][0],
     }.items():
         assert float(got) == pytest.approx(float(exact), rel=1e-5, abs=0.0), mode
+
+
+@pytest.mark.parametrize("p", [2.8e-39, 1.5e-39])
+def test_float32_probs_smoothing_curvature_where_only_1_over_p_overflows(p):
+    """d2/dp deps = -w(1/2 - y)(1/p + 1/(1-p)), finite at these p for w = 0.3, y = 0: in
+    forward mode over the smoothing's derivative it was -inf (adversarial pass)."""
+    y, w = 0.0, np.float32(0.3)
+    pm = mpmath.mpf(float(np.float32(p)))
+    exact = float(-mpmath.mpf(float(w)) * (0.5 - y) * (1 / pm + 1 / (1 - pm)))
+    f = lambda p, e: PROBS(p, np.float32(y), weights=w, label_smoothing=e)
+    args = (np.float32(p), np.float32(0.1))
+    for mode, got in {
+        "grad_p(grad_eps)": jax.grad(jax.grad(f, argnums=1), argnums=0)(*args),
+        "jacfwd_p(grad_eps)": jax.jacfwd(jax.grad(f, argnums=1), argnums=0)(*args),
+        "grad_eps(grad_p)": jax.grad(jax.grad(f, argnums=0), argnums=1)(*args),
+        "hessian[1][0]": jax.hessian(f, argnums=(0, 1))(*args)[1][0],
+    }.items():
+        assert float(got) == pytest.approx(exact, rel=1e-5, abs=0.0), mode
 
 
 @pytest.mark.parametrize("options", ["plain", "weights", "smoothing"])
