@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import mpmath
 import numpy as np
 import pytest
@@ -458,6 +459,32 @@ def test_float32_probs_smoothing_curvature_where_only_1_over_p_overflows(p):
         "hessian[1][0]": jax.hessian(f, argnums=(0, 1))(*args)[1][0],
     }.items():
         assert float(got) == pytest.approx(exact, rel=1e-5, abs=0.0), mode
+
+
+@pytest.mark.parametrize("columns", [(0, 1), (0, 2), (1, 2)])
+def test_float32_probs_several_hessian_vector_products_at_a_subnormal_p(columns):
+    """Hessian-vector products of the loss in (p, y, w) at p = 2.8e-39, two columns in one
+    jitted program (an adversarial pass): d2/dw dp came out as -0.4 and d2/dp dy as -0.6,
+    finite and wrong (exact -2.5e38 and -1.07e38), where one column per program, or no
+    jit, was right. XLA:CPU had split the quotient's two cases (a division each) into
+    separate fusions and compiled the subnormal case to the stand-in's."""
+    x = np.array([2.8e-39, 0.7, 0.3], np.float32)
+    f = lambda x: PROBS(x[0:1], x[1:2], weights=x[2:3], reduction="sum")
+
+    def rows(x):
+        # The directions built inside the program, as the reproducer had them.
+        eye = jnp.eye(3, dtype=x.dtype)
+        return [jax.grad(lambda v, j=j: jax.jvp(f, (v,), (eye[j],))[1])(x) for j in columns]
+
+    exact = ref.bce_probs_curvature(np.float32(x[0]), float(x[1]), w=float(x[2]))
+    unweighted = ref.bce_probs_curvature(np.float32(x[0]), float(x[1]))["dz"]
+    # Row j holds d/dx of df/dx_j; (p, y) and (p, w) are the mixed entries, finite here.
+    mixed = {(0, 1): exact["dzy"], (1, 0): exact["dzy"], (0, 2): unweighted, (2, 0): unweighted}
+    for j, row in zip(columns, jax.jit(rows)(x), strict=True):
+        for i in range(3):
+            if (j, i) in mixed:
+                got = float(row[i])
+                assert got == pytest.approx(float(mixed[j, i]), rel=1e-5, abs=0.0), (j, i)
 
 
 @pytest.mark.parametrize("options", ["plain", "weights", "smoothing"])
