@@ -564,11 +564,12 @@ def quotient(num: jax.Array, p: jax.Array) -> jax.Array:
     from its bits and :math:`num/p = (num\\,2^{23}/m)\\,2^{126}`, so it overflows only
     where the exact quotient does. Derivative: :math:`d\\,num/p - num\\,dp/p^2`.
 
-    One division, by ``p`` or by ``m``: with a division per case and a select between them
-    (each dividing by a stand-in where not taken), XLA:CPU computed the cases in separate
-    fusions, and a program with several Hessian-vector products compiled to the stand-in's
-    quotient at a subnormal ``p`` (a finite wrong second derivative; bit for bit the same
-    numbers otherwise, checked at every subnormal and 4e7 normal ``p``).
+    One division, by ``p`` or by ``m``. With a division per case and a select between them
+    (each dividing by a stand-in where not taken), a jitted program with several
+    Hessian-vector products returned the stand-in's quotient at a subnormal ``p`` on
+    XLA:CPU (a finite wrong second derivative; disabling XLA's CSE or LLVM's optimizations
+    also removed it; the compiler's step at fault was not pinned down). The quotient is
+    correctly rounded at every subnormal ``p`` (``tests/test_kernels.py``).
     """
     if not is_float32(p):
         return num / p

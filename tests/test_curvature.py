@@ -466,8 +466,8 @@ def test_float32_probs_several_hessian_vector_products_at_a_subnormal_p(columns)
     """Hessian-vector products of the loss in (p, y, w) at p = 2.8e-39, two columns in one
     jitted program (an adversarial pass): d2/dw dp came out as -0.4 and d2/dp dy as -0.6,
     finite and wrong (exact -2.5e38 and -1.07e38), where one column per program, or no
-    jit, was right. XLA:CPU had split the quotient's two cases (a division each) into
-    separate fusions and compiled the subnormal case to the stand-in's."""
+    jit, was right: the quotient's subnormal case came out as its stand-in's (a division
+    per case then; one division now)."""
     x = np.array([2.8e-39, 0.7, 0.3], np.float32)
     f = lambda x: PROBS(x[0:1], x[1:2], weights=x[2:3], reduction="sum")
 

@@ -238,3 +238,23 @@ def test_float32_call_free_elementary_functions_within_an_ulp(name, exact):
     assert np.all(got[~normal] <= np.finfo(np.float32).tiny)
     assert float(getattr(_elementary, name)(jnp.float32(np.inf))) == float(exact(np.inf))
     assert np.isnan(float(getattr(_elementary, name)(jnp.float32(np.nan))))
+
+
+def test_float32_quotient_is_correctly_rounded_at_every_subnormal_divisor():
+    # The probability kernel's num / p, which a flushing CPU would compute as num / 0 at a
+    # subnormal p: correctly rounded (float64 division, rounded once) at every one of the
+    # 2^23 - 1 positive subnormal p and at 2^22 random normal p in (0, 1], with numerators
+    # of every size; an exact quotient beyond finfo.max is inf.
+    from jaxbce import _elementary
+
+    rng = np.random.default_rng(3)
+    subnormal = np.arange(1, 2**23, dtype=np.uint32)
+    normal = rng.integers(0x00800000, 0x3F800001, size=2**22, dtype=np.uint32)
+    p = np.concatenate([subnormal, normal]).view(np.float32)
+    num = rng.uniform(-2.0, 2.0, size=p.size).astype(np.float32)
+    num[::5] *= np.float32(1e-30)
+    got = np.asarray(jax.jit(_elementary.quotient)(jnp.asarray(num), jnp.asarray(p)))
+    want = (num.astype(np.float64) / p.astype(np.float64)).astype(np.float32)  # overflow: inf
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), np.flatnonzero(got != want)[
+        :5
+    ]
