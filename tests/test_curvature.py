@@ -392,7 +392,8 @@ _PROBS_BELOW_RECIPROCAL_OVERFLOW = [
 
 
 def _mixed_by_every_order(f, p, y):
-    """d2/dp dy of ``f(p, y)`` by reverse and forward mode in both orders, and hessian."""
+    """d2/dp dy of ``f(p, y)`` (``y`` any second input) by reverse and forward mode in both
+    orders, ``jvp`` and both entries of ``hessian``."""
     p, y = np.float32(p), np.float32(y)
     return {
         "grad_y(grad_p)": jax.grad(jax.grad(f, argnums=0), argnums=1)(p, y),
@@ -432,14 +433,7 @@ def test_float32_probs_weight_curvature_where_only_1_over_p_overflows(p):
     y = 0.7
     exact = ref.bce_probs_curvature(np.float32(p), y)["dz"]
     f = lambda p, w: PROBS(p, np.float32(y), weights=w)
-    args = (np.float32(p), np.float32(0.3))
-    for mode, got in {
-        "grad_w(grad_p)": jax.grad(jax.grad(f, argnums=0), argnums=1)(*args),
-        "grad_p(grad_w)": jax.grad(jax.grad(f, argnums=1), argnums=0)(*args),
-        "jacfwd_p(grad_w)": jax.jacfwd(jax.grad(f, argnums=1), argnums=0)(*args),
-        "hessian[0][1]": jax.hessian(f, argnums=(0, 1))(*args)[0][1],
-        "hessian[1][0]": jax.hessian(f, argnums=(0, 1))(*args)[1][0],
-    }.items():
+    for mode, got in _mixed_by_every_order(f, p, 0.3).items():  # "y" there is w here
         assert float(got) == pytest.approx(float(exact), rel=1e-5, abs=0.0), mode
 
 
@@ -451,13 +445,7 @@ def test_float32_probs_smoothing_curvature_where_only_1_over_p_overflows(p):
     pm = mpmath.mpf(float(np.float32(p)))
     exact = float(-mpmath.mpf(float(w)) * (0.5 - y) * (1 / pm + 1 / (1 - pm)))
     f = lambda p, e: PROBS(p, np.float32(y), weights=w, label_smoothing=e)
-    args = (np.float32(p), np.float32(0.1))
-    for mode, got in {
-        "grad_p(grad_eps)": jax.grad(jax.grad(f, argnums=1), argnums=0)(*args),
-        "jacfwd_p(grad_eps)": jax.jacfwd(jax.grad(f, argnums=1), argnums=0)(*args),
-        "grad_eps(grad_p)": jax.grad(jax.grad(f, argnums=0), argnums=1)(*args),
-        "hessian[1][0]": jax.hessian(f, argnums=(0, 1))(*args)[1][0],
-    }.items():
+    for mode, got in _mixed_by_every_order(f, p, 0.1).items():  # "y" there is eps here
         assert float(got) == pytest.approx(exact, rel=1e-5, abs=0.0), mode
 
 
