@@ -53,21 +53,18 @@ from jaxbce._focal_far import far_band, far_slopes, sure_ratio
 from jaxbce._focal_huge import HugeParts, beyond_2_to_64
 from jaxbce._focal_near import with_exact_mixed
 from jaxbce._kernels import (
-    LabelWeights,
     logit_slope_pair,
     logit_value_pair,
     neg_abs,
-    plus,
     safe_mul,
-    times,
-    total,
     vanishing_mul,
 )
+from jaxbce._label_weights import LabelWeights, plus, times, total
 
 
 def _mul(a: Pair, b: Pair) -> Pair:
     """The product of two normalized pairs as a normalized pair (``lo * lo`` dropped); a
-    float times a pair is :func:`~jaxbce._kernels.times`."""
+    float times a pair is :func:`~jaxbce._label_weights.times`."""
     hi, lo = exact_mul(a[0], b[0])
     return fast_two_sum(hi, lo + (a[0] * b[1] + a[1] * b[0]))
 

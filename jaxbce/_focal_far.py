@@ -51,7 +51,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbce._arithmetic import Pair, divide
-from jaxbce._kernels import total
+from jaxbce._label_weights import total
 
 #: From this :math:`|x|` on (float64, below :math:`2^{64}`), the logit derivatives of the
 #: coefficients are :func:`far_slopes`' closed forms. They are exact at every :math:`x`,

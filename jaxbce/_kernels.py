@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -56,8 +56,6 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxbce._arithmetic import (
     Pair,
-    exact_mul,
-    fast_two_sum,
     opaque,
     two_sum,
 )
@@ -79,6 +77,16 @@ from jaxbce._elementary import (
     sigmoid_neg_abs_scaled,
     softplus_neg_abs,
     softplus_neg_abs_scaled,
+)
+from jaxbce._label_weights import (
+    LabelWeights,
+    add_scaled,
+    label_weight_slopes,
+    label_weights,
+    pair_value,
+    smoothed,
+    times,
+    total,
 )
 
 Kind = Literal["logits", "probs"]
@@ -121,57 +129,6 @@ def _vanishing_mul_jvp(
     return vanishing_mul(a, b), tangent
 
 
-def _add_scaled(a: jax.Array, c: jax.Array, pair: Pair) -> jax.Array:
-    """``a + c * (hi + lo)`` rounded once when ``c * hi`` is exact (``c`` = 0, 1, -1).
-
-    ``a`` may be infinite (an infinite logit), and NaN propagates.
-    """
-    s, err = two_sum(a, c * pair[0])
-    return jnp.where(jnp.isfinite(s), s + (err + c * pair[1]), s)
-
-
-def total(pair: Pair) -> jax.Array:
-    return pair[0] + pair[1]
-
-
-class LabelWeights(NamedTuple):
-    """The weights of the two terms, ``pq = w pw q`` and ``qc = w qc``, and ``c = pq + qc``.
-
-    ``lo`` is ``None`` for plain labels (no smoothing, ``pos_weight`` or weights): then
-    ``pq = y``, ``qc = 1 - y`` (rounded once) and ``c = 1``. With any option each weight is
-    an unevaluated pair ``hi + lo`` good to about ``2^-44``, so that forming it adds no
-    rounding to the loss or its slope.
-    """
-
-    pq: jax.Array
-    qc: jax.Array
-    c: jax.Array
-    lo: tuple[jax.Array, jax.Array, jax.Array] | None = None
-
-
-def times(a: jax.Array, hi: jax.Array, lo: jax.Array | None) -> Pair:
-    """``a * (hi + lo)`` as a normalized pair (``|lo| <= ulp(hi) / 2``, about), so that a
-    product of two such pairs may drop ``lo * lo``: ``fl(a * hi)`` and the rest."""
-    p_hi, p_lo = exact_mul(a, hi)
-    return fast_two_sum(p_hi, p_lo if lo is None else p_lo + a * lo)
-
-
-def plus(a: Pair, b: Pair) -> Pair:
-    s, err = two_sum(a[0], b[0])
-    return fast_two_sum(s, err + (a[1] + b[1]))
-
-
-def _pair_value(a: Pair, f: Pair, c: Pair, g: Pair) -> Pair:
-    """``a f + c g`` as a pair whose sum is it rounded once: ``a``, ``c`` label-weight
-    pairs, ``f``, ``g`` pairs of the two terms (``lo * lo`` products dropped: the weights
-    are normalized)."""
-    p_hi, p_lo = times(f[0], a[0], a[1])
-    m_hi, m_lo = times(g[0], c[0], c[1])
-    s, err = two_sum(p_hi, m_hi)
-    rest = err + ((p_lo + m_lo) + (a[0] * f[1] + c[0] * g[1]))
-    return s, jnp.where(jnp.isfinite(s), rest, 0.0)
-
-
 # ----------------------------------------------------------------- logits
 
 
@@ -190,7 +147,7 @@ def _logit_value(x: jax.Array, lw: LabelWeights, exact: bool = True) -> jax.Arra
     c = lw.c if lw.lo is None else lw.c + lw.lo[2]
     if not exact:
         return safe_mul(a, t) + c * jnp.log1p(jnp.exp(-t))
-    return _add_scaled(safe_mul(a, t), c, softplus_neg_abs(t))
+    return add_scaled(safe_mul(a, t), c, softplus_neg_abs(t))
 
 
 def logit_value_pair(x: jax.Array, lw: LabelWeights, *, band64: bool = True) -> Pair:
@@ -205,7 +162,7 @@ def logit_value_pair(x: jax.Array, lw: LabelWeights, *, band64: bool = True) -> 
     a_pair = (a, jnp.where(nonneg, qc_lo, pq_lo))
     up, down, shift = _flush_guard(t, a, lw.c, band64)
     g = softplus_neg_abs_scaled(t, shift)
-    hi, lo = _pair_value(a_pair, (finite_t * up, jnp.zeros_like(t)), (lw.c, c_lo), g)
+    hi, lo = pair_value(a_pair, (finite_t * up, jnp.zeros_like(t)), (lw.c, c_lo), g)
     inf = jnp.isinf(t)
     return jnp.where(inf, safe_mul(a, t), hi * down), jnp.where(inf, 0.0, lo * down)
 
@@ -241,7 +198,7 @@ def _logit_slope(x: jax.Array, lw: LabelWeights) -> jax.Array:
     t = -neg_abs(x)
     base = jnp.where(nonneg, lw.qc, -lw.pq)
     sign = jnp.where(nonneg, -1.0, 1.0)
-    return _add_scaled(base, sign * lw.c, sigmoid_neg_abs(t))
+    return add_scaled(base, sign * lw.c, sigmoid_neg_abs(t))
 
 
 def logit_slope_pair(x: jax.Array, lw: LabelWeights, *, band64: bool = True) -> Pair:
@@ -296,7 +253,7 @@ def _probs_value(p: jax.Array, lw: LabelWeights) -> jax.Array:
         value = s + (err + (lw.pq * a[1] + lw.qc * b[1]))
     else:
         pq_lo, qc_lo, _ = lw.lo
-        value = total(_pair_value((lw.pq, pq_lo), a, (lw.qc, qc_lo), b))
+        value = total(pair_value((lw.pq, pq_lo), a, (lw.qc, qc_lo), b))
     return jnp.where(jnp.isnan(p), p, value)
 
 
@@ -313,7 +270,7 @@ def _probs_slope(p: jax.Array, lw: LabelWeights) -> jax.Array:
     r_hi, r_lo = recip_one_minus(jnp.where(in_b, p, 0.0))
     d_b = (jnp.where(in_b, r_hi, 0.0), jnp.where(in_b, r_lo, 0.0))
     if lw.lo is None:
-        return jnp.where(jnp.isnan(p), p, _add_scaled(d_a, lw.qc, d_b))
+        return jnp.where(jnp.isnan(p), p, add_scaled(d_a, lw.qc, d_b))
     pq_lo, qc_lo, _ = lw.lo
     d_a_lo = jnp.where(in_a, -quotient(pq_lo, p_a), 0.0)
     m_hi, m_lo = times(d_b[0], lw.qc, qc_lo)
@@ -323,19 +280,18 @@ def _probs_slope(p: jax.Array, lw: LabelWeights) -> jax.Array:
 
 
 def _probs_slope_of(p: jax.Array, labels: tuple[Any, ...]) -> jax.Array:
-    return _probs_slope(p, _label_weights(*labels))
+    return _probs_slope(p, label_weights(*labels))
 
 
 def _probs_label_slopes(p: jax.Array, labels: tuple[Any, ...]) -> tuple[Coefficient, ...]:
-    """The derivatives of :func:`_probs_slope` in ``(y, eps, pw, w)``, each one coefficient
-    (:func:`~jaxbce._coefficients.with_label_coefficients`). With :math:`[A]`, :math:`[B]`
-    where a log is not clamped and :math:`G = \\pi[A]/p + [B]/(1-p)`:
-    :math:`-w(1-\\epsilon)G`, :math:`-w(\\tfrac12 - y)G`, :math:`-wq[A]/p` and the unweighted
-    slope. Each quotient by :math:`p` is formed with its whole numerator (finite wherever
-    the exact one is: the weight below 1 is applied before the division, in reverse mode
-    too), and is an :class:`Overflowing` where it is not."""
-    y, eps, pw, w = labels
-    q, qc = smoothed(y, eps)
+    """The derivatives of :func:`_probs_slope`, :math:`-\\pi q[A]/p + \\bar q[B]/(1-p)`,
+    in ``(y, eps, pw, w)``, each one coefficient
+    (:func:`~jaxbce._coefficients.with_label_coefficients`; :math:`[A]`, :math:`[B]` where a
+    log is not clamped): :math:`-\\pi q'[A]/p + \\bar q'[B]/(1-p)` for the label weights'
+    derivatives :math:`(\\pi q)'`, :math:`\\bar q'`; for ``w``, the unweighted slope. Each
+    quotient by :math:`p` is formed with its whole numerator (finite wherever the exact one
+    is: a weight below 1 is applied before the division, in reverse mode too), and is an
+    :class:`Overflowing` where it is not."""
     in_a, in_b = _unclamped(p), p < 1.0
     p_a = jnp.where(in_a, p, 1.0)
     r_hi, r_lo = recip_one_minus(jnp.where(in_b, p, 0.0))
@@ -346,16 +302,31 @@ def _probs_label_slopes(p: jax.Array, labels: tuple[Any, ...]) -> tuple[Coeffici
             value = jnp.where(in_a, quotient(a, p_a), 0.0) + b * r
         return Overflowing(value, lambda t: jnp.where(in_a, quotient(a * t, p_a), 0.0) + b * r * t)
 
-    ones = jnp.ones_like(p)
-    w1 = ones if w is None else w
-    pw1 = ones if pw is None else pw
-    scale = w1 if eps is None else w1 * (1.0 - eps)
-    c_y = over_p(-scale * pw1, -scale)
-    c_eps = None if eps is None else over_p(-w1 * (0.5 - y) * pw1, -w1 * (0.5 - y))
-    c_pw = None if pw is None else over_p(-w1 * q, jnp.zeros_like(p))
-    # The unweighted slope itself, whose two terms may cancel (at p = q): the kernel's.
-    c_w = None if w is None else over_p(-pw1 * q, qc, _probs_slope_of(p, (y, eps, pw, None)))
-    return c_y, c_eps, c_pw, c_w
+    slopes = label_weight_slopes(labels)
+    coefficients: list[Coefficient] = [None if d is None else over_p(-d[0], d[1]) for d in slopes]
+    if slopes[3] is not None:  # the unweighted slope itself, whose terms may cancel (p = q)
+        y, eps, pw, _ = labels
+        unweighted = _probs_slope_of(p, (y, eps, pw, None))
+        coefficients[3] = over_p(-slopes[3][0], slopes[3][1], unweighted)
+    return tuple(coefficients)
+
+
+def _probs_ratio(p: jax.Array, labels: tuple[Any, ...]) -> jax.Array:
+    """:math:`\\pi q [A] 2^{-64}/p` (:func:`_probs_slope_overflowing`)."""
+    lw = label_weights(*labels)
+    pq = lw.pq if lw.lo is None else lw.pq + lw.lo[0]
+    in_a = _unclamped(p)
+    return quotient(jnp.where(in_a, pq, 0.0) * 2.0**-64, jnp.where(in_a, p, 1.0))
+
+
+def _probs_ratio_slopes(p: jax.Array, labels: tuple[Any, ...]) -> tuple[Coefficient, ...]:
+    """The derivatives of :func:`_probs_ratio` in the labels, each one quotient."""
+    in_a = _unclamped(p)
+    p_a = jnp.where(in_a, p, 1.0)
+    return tuple(
+        None if d is None else jnp.where(in_a, quotient(d[0] * 2.0**-64, p_a), 0.0)
+        for d in label_weight_slopes(labels)
+    )
 
 
 # ------------------------------------------------------------------ kernel
@@ -380,60 +351,6 @@ def _neg_log_odds_gap(kind: Kind, x: jax.Array, pw: jax.Array | None) -> tuple[j
     pair_a, pair_b, _, _ = _probs_pairs(x)
     a, b = total(pair_a), total(pair_b)
     return a, (a if pw is None else pw * a) - b
-
-
-def smoothed(y: jax.Array, eps: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    """``(q, qc)``: the smoothed label and its complement, each rounded about once.
-
-    :math:`q = y(1-\\epsilon) + \\epsilon/2 = y + \\epsilon(\\tfrac12 - y)` and
-    :math:`\\bar q = (1-y) + \\epsilon(y - \\tfrac12)` (Keras' convention), with
-    :math:`1 - y` kept as an exact pair: the small correction is the only rounded term
-    before the sum, so each is within about half an ulp, and exact for hard labels
-    (:math:`\\bar q = \\epsilon/2` at :math:`y = 1`); ``eps=None`` is no smoothing.
-    """
-    if eps is None:
-        return y, 1.0 - y
-    qc_hi, qc_lo = fast_two_sum(opaque(1.0, y), -y)
-    return y + eps * (0.5 - y), qc_hi + (qc_lo + eps * (y - 0.5))
-
-
-def _label_weights(
-    y: jax.Array, eps: jax.Array | None, pw: jax.Array | None, w: jax.Array | None
-) -> LabelWeights:
-    """The weights of A and B, ``w pw q`` and ``w qc``, and their sum ``c``.
-
-    The element weight is folded in here rather than multiplied into the loss, so a large
-    term cannot overflow before ``w`` scales it down. Plain labels keep the one-rounding
-    weights ``(y, 1 - y, 1)``. With an option every weight is carried as a pair: ``1 - y``
-    and ``1/2 - y`` exactly, the products by ``eps``, ``pw`` and ``w`` as exact products
-    plus a rounded remainder, and ``c = pq + qc`` as an exact sum (without ``pos_weight``
-    it is exactly ``w``, since :math:`q + \\bar q = 1`).
-    """
-    if eps is None and pw is None and w is None:
-        return LabelWeights(y, 1.0 - y, jnp.ones_like(y))
-    qc = fast_two_sum(opaque(1.0, y), -y)  # 1 - y, exact for y in [0, 1]
-    q: tuple[jax.Array, jax.Array | None] = (y, None)
-    if eps is not None:
-        half_gap = two_sum(opaque(0.5, y), -y)  # 1/2 - y exactly
-        m = times(eps, *half_gap)
-        q = plus((y, jnp.zeros_like(y)), m)
-        qc = plus(qc, (-m[0], -m[1]))
-    c: tuple[jax.Array, jax.Array | None]
-    if pw is None:
-        pq = q
-        c = (jnp.ones_like(y), None)
-    else:
-        pq_pair = times(pw, *q)
-        pq, c = pq_pair, plus(pq_pair, qc)
-    if w is not None:
-        pq, qc = times(w, *pq), times(w, *qc)
-        c = (w, None) if pw is None else times(w, *c)
-    zero = jnp.zeros_like(y)
-
-    def low(lo: jax.Array | None) -> jax.Array:
-        return zero if lo is None else lo
-
-    return LabelWeights(pq[0], qc[0], c[0], (low(pq[1]), low(qc[1]), low(c[1])))
 
 
 Residuals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array | None]
@@ -463,7 +380,7 @@ def nll_fwd(
     Returns:
       ``(loss, residuals)``.
     """
-    loss = _value(kind, x, _label_weights(y, eps, pw, w))
+    loss = _value(kind, x, label_weights(y, eps, pw, w))
     return loss, (x, y, eps, pw, w)
 
 
@@ -484,7 +401,7 @@ def _jacobian(kind: Kind, res: Residuals, several: bool = False) -> tuple[Coeffi
     tangents (:func:`_probs_slope_overflowing`).
     """
     x, y, eps, pw, w = res
-    lw = _label_weights(y, eps, pw, w)
+    lw = label_weights(y, eps, pw, w)
     labels = (y, eps, pw, w)
     if kind == "logits":
         slope = _logit_slope(x, lw)
@@ -497,7 +414,7 @@ def _jacobian(kind: Kind, res: Residuals, several: bool = False) -> tuple[Coeffi
         d_y, d_eps, d_pw, d_w = with_x_coefficients(
             _probs_label_derivatives, _probs_label_slopes, x, labels
         )
-    d_x = _probs_slope_overflowing(x, lw, slope) if kind == "probs" and several else slope
+    d_x = _probs_slope_overflowing(x, lw, slope, labels) if kind == "probs" and several else slope
     if kind == "logits" and pw is not None:
         a = _neg_log_odds_gap(kind, x, pw)[0]
         scale = w if eps is None else (1.0 - eps) if w is None else w * (1.0 - eps)
@@ -589,7 +506,7 @@ def nll(
     Returns:
       The elementwise loss, shaped like ``x``.
     """
-    loss = _value(kind, x, _label_weights(y, eps, pw, w), exact=not summed)
+    loss = _value(kind, x, label_weights(y, eps, pw, w), exact=not summed)
     return loss
 
 
@@ -617,7 +534,9 @@ def _nll_jvp(
     return out, contract(out, coefficients, tangents)
 
 
-def _probs_slope_overflowing(p: jax.Array, lw: LabelWeights, slope: jax.Array) -> Overflowing:
+def _probs_slope_overflowing(
+    p: jax.Array, lw: LabelWeights, slope: jax.Array, labels: tuple[Any, ...]
+) -> Overflowing:
     """``d/dp`` of probabilities, :math:`-\\pi q/p + \\bar q/(1-p)`, as an
     :class:`Overflowing` coefficient: it overflows where :math:`\\pi q/p` exceeds
     ``finfo.max`` (the exact one too), and ``jacfwd`` and ``hessian`` in ``(p, y)`` give
@@ -628,13 +547,14 @@ def _probs_slope_overflowing(p: jax.Array, lw: LabelWeights, slope: jax.Array) -
     ``value_and_grad`` in ``p``), a zero tangent is a zero direction, and the plain product
     keeps the gradient pass as fast as before (the safe map cost it 8-13%, measured).
     """
-    pq = lw.pq if lw.lo is None else lw.pq + lw.lo[0]
     # pi q / p times 2^-64, finite: the map is read where pi q / p overflows (so pi q >
     # 2^-21 and pi q 2^-64 is normal). The tangent meets only multiplications: a division
     # of it, differentiated again, is t dp / p^2 = 0 * inf where p^2 underflows (quotient
-    # has no 1/p^2). Below the log's clamp the term is constant: no map.
-    in_a = _unclamped(p)
-    ratio = quotient(jnp.where(in_a, pq, 0.0) * 2.0**-64, jnp.where(in_a, p, 1.0))
+    # has no 1/p^2). Below the log's clamp the term is constant: no map. Its derivatives in
+    # the labels are single quotients: the chain, transposed, multiplied the cotangent by
+    # 2^64 before it divided by p (NaN for a finite d2/dw dp where a weight of 2 makes the
+    # slope overflow, found by an adversarial pass).
+    ratio = with_label_coefficients(_probs_ratio, _probs_ratio_slopes, p, labels)
 
     def times(t: jax.Array) -> jax.Array:
         # An opaque 2^64: XLA's simplifier reassociated (t * ratio) * 2^64 into

@@ -437,6 +437,25 @@ def test_float32_probs_weight_curvature_where_only_1_over_p_overflows(p):
         assert float(got) == pytest.approx(float(exact), rel=1e-5, abs=0.0), mode
 
 
+def test_float32_probs_weight_curvature_where_the_slope_itself_overflows():
+    """A weight of 2 at p = 2.8e-39, y = 0.7: the slope (-5e38) overflows, d2/dw dp (the
+    unweighted slope, -2.5e38) does not. ``jacrev`` in w over ``jacfwd`` in p and
+    ``jacrev(jacrev)`` over the packed (p, w) were NaN (adversarial pass): the overflowing
+    slope's safe map, differentiated in w and transposed, multiplied the cotangent by 2^64
+    before it divided by p."""
+    p, y = np.float32(2.8e-39), 0.7
+    exact = float(ref.bce_probs_curvature(p, y)["dz"])
+    f = lambda p, w: PROBS(p, np.float32(y), weights=w)
+    for mode, got in _mixed_by_every_order(f, p, 2.0).items():
+        assert float(got) == pytest.approx(exact, rel=1e-5, abs=0.0), mode
+    packed = lambda x: PROBS(x[0:1], np.float32([y]), weights=x[1:2], reduction="sum")
+    for order in (jax.jacrev(jax.jacrev(packed)), jax.hessian(packed)):
+        h = np.asarray(order(np.array([p, 2.0], np.float32)))
+        assert h[0, 0] == np.inf  # exact 2 q / p^2, beyond finfo.max
+        np.testing.assert_allclose([h[0, 1], h[1, 0]], [exact, exact], rtol=1e-5)
+        assert h[1, 1] == 0.0
+
+
 @pytest.mark.parametrize("p", [2.8e-39, 1.5e-39])
 def test_float32_probs_smoothing_curvature_where_only_1_over_p_overflows(p):
     """d2/dp deps = -w(1/2 - y)(1/p + 1/(1-p)), finite at these p for w = 0.3, y = 0: in
