@@ -5,6 +5,10 @@ that input's Jacobian) times the input's tangent. The kernels (:mod:`jaxbce._ker
 :mod:`jaxbce._focal`) compute the coefficients; :func:`contract` forms the sum, skipping
 symbolic-zero tangents, and an :class:`Overflowing` coefficient, one that may overflow where
 the function is finite, is applied through a map that never forms ``inf * 0``.
+:func:`contract_scaled` differentiates a contraction with the direction scaled first, and
+:func:`with_label_coefficients` and :func:`with_x_coefficients` give a coefficient's own
+derivatives in the labels, or in the prediction, as single coefficients rather than chains
+that would divide before they scale.
 """
 
 from __future__ import annotations
@@ -234,7 +238,7 @@ def _with_x_coefficients_jvp(
     if _live(dx):
         slopes = coefficients(x, labels)
         d_out = tuple(
-            None if o is None or c is None else d + apply(c, dx)
+            None if o is None else d if c is None else d + apply(c, dx)
             for o, d, c in zip(out, d_out, slopes, strict=True)
         )
     return out, d_out
