@@ -564,12 +564,10 @@ def quotient(num: jax.Array, p: jax.Array) -> jax.Array:
     from its bits and :math:`num/p = (num\\,2^{23}/m)\\,2^{126}`, so it overflows only
     where the exact quotient does. Derivative: :math:`d\\,num/p - num\\,dp/p^2`.
 
-    One division, by ``p`` or by ``m``. With a division per case and a select between them
-    (each dividing by a stand-in where not taken), a jitted program with several
-    Hessian-vector products returned the stand-in's quotient at a subnormal ``p`` on
-    XLA:CPU (a finite wrong second derivative; disabling XLA's CSE or LLVM's optimizations
-    also removed it; the compiler's step at fault was not pinned down). The quotient is
-    correctly rounded at every subnormal ``p`` (``tests/test_kernels.py``).
+    One division, by ``p`` or by ``m``: with one per case and a select, a jitted program of
+    several Hessian-vector products got the stand-in branch's quotient at a subnormal ``p``
+    on XLA:CPU (the compiler step at fault not pinned down). Correctly rounded at every
+    subnormal ``p`` (``tests/test_kernels.py``).
     """
     if not is_float32(p):
         return num / p
