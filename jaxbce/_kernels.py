@@ -231,23 +231,30 @@ def _unclamped(p: jax.Array) -> jax.Array:
     return p >= _CLAMP_P64
 
 
-def _probs_pairs(p: jax.Array) -> tuple[Pair, Pair, jax.Array, jax.Array]:
-    """``(A, B, in_a, in_b)``: the clamped negative logs and where each is not clamped.
+def _unclamped_p(p: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(in_a, p_a)``: where ``-log p`` is not clamped, and ``p`` there (1 elsewhere), the
+    stand-in that keeps every derivative of ``-log p`` and ``1/p`` away from ``log 0``."""
+    in_a = _unclamped(p)
+    return in_a, jnp.where(in_a, p, 1.0)
+
+
+def _probs_pairs(p: jax.Array) -> tuple[Pair, Pair]:
+    """``(A, B)``: the clamped negative logs.
 
     A clamped log is the constant 100, and its unclamped branch is evaluated at a harmless
     stand-in, so that no derivative of any order meets ``log(0)``.
     """
-    in_a = _unclamped(p)
+    in_a, p_a = _unclamped_p(p)
     in_b = p < 1.0  # 1 - p >= 2^-53 > exp(-100) for every p < 1
-    a_hi, a_lo = neg_log(jnp.where(in_a, p, 1.0))
+    a_hi, a_lo = neg_log(p_a)
     b_hi, b_lo = neg_log1m(jnp.where(in_b, p, 0.0))
     a = (jnp.where(in_a, a_hi, LOG_CLAMP), jnp.where(in_a, a_lo, 0.0))
     b = (jnp.where(in_b, b_hi, LOG_CLAMP), jnp.where(in_b, b_lo, 0.0))
-    return a, b, in_a, in_b
+    return a, b
 
 
 def _probs_value(p: jax.Array, lw: LabelWeights) -> jax.Array:
-    a, b, _, _ = _probs_pairs(p)
+    a, b = _probs_pairs(p)
     if lw.lo is None:
         s, err = two_sum(lw.pq * a[0], lw.qc * b[0])
         value = s + (err + (lw.pq * a[1] + lw.qc * b[1]))
@@ -264,8 +271,8 @@ def _probs_slope(p: jax.Array, lw: LabelWeights) -> jax.Array:
     :math:`(d(\\pi q) - (\\pi q/p)\\,dp)/p`: it never forms :math:`1/p^2`, which
     overflows for tiny p and would turn a zero label weight into ``0 * inf``.
     """
-    _, _, in_a, in_b = _probs_pairs(p)
-    p_a = jnp.where(in_a, p, 1.0)
+    in_a, p_a = _unclamped_p(p)
+    in_b = p < 1.0
     d_a = jnp.where(in_a, -quotient(lw.pq, p_a), 0.0)
     r_hi, r_lo = recip_one_minus(jnp.where(in_b, p, 0.0))
     d_b = (jnp.where(in_b, r_hi, 0.0), jnp.where(in_b, r_lo, 0.0))
@@ -292,8 +299,7 @@ def _probs_label_slopes(p: jax.Array, labels: tuple[Any, ...]) -> tuple[Coeffici
     quotient by :math:`p` is formed with its whole numerator (finite wherever the exact one
     is: a weight below 1 is applied before the division, in reverse mode too), and is an
     :class:`Overflowing` where it is not."""
-    in_a, in_b = _unclamped(p), p < 1.0
-    p_a = jnp.where(in_a, p, 1.0)
+    (in_a, p_a), in_b = _unclamped_p(p), p < 1.0
     r_hi, r_lo = recip_one_minus(jnp.where(in_b, p, 0.0))
     r = jnp.where(in_b, r_hi + r_lo, 0.0)
 
@@ -315,14 +321,13 @@ def _probs_ratio(p: jax.Array, labels: tuple[Any, ...]) -> jax.Array:
     """:math:`\\pi q [A] 2^{-64}/p` (:func:`_probs_slope_overflowing`)."""
     lw = label_weights(*labels)
     pq = lw.pq if lw.lo is None else lw.pq + lw.lo[0]
-    in_a = _unclamped(p)
-    return quotient(jnp.where(in_a, pq, 0.0) * 2.0**-64, jnp.where(in_a, p, 1.0))
+    in_a, p_a = _unclamped_p(p)
+    return quotient(jnp.where(in_a, pq, 0.0) * 2.0**-64, p_a)
 
 
 def _probs_ratio_slopes(p: jax.Array, labels: tuple[Any, ...]) -> tuple[Coefficient, ...]:
     """The derivatives of :func:`_probs_ratio` in the labels, each one quotient."""
-    in_a = _unclamped(p)
-    p_a = jnp.where(in_a, p, 1.0)
+    in_a, p_a = _unclamped_p(p)
     return tuple(
         None if d is None else jnp.where(in_a, quotient(d[0] * 2.0**-64, p_a), 0.0)
         for d in label_weight_slopes(labels)
@@ -348,7 +353,7 @@ def _neg_log_odds_gap(kind: Kind, x: jax.Array, pw: jax.Array | None) -> tuple[j
         one, zero = jnp.ones_like(x), jnp.zeros_like(x)
         a = _logit_value(x, LabelWeights(one, zero, one))  # softplus(-x): the kernel, y = 1
         return a, (-x if pw is None else (pw - 1.0) * a - x)
-    pair_a, pair_b, _, _ = _probs_pairs(x)
+    pair_a, pair_b = _probs_pairs(x)
     a, b = total(pair_a), total(pair_b)
     return a, (a if pw is None else pw * a) - b
 
