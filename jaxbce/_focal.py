@@ -51,7 +51,7 @@ from jaxbce._elementary import (
 )
 from jaxbce._focal_far import far_band, far_slopes, sure_ratio
 from jaxbce._focal_huge import HugeParts, beyond_2_to_64
-from jaxbce._focal_near import with_exact_mixed
+from jaxbce._focal_near import weighting_on, with_exact_mixed
 from jaxbce._kernels import (
     logit_slope_pair,
     logit_value_pair,
@@ -72,7 +72,7 @@ def _mul(a: Pair, b: Pair) -> Pair:
 def _alpha_weight(y: jax.Array, alpha: jax.Array) -> tuple[Pair, jax.Array]:
     """:math:`\\alpha_t = (1 - \\alpha) + (2\\alpha - 1) y` as a pair and its derivative in
     ``y``; ``(1, 0)`` and 0 where ``alpha < 0`` (the weighting off)."""
-    on = alpha >= 0
+    on = weighting_on(alpha)
     a = jnp.where(on, alpha, 0.0)
     one = opaque(1.0, y)
     slope = two_sum(2.0 * a, -one)
@@ -553,7 +553,9 @@ def _focal_parts_near(
     # From the value times 2^shift: where the value itself underflows, value * d(-log u)/dy
     # is still normal, and d/dy of d/dgamma lost it (1e-3 off at x = 30, y = 1, gamma 2).
     d_gamma = _times_pow2(-vanishing_mul(v.scaled, v.nl[0] + v.nl[1]), -shift)
-    d_alpha = jnp.where(alpha >= 0, (2.0 * y - 1.0) * _times_pow2(m_ce * stretch, -shift), 0.0)
+    d_alpha = jnp.where(
+        weighting_on(alpha), (2.0 * y - 1.0) * _times_pow2(m_ce * stretch, -shift), 0.0
+    )
     if band is not None:
         ratios = (ce_over_u, m * total(core), weighted)  # ce/u, 2^shift (F_x/alpha_t, F_x)
         coefficients = (value, d_x, d_y_back, d_gamma, d_alpha)

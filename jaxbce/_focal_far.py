@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbce._arithmetic import Pair, divide
+from jaxbce._focal_near import weighting_on
 from jaxbce._label_weights import total
 
 #: From this :math:`|x|` on (float64, below :math:`2^{64}`), the logit derivatives of the
@@ -178,7 +179,7 @@ def _closed_forms(
         log_l - log_s
     )
     f_xg = jnp.where((p.n_s == 0) & ~p.sure, _signed_exp(log_s, lead), f_xg)
-    f_xa = jnp.where(alpha >= 0, (2.0 * p.y - 1.0) * back(p.core), 0.0)
+    f_xa = jnp.where(weighting_on(alpha), (2.0 * p.y - 1.0) * back(p.core), 0.0)
     return f_xx, f_xy, f_xg, f_xa
 
 

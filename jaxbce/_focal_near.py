@@ -82,11 +82,18 @@ def mixed_region(x: jax.Array, y: jax.Array) -> jax.Array:
     return hard & jnp.isfinite(x) & ((jnp.abs(x) < _NEAR_BELOW) | wrong)
 
 
+def weighting_on(alpha: jax.Array) -> jax.Array:
+    """Where the alpha weighting is on: every ``alpha`` but a negative one (the kernel's
+    stand-in for ``None``). A NaN ``alpha`` is on, so that it propagates: read as
+    ``alpha >= 0`` it turned the weighting off, and a traced NaN gave the unweighted loss."""
+    return ~(alpha < 0)
+
+
 def hard_label_dxy(x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array) -> jax.Array:
     """:math:`\\partial_x\\partial_y` of the focal loss at a hard label ``y`` (0 or 1) where
     :func:`mixed_region` holds (elsewhere finite and not read), float64: see the module
     docstring for the two forms. ``alpha < 0`` is no weighting."""
-    on = alpha >= 0
+    on = weighting_on(alpha)
     a = jnp.where(on, alpha, 0.0)
     one = y == 1.0
     xp = jnp.where(one, x, -x)
@@ -162,7 +169,7 @@ def cancelling_b(
     of the inputs (:math:`n`, :math:`\\alpha_t` and :math:`a'` as exact pairs), 0 only
     where the exact one is, and within a few ulps of it relatively elsewhere.
     """
-    on = alpha >= 0
+    on = weighting_on(alpha)
     a = jnp.where(on, alpha, 0.0)
     qc = two_sum(jnp.ones_like(y), -y)  # 1 - y exactly
     n_hi, n_lo = jnp.where(neg, y, qc[0]), jnp.where(neg, 0.0, qc[1])

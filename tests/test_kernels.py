@@ -172,6 +172,33 @@ def test_nan_in_an_included_element_propagates():
     assert np.isnan(jaxbce.binary_cross_entropy(jnp.nan, 1.0))
 
 
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize("which", ["alpha", "gamma", "label_smoothing"])
+def test_a_traced_nan_option_propagates(which, reduction):
+    """A NaN option traced by the user's jit gives a NaN loss (a concrete NaN is refused).
+    A traced NaN alpha read as "alpha >= 0" was the weighting turned off: the unweighted
+    focal loss, finite, and d/dalpha 0 (adversarial pass, 2026-11-27). The loss is linear
+    in alpha and in the smoothing, so their own derivatives do not depend on them (as
+    ``jax.grad`` of ``a * x`` at a NaN ``a`` is ``x``); gamma's does, and is NaN."""
+    z = jnp.array([1.0, -2.0, 30.0], jnp.float32)
+    y = jnp.array([1.0, 0.0, 0.3], jnp.float32)
+    base = {"alpha": 0.25, "gamma": 2.0}
+
+    def loss(v):
+        if which == "label_smoothing":
+            return jaxbce.sigmoid_binary_cross_entropy(z, y, label_smoothing=v, reduction=reduction)
+        return jaxbce.sigmoid_focal_loss(z, y, **{**base, which: v}, reduction=reduction)
+
+    nan = jnp.float32(jnp.nan)
+    assert np.all(np.isnan(jax.jit(loss)(nan)))
+    slope = jax.jit(jax.grad(lambda v: jnp.sum(loss(v))))
+    if which == "gamma":
+        assert np.isnan(slope(nan))
+    else:
+        finite = {"alpha": 0.25, "label_smoothing": 0.1}[which]
+        assert float(slope(nan)) == pytest.approx(float(slope(jnp.float32(finite))), rel=1e-6)
+
+
 def test_reverse_only_kernel_registers_the_same_rules():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=64) * 20, jnp.float32)
