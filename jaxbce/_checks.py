@@ -55,10 +55,13 @@ def is_concrete(value: Any) -> bool:
 
 
 def as_array(name: str, value: ArrayLike) -> jax.Array:
+    # jnp.asarray raises TypeError for strings and objects, ValueError for None (alone or in
+    # a list): both are a value that is not an array, named here.
     try:
         return jnp.asarray(value)
-    except TypeError as err:
-        raise TypeError(f"{name} must be an array, got {type(value).__name__}") from err
+    except (TypeError, ValueError) as err:
+        seen = type(value).__name__ if value is not None else "None"
+        raise TypeError(f"{name} must be an array, got {seen} ({err})") from err
 
 
 def check_predictions(name: str, value: ArrayLike) -> jax.Array:

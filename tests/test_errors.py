@@ -45,6 +45,30 @@ def test_bad_options_raise_clear_errors(kwargs, error, message):
 
 
 @pytest.mark.parametrize("fn", FUNCTIONS)
+@pytest.mark.parametrize(
+    "which, value, seen",
+    [
+        ("predictions", None, "None"),
+        ("labels", None, "None"),
+        ("labels", "a", "str"),
+        ("weights", [1.0, None], "list"),
+    ],
+)
+def test_a_value_that_is_not_an_array_is_named(fn, which, value, seen):
+    """``None`` (alone or in a list) raised JAX's own "None is not a valid value for
+    jnp.array", naming no argument (adversarial pass, 2026-11-27)."""
+    args = {"predictions": jnp.zeros((2,)), "labels": jnp.zeros((2,))}
+    kwargs = {}
+    if which == "weights":
+        kwargs["weights"] = value
+    else:
+        args[which] = value
+    name = fn.__code__.co_varnames[0] if which == "predictions" else which
+    with pytest.raises(TypeError, match=rf"^{name} must be an array, got {seen} "):
+        fn(args["predictions"], args["labels"], **kwargs)
+
+
+@pytest.mark.parametrize("fn", FUNCTIONS)
 def test_non_real_floating_predictions_are_rejected(fn):
     with pytest.raises(TypeError, match=r"must have a real floating dtype.*int32"):
         fn(jnp.zeros((2,), jnp.int32), jnp.zeros((2,)))
