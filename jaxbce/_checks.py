@@ -374,7 +374,8 @@ def with_value_checks(fn: Callable[..., Any]) -> Callable[..., tuple[checkify.Er
     The index in a message is a flat index into the array the loss was given. Where ``fn``
     ``vmap`` s the loss itself, that is one mapped example's array, and which example's error
     checkify reports is its choice (not necessarily the first); ``jax.vmap`` of
-    ``with_value_checks(loss)`` names the example (``at mapped index k``).
+    ``with_value_checks(loss)`` names the example (``at mapped index k``) in ``err.get()``,
+    but not in what ``err.throw()`` raises (checkify drops the mapped index there).
 
     Args:
       fn: any jaxbce loss, or a function that calls one.

@@ -164,6 +164,17 @@ def test_labels_outside_unit_interval_are_caught_under_jit_with_value_checks(fn)
     g(x, bad)[0].throw()
 
 
+def test_vmap_of_the_checked_loss_names_the_example_in_get():
+    """As the docstring of ``with_value_checks`` says: ``err.get()`` names the mapped
+    example, ``err.throw()`` does not (it said both did; adversarial pass, 2026-11-27)."""
+    f = jaxbce.with_value_checks(BCE)
+    y = jnp.zeros((4, 3)).at[2, 1].set(2.0)
+    err, _ = jax.vmap(f)(jnp.zeros((4, 3)), y)
+    assert err.get().startswith("at mapped index 2: labels must lie in [0, 1]")
+    with pytest.raises(Exception, match=r"^labels must lie in \[0, 1\].*flat index 1, is 2.0"):
+        err.throw()
+
+
 def test_traced_label_smoothing_is_checked_under_checkify():
     f = jax.jit(
         jaxbce.with_value_checks(lambda z, y, e: BCE(z, y, label_smoothing=e, reduction="sum"))
