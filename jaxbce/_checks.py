@@ -28,7 +28,7 @@ from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from jaxbce._reductions import REDUCTIONS
-from jaxbce._sharding import explicit_split_axis, varying_axes
+from jaxbce._sharding import explicit_split_axis, replicated_along, varying_axes
 
 #: The errors that :func:`with_value_checks` turns on: the library's own value checks.
 CHECKED_ERRORS = checkify.user_checks
@@ -227,8 +227,7 @@ def check_split_over(name: str, x: jax.Array, axes: tuple[Any, ...], axis_name: 
     default: there ``lax.axis_index`` varies); under ``pmap`` or ``check_vma=False`` no
     value carries that type and nothing can be told.
     """
-    tracked = [ax for ax in axes if ax in varying_axes(jax.lax.axis_index(ax))]
-    missing = [ax for ax in tracked if ax not in varying_axes(x)]
+    missing = replicated_along(x, axes)
     if missing:
         raise ValueError(
             f"{name} is the same on every device along mesh axis {', '.join(map(repr, missing))} "

@@ -58,7 +58,7 @@ from jaxbce._fused import (
     zeros_varying_as,
 )
 from jaxbce._losses import sigmoid_binary_cross_entropy
-from jaxbce._sharding import explicit_spec, explicit_split_axis, varying_axes
+from jaxbce._sharding import check_sum_is_split, explicit_spec, explicit_split_axis, varying_axes
 
 #: Target number of elements of one (B, C) chunk of logits when ``chunk_size=None``.
 DEFAULT_CHUNK_ELEMENTS = 2**20
@@ -545,6 +545,8 @@ def linear_sigmoid_binary_cross_entropy(
     # Every input varies (over axis_name; without it over every axis any input varies over,
     # as JAX's own ops would cast them) before the custom_jvp, so the loop's carry has one
     # type; the transposes of the casts psum the gradients of replicated inputs.
+    if axis_name is not None and reduction == "sum":
+        check_sum_is_split(tuple(args), axis_name)  # before the casts below
     found = {a for v in args if v is not None for a in varying_axes(v)}
     vary_over = axes or tuple(sorted(found, key=str))
     if vary_over:

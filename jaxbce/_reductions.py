@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbce._sharding import explicitly_split
+from jaxbce._sharding import check_sum_is_split, explicitly_split, varying_over
 
 Reduction = Literal["none", "sum", "mean"]
 REDUCTIONS: tuple[str, ...] = ("none", "sum", "mean")
@@ -70,6 +70,10 @@ def finish_reduction(
     assert isinstance(local, tuple)
     total, count = local
     if axis_name is not None:
+        if reduction == "sum":
+            check_sum_is_split((total,), axis_name)
+        axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+        total, count = varying_over(total, axes), varying_over(count, axes)
         total, count = lax.psum((total, count), axis_name)
     # "+ 0 * count" keeps the count alive, and with it XLA:CPU's fused reduction (below).
     total = total + 0.0 * count

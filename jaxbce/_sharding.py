@@ -50,3 +50,38 @@ def explicit_split_axis(x: jax.Array, dims: tuple[int, ...] | None = None) -> An
 def explicitly_split(x: jax.Array) -> bool:
     """Whether ``x``'s type says it is split over a mesh axis (explicit sharding)."""
     return explicit_split_axis(x) is not None
+
+
+def replicated_along(x: jax.Array, axes: tuple[Any, ...]) -> list[Any]:
+    """The axes of ``axes`` along which ``x`` is the same on every device, as far as types
+    tell: inside ``shard_map``, which tracks what varies (``check_vma``, its default: there
+    ``lax.axis_index`` varies). Under ``pmap``, ``check_vma=False`` or ``vmap`` nothing can
+    be told, and none is listed."""
+    tracked = [ax for ax in axes if ax in varying_axes(jax.lax.axis_index(ax))]
+    return [ax for ax in tracked if ax not in varying_axes(x)]
+
+
+def varying_over(x: jax.Array, axes: tuple[Any, ...]) -> jax.Array:
+    """``x`` cast to vary along the axes of ``axes`` that :func:`replicated_along` lists:
+    ``psum`` over several axes refuses a value that varies along some and not others."""
+    missing = replicated_along(x, axes)
+    return jax.lax.pcast(x, tuple(missing), to="varying") if missing else x
+
+
+def check_sum_is_split(values: tuple[jax.Array | None, ...], axis_name: Any) -> None:
+    """Refuses a ``"sum"`` over ``axis_name`` of local sums made from ``values`` (the local
+    sum itself, or the inputs it is made from) where every one is the same on every device
+    along one of its axes (the inputs replicated there): ``psum`` would add each copy once
+    per device. A ``"mean"`` divides by a count summed the same way and is right."""
+    axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    present = [v for v in values if v is not None]
+    missing = [ax for ax in axes if all(ax in replicated_along(v, (ax,)) for v in present)]
+    if missing:
+        raise ValueError(
+            f"the loss is the same on every device along mesh axis "
+            f"{', '.join(map(repr, missing))} (its inputs replicated, as in_specs P() makes "
+            f"them), so reduction='sum' with axis_name={axis_name!r} would add each copy once "
+            f"per device. Split the batch over {axis_name!r} (in_specs P({axis_name!r})), use "
+            f"reduction='mean' (the same for copies), or omit axis_name for the sum of the batch "
+            f"one device holds"
+        )

@@ -178,6 +178,77 @@ def test_reduced_loss_under_shard_map_and_pmap_matches_one_device(parallel_resul
     assert parallel_results[case] == "ok", parallel_results[case]
 
 
+# ------------------------------------------------------- replicated inputs, summed
+
+_REPLICATED_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import numpy as np, jax, jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+    import jaxbce
+
+    rng = np.random.default_rng(0)
+    z = (rng.normal(size=(16, 6)) * 3).astype(np.float32)
+    y = (rng.uniform(size=(16, 6)) > 0.5).astype(np.float32)
+    h, w = rng.normal(size=(16, 5)).astype(np.float32), rng.normal(size=(5, 6)).astype(np.float32)
+    mesh1 = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    mesh2 = jax.make_mesh((2, 4), ("a", "b"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    # Each loss of (x, y): x the logits, probabilities or (linear) the features.
+    losses = {
+        "bce": (z, lambda r, ax: lambda x, y: jaxbce.sigmoid_binary_cross_entropy(
+            x, y, reduction=r, axis_name=ax)),
+        "probs": (jax.nn.sigmoid(z), lambda r, ax: lambda x, y: jaxbce.binary_cross_entropy(
+            x, y, reduction=r, axis_name=ax)),
+        "focal": (z, lambda r, ax: lambda x, y: jaxbce.sigmoid_focal_loss(
+            x, y, reduction=r, axis_name=ax)),
+        "linear": (h, lambda r, ax: lambda x, y: jaxbce.linear_sigmoid_binary_cross_entropy(
+            x, w, y, reduction=r, axis_name=ax)),
+    }
+    # (mesh, axis_name, in_specs of x and y): replicated everywhere, and on a 2-D mesh split
+    # over "a" but replicated over "b" while the loss reduces over both.
+    layouts = {"1d": (mesh1, "data", P()), "2d": (mesh2, ("a", "b"), P("a"))}
+    results = {}
+    for name, (x, make) in losses.items():
+        for lay, (mesh, ax, spec) in layouts.items():
+            for red in ("sum", "mean"):
+                key = f"{name}-{lay}-{red}"
+                one = jax.value_and_grad(make(red, None))(x, y)
+                sm = jax.shard_map(make(red, ax), mesh=mesh, in_specs=(spec, spec),
+                                   out_specs=P())
+                try:
+                    got = jax.jit(jax.value_and_grad(sm))(x, y)
+                except ValueError as err:
+                    results[key] = "refused: " + str(err)
+                    continue
+                ok = all(np.allclose(g, o, rtol=1e-6, atol=1e-7) for g, o in zip(got, one))
+                results[key] = "ok" if ok else f"{got} against {one} on one device"
+    print("RESULTS " + json.dumps(results))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def replicated_results():
+    return script_results(_REPLICATED_SCRIPT, timeout=600)
+
+
+@pytest.mark.parametrize("layout", ["1d", "2d"])
+@pytest.mark.parametrize("name", ["bce", "probs", "focal", "linear"])
+def test_a_sum_over_devices_of_replicated_inputs_is_refused(replicated_results, name, layout):
+    """``reduction="sum"`` with ``axis_name`` inside ``shard_map``, the inputs replicated
+    along a summed axis: every device's sum is the same, and ``psum`` returned 8 times (2-D:
+    4 times) the loss with no error (adversarial pass, 2026-11-27). Refused, naming the
+    axis. ``"mean"`` divides by a count summed the same way, and is the loss of the batch,
+    value and gradient (on the 2-D mesh JAX's ``psum`` had refused it: a sum varying along
+    one of the axes and not the other)."""
+    axis = "'data'" if layout == "1d" else "'b'"
+    assert replicated_results[f"{name}-{layout}-sum"].startswith(
+        f"refused: the loss is the same on every device along mesh axis {axis} "
+    ), replicated_results[f"{name}-{layout}-sum"]
+    assert replicated_results[f"{name}-{layout}-mean"] == "ok"
+
+
 # ------------------------------------------------- jit over sharded inputs (GSPMD)
 
 #: The fused linear loss (h @ W + b with dense or sparse labels of shape (B, L); its "where"
