@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Bool, Float, Real
 
@@ -134,8 +135,12 @@ def _fix_weights(a: _Inputs) -> tuple[_Inputs, FixedWeights]:
     floats (:func:`_fixed_or_traced`: broadcast, they too are a scalar read at run time in
     the loop: 40.3 ns per element at 2^22 - 1 against 4.7 at 2^22 with ``pos_weight=2.0``),
     taken out of the inputs."""
+    # Read on the host: inside any trace (a loop body, the fused linear loss' chunks) a jnp
+    # reshape of a concrete array is a traced operation, and float() of it failed.
     fixed = tuple(
-        float(v.reshape(())) if v is not None and checks.is_concrete(v) and v.size == 1 else None
+        float(np.asarray(v).reshape(()))
+        if v is not None and checks.is_concrete(v) and v.size == 1
+        else None
         for v in (a.w, a.pw)
     )
     w, pw = (None if f is not None else v for f, v in zip(fixed, (a.w, a.pw), strict=True))

@@ -139,6 +139,48 @@ def test_matches_unfused_float64(x64, options, sparse, chunk_size, reduction, wi
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-15 * float(np.max(np.abs(c))))
 
 
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("pos_weight", 2.0),
+        ("weights", 0.5),
+        ("pos_weight", np.full((L,), 2.0, np.float32)[:1]),
+        ("weights", np.ones((B, 1), np.float32)[:1]),
+    ],
+    ids=["pos_weight-float", "weights-float", "pos_weight-(1,)", "weights-(1,1)"],
+)
+def test_a_concrete_one_element_weight_eagerly_and_under_grad(name, value):
+    """A one-element ``pos_weight`` or ``weights`` given as a value (the usual
+    ``pos_weight=2.0``) raised ConcretizationTypeError from inside the chunk loop, eagerly
+    and under an unjitted ``grad`` (adversarial pass, 2026-11-27); within float32 rounding
+    of the float64 loss now."""
+    h, w, _, _, dense = _problem()
+    h32, w32 = h.astype(np.float32), w.astype(np.float32)
+    z = h32.astype(np.float64) @ w32.astype(np.float64)
+    c = float(np.asarray(value).reshape(()))
+    pw, wt = (c, 1.0) if name == "pos_weight" else (1.0, c)
+    ref = np.mean(wt * (pw * dense * np.logaddexp(0, -z) + (~dense) * np.logaddexp(0, z)))
+    loss = lambda h: linear_sigmoid_binary_cross_entropy(h, w32, dense, **{name: value})
+    assert float(loss(h32)) == pytest.approx(ref, rel=1e-6)
+    assert np.all(np.isfinite(jax.grad(loss)(h32)))
+
+
+def test_a_concrete_pos_weight_closed_over_inside_a_users_scan():
+    """The same failure in the elementwise loss inside the user's ``lax.scan``, with a
+    concrete 0-d ``pos_weight`` created outside it."""
+    z = jnp.asarray(np.random.default_rng(0).normal(size=(3, 11)), jnp.float32)
+    pw = jnp.asarray(2.0, jnp.float32)
+
+    def step(total, zz):
+        loss = jaxbce.sigmoid_binary_cross_entropy(zz, zz > 0, pos_weight=pw, reduction="sum")
+        return total + loss, None
+
+    got = jax.lax.scan(step, jnp.float32(0.0), z)[0]
+    zz = np.asarray(z, np.float64)
+    ref = np.sum(2.0 * (zz > 0) * np.logaddexp(0, -zz) + (zz <= 0) * np.logaddexp(0, zz))
+    assert float(got) == pytest.approx(ref, rel=1e-6)
+
+
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 def test_float32_within_tolerance_of_float64(sparse):
     """float32 value and gradients within 2e-5 of the float64 unfused reference."""
