@@ -266,9 +266,10 @@ def _fused_grads(
         if x is None or not getattr(want, name):
             return None
         # The kernel's gradient, the one large buffer, is written once per column in the
-        # kernel's own dtype; the others accumulate in (at least) the compute dtype.
-        dtype = x.dtype if name == "kernel" else jnp.promote_types(x.dtype, dt)
-        return zeros_varying_as(x.shape, dtype, x)
+        # kernel's own dtype (but float16's, see _residual_dtype); the others accumulate in
+        # (at least) the compute dtype.
+        kept = name == "kernel" and _residual_dtype(x.dtype, dt) == x.dtype
+        return zeros_varying_as(x.shape, x.dtype if kept else jnp.promote_types(x.dtype, dt), x)
 
     zero_grads: list[Any] = [zero_grad(n, v) for n, v in zip(_Args._fields, a, strict=True)]
     init: _Args[jax.Array | None] = _Args(*zero_grads)
@@ -330,11 +331,20 @@ def _fused_grads(
         return total + loss, _Args(**g)
 
     total, grads = lax.fori_loop(0, s.n_chunks, body, (zeros_varying_as((), dt, a.features), init))
-    # Cotangents take their primal's dtype (a bfloat16 kernel gets a bfloat16 gradient).
+    # The gradients are residuals, scaled by the cotangent later (by 1/N for a mean).
     cast: list[Any] = [
-        None if d is None or v is None else d.astype(v.dtype) for d, v in zip(grads, a, strict=True)
+        None if d is None or v is None else d.astype(_residual_dtype(v.dtype, dt))
+        for d, v in zip(grads, a, strict=True)
     ]
     return total, _Args(*cast)
+
+
+def _residual_dtype(dtype: Any, compute: Any) -> Any:
+    """The dtype a gradient of the sum is kept in until the cotangent scales it: the input's
+    (a bfloat16 kernel's gradient, the one large buffer, in bfloat16), but for float16, whose
+    range a sum over the batch exceeds (the mean's gradient was inf from 65504 on, where the
+    exact one was finite): the compute dtype there, cast to float16 after the scaling."""
+    return compute if dtype == jnp.float16 else dtype
 
 
 #: The gradient pass as one call when the JVP rule is linearized (see :mod:`jaxbce._fused`).

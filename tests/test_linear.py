@@ -165,6 +165,30 @@ def test_a_concrete_one_element_weight_eagerly_and_under_grad(name, value):
     assert np.all(np.isfinite(jax.grad(loss)(h32)))
 
 
+@pytest.mark.parametrize("which", ["kernel", "features"])
+def test_float16_mean_gradients_do_not_overflow_before_the_mean(which):
+    """float16 inputs, ``"mean"``: the gradients of the sum were cast to float16 before the
+    cotangent scaled them by 1/N, and were inf from 65504 on where the mean's are finite
+    (adversarial pass, 2026-11-27). Against float64 on the same float16 inputs."""
+    rng = np.random.default_rng(0)
+    if which == "kernel":  # a sum over 2^18 rows of about 0.4 (labels 0: dz = 1/2)
+        h = np.abs(rng.normal(size=(2**18, 2))).astype(np.float16)
+        w = np.zeros((2, 3), np.float16)
+    else:  # a sum over 64 labels of kernel entries near 3000
+        h = rng.normal(size=(64, 4)).astype(np.float16)
+        w = (3000 * rng.normal(size=(4, 64))).astype(np.float16)
+    y = rng.random((h.shape[0], w.shape[1])) < (0.0 if which == "kernel" else 0.5)
+    grads = jax.grad(lambda h, w: linear_sigmoid_binary_cross_entropy(h, w, y), argnums=(0, 1))(
+        h, w
+    )
+    got = grads[1] if which == "kernel" else grads[0]
+    h64, w64 = h.astype(np.float64), w.astype(np.float64)
+    dz = (0.5 + 0.5 * np.tanh(0.5 * (h64 @ w64)) - y) / y.size
+    ref = h64.T @ dz if which == "kernel" else dz @ w64.T
+    assert got.dtype == jnp.float16
+    np.testing.assert_allclose(np.asarray(got, np.float64), ref, rtol=2e-3, atol=1e-6)
+
+
 def test_a_concrete_pos_weight_closed_over_inside_a_users_scan():
     """The same failure in the elementwise loss inside the user's ``lax.scan``, with a
     concrete 0-d ``pos_weight`` created outside it."""
