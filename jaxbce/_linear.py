@@ -58,7 +58,13 @@ from jaxbce._fused import (
     zeros_varying_as,
 )
 from jaxbce._losses import sigmoid_binary_cross_entropy
-from jaxbce._sharding import check_sum_is_split, explicit_spec, explicit_split_axis, varying_axes
+from jaxbce._sharding import (
+    check_sum_is_split,
+    explicit_spec,
+    explicit_split_axis,
+    varying_axes,
+    varying_over,
+)
 
 #: Target number of elements of one (B, C) chunk of logits when ``chunk_size=None``.
 DEFAULT_CHUNK_ELEMENTS = 2**20
@@ -573,6 +579,9 @@ def linear_sigmoid_binary_cross_entropy(
     total = _fused_sum(static, args)
     count = _count(mask, shape, dt)
     if axis_name is not None:
+        # A count from a mask that varies along some of the axes only (a (1, L) mask split
+        # with the kernel) is cast to vary along all: psum refuses mixed states.
+        total, count = varying_over(total, axes), varying_over(count, axes)
         total, count = lax.psum((total, count), axis_name)
     if reduction == "sum":
         return total.astype(out_dtype)

@@ -170,6 +170,26 @@ for labels, spec in [(idx, P("data")), (dense, P("data", "model"))]:
     np.testing.assert_allclose(v1, v0, rtol=1e-12)
     for a, c in zip(g1, g0, strict=True):
         np.testing.assert_allclose(np.asarray(a), c, rtol=1e-12, atol=1e-15)
+# A mask broadcast over the batch (split with the kernel) or over the labels (split with
+# the batch): its count varies along one axis only, and psum refused the mixed pair.
+rng = np.random.default_rng(20)
+for mask, spec in [(rng.random((1, 24)) < 0.7, P(None, "model")),
+                   (rng.random((8, 1)) < 0.7, P("data"))]:
+    for red in ("mean", "sum"):
+        ref = lambda h, w, b: jaxbce.sigmoid_binary_cross_entropy(
+            h @ w + b, dense, where=np.broadcast_to(mask, dense.shape), reduction=red)
+        v0, g0 = jax.value_and_grad(ref, argnums=(0, 1, 2))(h, w, b)
+        local = lambda h, w, b, y, m: fused(h, w, y, bias=b, where=m, chunk_size=4,
+                                            reduction=red, axis_name=("data", "model"))
+        sm = jax.shard_map(local, mesh=mesh, out_specs=P(),
+                           in_specs=(P("data"), P(None, "model"), P("model"),
+                                     P("data", "model"), spec))
+        args = (put(h, P("data")), put(w, P(None, "model")), put(b, P("model")),
+                put(dense, P("data", "model")), put(mask, spec))
+        v1, g1 = jax.jit(jax.value_and_grad(sm, argnums=(0, 1, 2)))(*args)
+        np.testing.assert_allclose(v1, v0, rtol=1e-12)
+        for a, c in zip(g1, g0, strict=True):
+            np.testing.assert_allclose(np.asarray(a), c, rtol=1e-12, atol=1e-15)
 print("OK")
 """
 
@@ -178,5 +198,6 @@ def test_batch_and_label_axes_of_a_two_axis_mesh():
     """A (2, 4) mesh, the batch split over "data" and the kernel's columns over "model",
     axis_name=("data", "model"): sparse indices are offset along "model" only (they were
     read as local column indices, silently wrong), and value and gradients equal the
-    unsharded loss, for sparse and dense labels."""
+    unsharded loss, for sparse and dense labels; and for masks broadcast over the batch or
+    over the labels (JAX's psum refused their count, which varied along one axis only)."""
     _run_on_eight_devices(_TWO_AXIS_SCRIPT)
