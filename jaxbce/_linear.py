@@ -314,8 +314,14 @@ def _fused_grads(
             dz = ct["logits"]
             dz_low = dz.astype(low)
             if want.features:
+                w_f = w_c
+                if mask is not None:
+                    # A column excluded in every row takes no part: its kernel entries are
+                    # zeroed here, so that a NaN there does not reach the features' gradient
+                    # as 0 * NaN (as excluded rows' features are zeroed for the kernel's).
+                    w_f = jnp.where(jnp.any(mask, axis=0)[None, :], w_c, 0)
                 g["features"] = g["features"] + jnp.matmul(
-                    dz_low, w_c.astype(low).T, preferred_element_type=dt
+                    dz_low, w_f.astype(low).T, preferred_element_type=dt
                 )
             if want.kernel:
                 # Explicit sharding: the sum over a split batch is added across devices
@@ -465,7 +471,8 @@ def linear_sigmoid_binary_cross_entropy(
       weights: element weights broadcasting to (B, L).
       where: boolean mask broadcasting to (B, L); excluded elements contribute exactly 0 to
         the value and to every gradient, even where their inputs are NaN (a row excluded in
-        every column, padding, has its features zeroed).
+        every column, padding, has its features zeroed, and a column excluded in every row
+        its kernel entries).
       label_smoothing: :math:`\\epsilon \\in [0, 1]`.
       reduction: ``"sum"`` or ``"mean"`` (over included elements; 0 when none are).
         ``"none"`` is refused: the point of this function is never to build the (B, L) loss.

@@ -302,24 +302,29 @@ def test_value_does_not_depend_on_chunk_size(chunk_size):
 
 @pytest.mark.parametrize("padding", [np.nan, np.inf])
 def test_excluded_elements_contribute_nothing_even_if_nan(padding):
-    """NaN labels or weights where ``where`` is False, and a padding row of NaN or infinite
-    features excluded in every column, reach neither value nor gradient (the padding row
-    made the whole kernel gradient NaN, as 0 * NaN in features^T @ dlogits)."""
+    """NaN labels or weights where ``where`` is False, a padding row of NaN or infinite
+    features excluded in every column, and a NaN or infinite kernel column and bias entry
+    excluded in every row, reach neither value nor gradient (the padding row made the whole
+    kernel gradient NaN, as 0 * NaN in features^T @ dlogits; the kernel column, found by an
+    adversarial pass on 2026-11-27, the whole features gradient, in dlogits @ kernel^T)."""
     h, w, b, _, dense = _problem(seed=9)
     h, w, b = (jnp.asarray(a, jnp.float32) for a in (h, w, b))
     mask = np.random.default_rng(10).random((B, L)) < 0.5
     mask[0] = False
+    mask[:, 3] = False
     padded = h.at[0].set(padding)
+    w_padded, b_padded = w.at[:, 3].set(padding), b.at[3].set(padding)
     y = np.where(mask, dense, np.nan).astype(np.float32)
     wt = np.where(mask, 1.0, np.nan).astype(np.float32)
-    fn = lambda h, w: linear_sigmoid_binary_cross_entropy(
+    fn = lambda h, w, b: linear_sigmoid_binary_cross_entropy(
         h, w, y, bias=b, weights=wt, where=mask, chunk_size=7
     )
-    ref = lambda h, w: _unfused(h, w, b, dense.astype(np.float32), "mean", where=mask)
-    v1, g1 = jax.value_and_grad(fn, argnums=(0, 1))(padded, w)
-    v0, g0 = jax.value_and_grad(ref, argnums=(0, 1))(h, w)  # finite features in row 0
+    ref = lambda h, w, b: _unfused(h, w, b, dense.astype(np.float32), "mean", where=mask)
+    v1, g1 = jax.value_and_grad(fn, argnums=(0, 1, 2))(padded, w_padded, b_padded)
+    v0, g0 = jax.value_and_grad(ref, argnums=(0, 1, 2))(h, w, b)  # all finite
     np.testing.assert_allclose(v1, v0, rtol=2e-6)
     assert not np.any(g1[0][0]) and not np.any(g0[0][0])
+    assert not np.any(g1[1][:, 3]) and not g1[2][3]
     for a, c in zip(g1, g0, strict=True):
         assert np.all(np.isfinite(a))
         np.testing.assert_allclose(a, c, rtol=2e-5, atol=1e-7)
