@@ -565,13 +565,15 @@ def linear_sigmoid_binary_cross_entropy(
         label_smoothing=eps_arr,
         offset=offset,
     )
-    # Every input varies (over axis_name; without it over every axis any input varies over,
-    # as JAX's own ops would cast them) before the custom_jvp, so the loop's carry has one
-    # type; the transposes of the casts psum the gradients of replicated inputs.
     if axis_name is not None and reduction == "sum":
         check_sum_is_split(tuple(args), axis_name)  # before the casts below
+    # Every input varies over axis_name's axes and every other axis any input varies over
+    # (a batch split over an axis the caller sums over itself), as JAX's own ops would cast
+    # them, before the custom_jvp, so that the loop's carries keep one type (a kernel
+    # gradient varying over "model" only came out varying over "data" too); the transposes
+    # of the casts psum the gradients of replicated inputs.
     found = {a for v in args if v is not None for a in varying_axes(v)}
-    vary_over = axes or tuple(sorted(found, key=str))
+    vary_over = tuple(dict.fromkeys((*axes, *sorted(found, key=str))))
     if vary_over:
         varied: list[Any] = [vary(v, vary_over) for v in args]
         args = _Args(*varied)

@@ -190,6 +190,21 @@ for mask, spec in [(rng.random((1, 24)) < 0.7, P(None, "model")),
         np.testing.assert_allclose(v1, v0, rtol=1e-12)
         for a, c in zip(g1, g0, strict=True):
             np.testing.assert_allclose(np.asarray(a), c, rtol=1e-12, atol=1e-15)
+# axis_name names the label axis only, the caller sums over the batch axis itself: the
+# kernel's and bias' gradients raised a loop-carry type error (varying over "model" in,
+# over both axes out).
+ref = lambda h, w, b: jaxbce.sigmoid_binary_cross_entropy(h @ w + b, dense, reduction="sum")
+v0, g0 = jax.value_and_grad(ref, argnums=(0, 1, 2))(h, w, b)
+local = lambda h, w, b, y: jax.lax.psum(
+    fused(h, w, y, bias=b, chunk_size=4, reduction="sum", axis_name="model"), "data")
+sm = jax.shard_map(local, mesh=mesh, out_specs=P(),
+                   in_specs=(P("data"), P(None, "model"), P("model"), P("data", "model")))
+args = (put(h, P("data")), put(w, P(None, "model")), put(b, P("model")),
+        put(dense, P("data", "model")))
+v1, g1 = jax.jit(jax.value_and_grad(sm, argnums=(0, 1, 2)))(*args)
+np.testing.assert_allclose(v1, v0, rtol=1e-12)
+for a, c in zip(g1, g0, strict=True):
+    np.testing.assert_allclose(np.asarray(a), c, rtol=1e-12, atol=1e-15)
 print("OK")
 """
 
@@ -199,5 +214,6 @@ def test_batch_and_label_axes_of_a_two_axis_mesh():
     axis_name=("data", "model"): sparse indices are offset along "model" only (they were
     read as local column indices, silently wrong), and value and gradients equal the
     unsharded loss, for sparse and dense labels; and for masks broadcast over the batch or
-    over the labels (JAX's psum refused their count, which varied along one axis only)."""
+    over the labels (JAX's psum refused their count, which varied along one axis only), and
+    with axis_name the label axis only and the caller's own psum over the batch axis."""
     _run_on_eight_devices(_TWO_AXIS_SCRIPT)
