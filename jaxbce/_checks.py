@@ -28,7 +28,7 @@ from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from jaxbce._reductions import REDUCTIONS
-from jaxbce._sharding import explicit_split_axis, replicated_along, varying_axes
+from jaxbce._sharding import explicit_split_axis, replicated_along, untracked, varying_axes
 
 #: The errors that :func:`with_value_checks` turns on: the library's own value checks.
 CHECKED_ERRORS = checkify.user_checks
@@ -279,6 +279,22 @@ def check_linear_operands(
             f"got shape {b_vec.shape}"
         )
     return h, w_mat, jnp.broadcast_to(b_vec, (n_labels,))
+
+
+def check_sparse_labels_offset(axes: tuple[Any, ...], axis_name: Any) -> None:
+    """Sparse labels with ``axis_name``: whether the kernel's columns are split over an axis
+    (and the indices must be offset along it) is read from the kernel's type, which
+    ``pmap``, ``vmap`` and ``shard_map(check_vma=False)`` do not give: there a split kernel
+    took global indices for local ones, a wrong loss with no error. Refused there."""
+    blind = untracked(axes)
+    if blind:
+        raise ValueError(
+            f"sparse labels (integer indices) with axis_name={axis_name!r}: whether the "
+            f"kernel's columns are split over {', '.join(map(repr, blind))} (and the indices "
+            f"offset along it) is read from shard_map's varying-axis types, which this "
+            f"context does not track (shard_map with check_vma=False, pmap or vmap). Keep "
+            f"shard_map's default check_vma=True, or pass dense (bool or float) labels"
+        )
 
 
 def check_sparse_labels(

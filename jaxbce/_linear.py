@@ -453,7 +453,8 @@ def linear_sigmoid_binary_cross_entropy(
     axes (labels that vary over them are refused): a kernel that varies over axes of
     ``axis_name`` has its columns offset by ``axis_index * L_local`` along those axes (name
     several in the order of the kernel's ``PartitionSpec``). (This uses ``shard_map``'s
-    varying-axis types, so keep its default ``check_vma=True``.) With a replicated kernel
+    varying-axis types: under ``check_vma=False``, ``pmap`` or ``vmap`` sparse labels with
+    ``axis_name`` are refused.) With a replicated kernel
     and the batch sharded instead, ``axis_name`` gives the global data-parallel sum or mean,
     as in the elementwise losses; on a 2-D mesh both at once, e.g.
     ``axis_name=("data", "model")`` with the batch split over ``"data"`` and the kernel's
@@ -507,6 +508,7 @@ def linear_sigmoid_binary_cross_entropy(
     y = checks.as_array("labels", labels)
     sparse = jnp.issubdtype(y.dtype, jnp.integer)
     if sparse:
+        checks.check_sparse_labels_offset(axes, axis_name)
         checks.check_sparse_labels(y, h.shape, n_labels, n_total, label_axes)
         if jnp.iinfo(y.dtype).bits < 32:
             # Row numbers, chunk starts and L itself must fit the indices' dtype: in int8,

@@ -52,13 +52,20 @@ def explicitly_split(x: jax.Array) -> bool:
     return explicit_split_axis(x) is not None
 
 
+def untracked(axes: tuple[Any, ...]) -> list[Any]:
+    """The axes of ``axes`` along which no value's type says whether it varies: ``pmap``,
+    ``vmap``, or ``shard_map`` with ``check_vma=False`` (there ``lax.axis_index`` does not
+    vary either)."""
+    return [ax for ax in axes if ax not in varying_axes(jax.lax.axis_index(ax))]
+
+
 def replicated_along(x: jax.Array, axes: tuple[Any, ...]) -> list[Any]:
     """The axes of ``axes`` along which ``x`` is the same on every device, as far as types
     tell: inside ``shard_map``, which tracks what varies (``check_vma``, its default: there
     ``lax.axis_index`` varies). Under ``pmap``, ``check_vma=False`` or ``vmap`` nothing can
     be told, and none is listed."""
-    tracked = [ax for ax in axes if ax in varying_axes(jax.lax.axis_index(ax))]
-    return [ax for ax in tracked if ax not in varying_axes(x)]
+    blind = untracked(axes)
+    return [ax for ax in axes if ax not in blind and ax not in varying_axes(x)]
 
 
 def varying_over(x: jax.Array, axes: tuple[Any, ...]) -> jax.Array:
