@@ -119,12 +119,14 @@ def check_broadcast(
     return arr
 
 
-def check_reduction(reduction: str, axis_name: Any = None) -> None:
-    """``reduction`` is one of :data:`~jaxbce._reductions.REDUCTIONS`, and ``axis_name``
-    (which sums over devices) comes with a sum or a mean: with ``"none"`` it would do
-    nothing, and a caller who wrote it expects something else."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+def check_reduction(
+    reduction: str, axis_name: Any = None, allowed: tuple[str, ...] = REDUCTIONS
+) -> None:
+    """``reduction`` is one of ``allowed`` (:data:`~jaxbce._reductions.REDUCTIONS`), and
+    ``axis_name`` (which sums over devices) comes with a sum or a mean: with ``"none"`` it
+    would do nothing, and a caller who wrote it expects something else."""
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {allowed}, got {reduction!r}")
     if reduction == "none" and axis_name is not None:
         raise ValueError(
             f"axis_name={axis_name!r} sums over devices, which reduction='none' does not "

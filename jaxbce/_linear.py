@@ -532,7 +532,7 @@ def linear_sigmoid_binary_cross_entropy(
             f'(batch, labels) = {shape} loss matrix this function exists to avoid; use "sum" '
             'or "mean", or sigmoid_binary_cross_entropy on the logits'
         )
-    checks.check_reduction(reduction)
+    checks.check_reduction(reduction, allowed=("sum", "mean"))
     checks.check_scalar_range("label_smoothing", label_smoothing, 0.0, 1.0)
     if chunk_size is None:
         # A symbolic batch (jax.export) has no size to plan for: plan for one of 1024 rows.
