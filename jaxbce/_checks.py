@@ -205,6 +205,48 @@ def check_unit_interval_values(name: str, arr: jax.Array, mask: jax.Array | None
     )
 
 
+def check_finite_weights(name: str, arr: jax.Array | None, mask: jax.Array | None) -> None:
+    """Checks that no weight of an included element is infinite (now if concrete, else when
+    checks are on): an infinite weight has no finite loss, and where a label makes its term
+    0 the product is 0 * inf (the cross-entropies returned NaN, PyTorch inf). ``mask`` is
+    the full-shape mask; a weight counts if any element it broadcasts to is included. A NaN
+    is not reported: it propagates, as a NaN logit does."""
+    if arr is None or arr.size == 0:
+        return
+    spread: tuple[int, ...] = ()
+    if mask is not None:
+        lead = mask.ndim - arr.ndim
+        spread = tuple(
+            k for k in range(mask.ndim) if k < lead or arr.shape[k - lead] != mask.shape[k]
+        )
+    message = f"{name} must be finite; the first infinite value, at flat index {{}}, is {{}}"
+    if is_concrete(arr) and is_concrete(mask):
+        # On the host: a weight is often a scalar, and each jnp operation of an eager check
+        # compiles a program of its own.
+        host = np.asarray(arr)
+        bad = np.isinf(host)
+        if mask is not None:
+            bad &= np.any(np.asarray(mask), axis=spread).reshape(arr.shape)
+        if bad.any():
+            k = int(np.argmax(bad.ravel()))
+            raise ValueError(message.format(k, host.ravel()[k].item()))
+        return
+
+    def flat_ok() -> jax.Array:
+        ok = ~jnp.isinf(arr)
+        if mask is not None:
+            ok = ok | ~jnp.any(mask, axis=spread).reshape(arr.shape)
+        return ok.ravel()
+
+    value_check(
+        (arr, mask),
+        lambda: jnp.all(flat_ok()),
+        message,
+        lambda: jnp.argmin(flat_ok()),
+        lambda: arr.ravel()[jnp.argmin(flat_ok())],
+    )
+
+
 def check_rows_not_split_by_type(name: str, x: jax.Array) -> None:
     """Refuses a pairwise loss input (``a`` or ``b``) whose rows are split over devices by
     its type (JAX's explicit sharding), without ``axis_name``: every anchor meets every

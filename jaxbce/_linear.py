@@ -469,7 +469,8 @@ def linear_sigmoid_binary_cross_entropy(
       bias: (L,) bias of the layer, or None.
       pos_weight: weight of the positive term, broadcasting to (B, L); an (L,) array weights
         each label, as in PyTorch.
-      weights: element weights broadcasting to (B, L).
+      weights: element weights broadcasting to (B, L); an infinite weight (or
+        ``pos_weight``) of an included element is refused.
       where: boolean mask broadcasting to (B, L); excluded elements contribute exactly 0 to
         the value and to every gradient, even where their inputs are NaN (a row excluded in
         every column, padding, has its features zeroed, and a column excluded in every row
@@ -519,11 +520,13 @@ def linear_sigmoid_binary_cross_entropy(
     pw = checks.check_broadcast("pos_weight", pos_weight, shape)
     wt = checks.check_broadcast("weights", weights, shape)
     mask = checks.check_broadcast("where", where, shape, boolean=True)
+    # Checked here, whole (concrete ones at once, traced ones only inside
+    # ``with_value_checks``), so that a bad value is reported by its flat index into the
+    # user's array, as in eager mode.
+    full_mask = None if mask is None else jnp.broadcast_to(mask, shape)
+    checks.check_finite_weights("weights", wt, full_mask)
+    checks.check_finite_weights("pos_weight", pw, full_mask)
     if not sparse:
-        # Checked here, whole (concrete ones at once, traced ones only inside
-        # ``with_value_checks``), so that a bad label is reported by its flat index into
-        # ``labels``, as in eager mode.
-        full_mask = None if mask is None else jnp.broadcast_to(mask, shape)
         checks.check_unit_interval_values("labels", y, full_mask)
     requested: str = reduction  # any string: callers need not be type-checked
     if requested == "none":

@@ -69,6 +69,8 @@ def _check(
     checks.check_reduction(reduction, axis_name)
     full_mask = None if mask is None else jnp.broadcast_to(mask, shape)
     checks.check_unit_interval_values("labels", y, full_mask)
+    checks.check_finite_weights("weights", w, full_mask)
+    checks.check_finite_weights("pos_weight", pw, full_mask)
     if kind == "probs":
         checks.check_unit_interval_values(pred_name, x, full_mask)
     return _Inputs(x, y, w, pw, mask)
@@ -326,9 +328,10 @@ def sigmoid_binary_cross_entropy(
       logits: real floating array of any shape. float16/bfloat16 are computed in float32
         and the result returned in the input dtype.
       labels: same shape as ``logits``; float (soft labels in [0, 1]), integer or bool.
-      weights: element weights that broadcast to ``logits.shape``.
+      weights: element weights that broadcast to ``logits.shape``; an infinite weight of
+        an included element is refused.
       pos_weight: weight of the positive term, broadcasting to ``logits.shape`` (a (C,)
-        array weights each class on the last axis, as in PyTorch).
+        array weights each class on the last axis, as in PyTorch); finite, as ``weights``.
       label_smoothing: :math:`\\epsilon \\in [0, 1]`; labels become
         :math:`y(1-\\epsilon)+\\epsilon/2`.
       where: boolean mask broadcasting to ``logits.shape``; excluded elements contribute
@@ -385,7 +388,8 @@ def binary_cross_entropy(
     Args:
       probs: probabilities in [0, 1], real floating dtype.
       labels: same shape as ``probs``; float in [0, 1], integer or bool.
-      weights: element weights broadcasting to ``probs.shape``.
+      weights: element weights broadcasting to ``probs.shape``; an infinite weight of an
+        included element is refused.
       label_smoothing: :math:`\\epsilon \\in [0, 1]`.
       where: boolean mask of included elements.
       reduction: ``"none"``, ``"sum"`` or ``"mean"``.
@@ -447,7 +451,8 @@ def sigmoid_focal_loss(
         refused.
       gamma: scalar focusing exponent, finite and ``>= 0``; 0 gives the (alpha-weighted)
         cross-entropy.
-      weights: element weights broadcasting to ``logits.shape``.
+      weights: element weights broadcasting to ``logits.shape``; an infinite weight of an
+        included element is refused.
       where: boolean mask of included elements.
       reduction: ``"none"``, ``"sum"`` or ``"mean"``.
       axis_name: mapped axis for a global "sum"/"mean" inside ``shard_map``/``pmap``

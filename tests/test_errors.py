@@ -68,6 +68,25 @@ def test_a_value_that_is_not_an_array_is_named(fn, which, value, seen):
         fn(args["predictions"], args["labels"], **kwargs)
 
 
+@pytest.mark.parametrize("fn, name", [(fn, "weights") for fn in FUNCTIONS] + [(BCE, "pos_weight")])
+def test_an_infinite_weight_of_an_included_element_is_refused(fn, name):
+    """An infinite weight gave NaN from the cross-entropies (0 * inf where a label makes a
+    term 0; PyTorch gives inf, the exact value is inf or undefined) and inf from the focal
+    loss; it is refused now, eagerly and under ``with_value_checks``, unless ``where``
+    excludes every element it weights (adversarial pass, 2026-11-27)."""
+    x, y = _inputs(fn, (3, 4))
+    w = np.ones(4, np.float32)
+    w[2] = np.inf
+    with pytest.raises(ValueError, match=rf"{name} must be finite; .* flat index 2, is inf"):
+        fn(x, y, **{name: w})
+    mask = np.ones((3, 4), bool)
+    mask[:, 2] = False
+    assert np.all(np.isfinite(fn(x, y, **{name: w}, where=mask)))
+    f = jax.jit(jaxbce.with_value_checks(lambda x, y, w: fn(x, y, **{name: w})))
+    with pytest.raises(Exception, match=rf"{name} must be finite"):
+        f(x, y, jnp.asarray(w))[0].throw()
+
+
 @pytest.mark.parametrize("fn", FUNCTIONS)
 def test_non_real_floating_predictions_are_rejected(fn):
     with pytest.raises(TypeError, match=r"must have a real floating dtype.*int32"):

@@ -527,6 +527,8 @@ def test_value_checks_name_the_bad_label_as_eager_does(sparse, flat):
         ({"labels": np.zeros((B + 1, K), np.int32)}, ValueError, r"sparse labels .* \(8, K\)"),
         ({"labels": np.zeros((B, L), np.int32)}, ValueError, "ambiguous"),
         ({"pos_weight": np.ones((L + 1,))}, ValueError, "pos_weight of shape"),
+        ({"pos_weight": np.full((L,), np.inf)}, ValueError, "pos_weight must be finite"),
+        ({"weights": np.full((B, 1), -np.inf)}, ValueError, "weights must be finite"),
         ({"where": np.ones((B, L))}, TypeError, "where must be a boolean mask"),
         ({"label_smoothing": 1.5}, ValueError, "label_smoothing must be in"),
         ({"chunk_size": 0}, ValueError, "chunk_size must be a positive int"),
