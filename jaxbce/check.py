@@ -426,8 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         metavar="FILE",
-        help="also write the report to FILE (as FILE.partial, renamed when the run is done: "
-        "an interrupted run leaves FILE as it was)",
+        help="also write the report to FILE, a new file (an existing one is never replaced; "
+        "written as FILE.partial and renamed when the run is done: an interrupted run "
+        "leaves no FILE)",
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -451,11 +452,15 @@ def main(argv: list[str] | None = None) -> int:
         os.path.isdir(args.out) or not os.path.isdir(os.path.dirname(os.path.abspath(args.out)))
     ):
         parser.error(f"--out {args.out!r}: expected a file in an existing folder")
-    # Written beside FILE and renamed over it when done (after every argument is checked): an
-    # interrupted run leaves FILE, a committed report perhaps, as it was.
+    # A new file only: a report is committed on purpose, never replaced by a run (one with
+    # --only or fewer samples would look like a full one). Written beside FILE and renamed
+    # when done (after every argument is checked): an interrupted run leaves no FILE.
     partial = f"{args.out}.partial" if args.out else None
+    for path in (args.out, partial):
+        if path and os.path.lexists(path):
+            parser.error(f"--out {args.out!r}: {path!r} exists, and is never replaced")
     try:
-        out = open(partial, "w") if partial else None
+        out = open(partial, "x") if partial else None
     except OSError as err:  # unwritable: refused before measuring, not after
         parser.error(f"--out {args.out!r}: cannot write {partial!r}: {err.strerror}")
     try:

@@ -195,11 +195,10 @@ def test_exhaustive_runs_end_to_end_on_a_restricted_set(tmp_path, capsys):
     assert status == (0 if all(row.endswith("yes") for row in rows) else 1)
 
 
-def test_an_interrupted_run_leaves_the_out_file_as_it_was(tmp_path, monkeypatch):
+def test_an_interrupted_run_leaves_no_out_file(tmp_path, monkeypatch):
     # --out emptied FILE before measuring: interrupting a run into a committed report
-    # (docs/results/) lost it. Now the report goes to FILE.partial until the run is done.
+    # (docs/results/) lost it. The report goes to FILE.partial until the run is done.
     out_file = tmp_path / "report.txt"
-    out_file.write_text("the committed report\n")
 
     def interrupted(args, chosen, out):
         out.write("first line\n")
@@ -208,8 +207,21 @@ def test_an_interrupted_run_leaves_the_out_file_as_it_was(tmp_path, monkeypatch)
     monkeypatch.setattr(check, "_report", interrupted)
     with pytest.raises(KeyboardInterrupt):
         check.main(["--only", "bfloat16 y=1", "--no-progress", "--out", str(out_file)])
-    assert out_file.read_text() == "the committed report\n"
+    assert not out_file.exists()
     assert (tmp_path / "report.txt.partial").read_text() == "first line\n"
+
+
+@pytest.mark.parametrize("existing", ["report.txt", "report.txt.partial"])
+def test_an_existing_out_file_is_never_replaced(tmp_path, capsys, existing):
+    # A finished run replaced FILE, and a run restricted by --only or --samples wrote a
+    # report that looks like a full one over the committed report (adversarial pass,
+    # 2026-11-27); an existing FILE.partial was truncated.
+    (tmp_path / existing).write_text("committed")
+    with pytest.raises(SystemExit) as exit_info:
+        check.main(["--only", "bfloat16 y=1", "--out", str(tmp_path / "report.txt")])
+    assert exit_info.value.code == 2
+    assert "exists, and is never replaced" in capsys.readouterr().err
+    assert (tmp_path / existing).read_text() == "committed"
 
 
 def test_quick_check_says_check_grads_did_not_run_and_grads_runs_it(capsys):
@@ -304,18 +316,6 @@ def test_an_out_that_cannot_be_a_file_is_refused_before_measuring(tmp_path, caps
         check.main(["--only", "bfloat16 y=1", "--out", str(tmp_path / where)])
     assert exit_info.value.code == 2
     assert "expected a file in an existing folder" in capsys.readouterr().err
-
-
-def test_an_out_that_cannot_be_written_is_refused_before_measuring(tmp_path, capsys):
-    # An existing folder that cannot take FILE.partial (here a folder is in its way) was a
-    # traceback, exit status 1; FILE is left as it was.
-    (tmp_path / "report.txt").write_text("committed")
-    (tmp_path / "report.txt.partial").mkdir()
-    with pytest.raises(SystemExit) as exit_info:
-        check.main(["--only", "bfloat16 y=1", "--out", str(tmp_path / "report.txt")])
-    assert exit_info.value.code == 2
-    assert "cannot write" in capsys.readouterr().err
-    assert (tmp_path / "report.txt").read_text() == "committed"
 
 
 def _reference_points(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
