@@ -21,8 +21,8 @@ Prints a table per size, then the pass/fail lines of the targets, and writes
 ``<backend>[-<kind>]-<YYYY-MM-DD>.json`` and ``.png`` (time per element against N; none for
 ``--linear-only``) into ``runs/bench/`` (ignored by git), into ``--out DIR``, or with
 ``--save`` into ``benchmarks/results/``. The kind (``quick``, ``custom``, ``linear``, ...;
-none for a full run) is also recorded in the JSON, and a run never replaces the files of
-another kind of run.
+none for a full run) is also recorded in the JSON. A run never replaces a file outside
+``runs/bench/``, nor there the files of another kind of run.
 """
 
 from __future__ import annotations

@@ -166,9 +166,22 @@ def test_runs_write_where_git_ignores_them_unless_saved() -> None:
     assert file_stem("cpu", "full", "2026-01-01") == "cpu-2026-01-01"
 
 
-def test_results_of_another_kind_are_never_replaced(tmp_path: Path) -> None:
+def test_results_are_never_replaced_outside_runs(tmp_path: Path) -> None:
+    # Two runs of one kind on one day, the second with other settings, replaced the first
+    # in any folder, benchmarks/results/ too (adversarial pass, 2026-11-27).
     from bench.results import check_replaceable
 
+    check_replaceable(tmp_path, "cpu-2026-01-01", "full")  # Nothing there yet.
+    (tmp_path / "cpu-2026-01-01.json").write_text(json.dumps({"kind": "full"}))
+    with pytest.raises(FileExistsError, match="never replaced outside runs/bench/"):
+        check_replaceable(tmp_path, "cpu-2026-01-01", "full")
+
+
+def test_results_of_another_kind_are_never_replaced(tmp_path: Path, monkeypatch) -> None:
+    import bench.results
+    from bench.results import check_replaceable
+
+    monkeypatch.setattr(bench.results, "RUNS_DIR", tmp_path)  # the scratch folder
     check_replaceable(tmp_path, "cpu-2026-01-01", "full")  # Nothing there yet.
     (tmp_path / "cpu-2026-01-01.json").write_text(json.dumps({"kind": "full"}))
     check_replaceable(tmp_path, "cpu-2026-01-01", "full")  # The same kind: a rerun.
@@ -205,7 +218,7 @@ def test_script_refuses_before_running(tmp_path: Path) -> None:
     stem = file_stem("cpu", "quick", today_utc())
     (tmp_path / f"{stem}.json").write_text(json.dumps({"kind": "full"}))
     proc = _refused("--quick", "--out", str(tmp_path))
-    assert "holds a full run: a quick run does not replace it" in proc.stderr
+    assert "exists and is never replaced outside runs/bench/" in proc.stderr
     assert json.loads((tmp_path / f"{stem}.json").read_text()) == {"kind": "full"}
 
 
@@ -343,7 +356,7 @@ def test_pairwise_refuses_before_running(tmp_path: Path) -> None:
     (tmp_path / f"{stem}.json").write_text(json.dumps({"kind": "full"}))
     proc = _run_pairwise("--devices", "2", "--out", str(tmp_path))
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "holds a full run: a pairwise run does not replace it" in proc.stderr
+    assert "exists and is never replaced outside runs/bench/" in proc.stderr
     assert "devices done" not in proc.stderr
     assert json.loads((tmp_path / f"{stem}.json").read_text()) == {"kind": "full"}
 

@@ -3,8 +3,9 @@
 A run writes into ``runs/bench/`` (ignored by git) unless given another folder; only an
 explicit save writes into ``benchmarks/results/``, where the committed results live. File
 names carry the kind of run (:attr:`bench.config.RunConfig.kind`): ``cpu-quick-<date>``,
-``cpu-linear-<date>``, ...; a full run keeps the plain ``cpu-<date>``. A file that holds a
-different kind of run, or records no kind, is never replaced.
+``cpu-linear-<date>``, ...; a full run keeps the plain ``cpu-<date>``. Outside ``runs/bench/``
+no file is ever replaced (two runs of one kind on one day, the second with other settings,
+replaced the first, committed or not); inside it a rerun replaces a run of its own kind.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def file_stem(backend: str, kind: str, date: str) -> str:
 
 
 def check_replaceable(out: Path, stem: str, kind: str) -> None:
-    """Refuses to let a run of ``kind`` replace files of another kind of run.
+    """Refuses to let a run replace a file: any, outside :data:`RUNS_DIR`; there, one of
+    another kind of run.
 
     Args:
       out: The output folder.
@@ -57,10 +59,15 @@ def check_replaceable(out: Path, stem: str, kind: str) -> None:
       kind: The kind of the run about to write.
 
     Raises:
-      FileExistsError: If ``<stem>.json`` or ``<stem>.png`` exists and the JSON does not
-        record a run of the same kind.
+      FileExistsError: If ``<stem>.json`` or ``<stem>.png`` exists, outside
+        :data:`RUNS_DIR` or where the JSON does not record a run of the same kind.
     """
     json_path, png_path = out / f"{stem}.json", out / f"{stem}.png"
+    if out.resolve() != RUNS_DIR.resolve() and (json_path.exists() or png_path.exists()):
+        raise FileExistsError(
+            f"{json_path if json_path.exists() else png_path} exists and is never replaced "
+            "outside runs/bench/. Write elsewhere with --out DIR, or move that file first."
+        )
     if json_path.exists():
         try:
             found = json.loads(json_path.read_text()).get("kind")
