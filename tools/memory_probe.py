@@ -1,7 +1,8 @@
 """XLA temp bytes of ``value_and_grad`` of the mean loss over shapes and dtypes, per backend.
 
 Prints one line per (shape, logits dtype, labels dtype): jaxbce's and optax's temp bytes in
-units of 4N; with ``--hlo FILE`` writes the optimized HLO of the first shape's programs.
+units of 4N (optax given labels of the logits' dtype, whatever the row's labels dtype); with
+``--hlo FILE`` (a new file) writes the optimized HLO of the first shape's programs.
 
     python tools/memory_probe.py [--hlo FILE]
 """
@@ -9,6 +10,7 @@ units of 4N; with ``--hlo FILE`` writes the optimized HLO of the first shape's p
 from __future__ import annotations
 
 import argparse
+import os
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +24,10 @@ DTYPES = [(jnp.float32, jnp.float32), (jnp.float32, jnp.bool_), (jnp.bfloat16, j
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--hlo", default=None)
+    parser.add_argument("--hlo", default=None, metavar="FILE", help="a new file (never replaced)")
     args = parser.parse_args()
+    if args.hlo and os.path.lexists(args.hlo):
+        parser.error(f"--hlo {args.hlo!r} exists, and is never replaced")
     ours = jax.jit(
         jax.value_and_grad(lambda z, y: jaxbce.sigmoid_binary_cross_entropy(z, y, reduction="mean"))
     )
@@ -44,11 +48,15 @@ def main() -> None:
             ta = a.memory_analysis().temp_size_in_bytes
             tb = b.memory_analysis().temp_size_in_bytes
             name = f"{shape} {jnp.dtype(zt).name}/{jnp.dtype(yt).name}"
-            print(f"{name:36s} jaxbce {ta / (4 * n):6.3f} x 4N, optax {tb / (4 * n):6.3f} x 4N")
+            # optax is given labels of the logits' dtype, whatever the row's labels dtype.
+            print(
+                f"{name:36s} jaxbce {ta / (4 * n):6.3f} x 4N, "
+                f"optax ({jnp.dtype(zt).name} labels) {tb / (4 * n):6.3f} x 4N"
+            )
             if shape == SHAPES[0]:
                 texts.append(f"==== jaxbce {name}\n{a.as_text()}")
     if args.hlo:
-        with open(args.hlo, "w") as f:
+        with open(args.hlo, "x") as f:
             f.write("\n".join(texts))
 
 
