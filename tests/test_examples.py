@@ -315,6 +315,23 @@ def test_resume_refuses_other_settings(tmp_path: Path, capsys: pytest.CaptureFix
     assert "lr: 0.003 -> 0.1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("found", ["user files", "corrupt config"])
+def test_an_out_folder_that_is_not_a_run_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], found: str
+) -> None:
+    # A folder with files but no config.json had them replaced by the run's metrics.json
+    # and history.csv; a corrupt config.json was a JSONDecodeError traceback (adversarial
+    # pass, 2026-11-27).
+    mine = tmp_path / ("metrics.json" if found == "user files" else "config.json")
+    mine.write_text('{"my": "results"}' if found == "user files" else '{"broken')
+    with pytest.raises(SystemExit) as exit_info:
+        binary_classifier.main(["--steps", "10", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert ("no config.json" if found == "user files" else "is not a run's settings") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name]
+
+
 def test_resume_refuses_the_same_data_path_with_other_contents(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

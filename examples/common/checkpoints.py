@@ -126,15 +126,25 @@ def check_out_dir(out: Path, settings: dict[str, Any]) -> None:
       settings: This run's :func:`~common.config.recorded_settings`.
 
     Raises:
-      ConfigError: ``out`` holds a run with other settings; the message lists them.
+      ConfigError: ``out`` holds a run with other settings (the message lists them), an
+        unreadable ``config.json``, or other files and no ``config.json`` (a folder that is
+        not a run's: its files would be replaced).
     """
     path = out / "config.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path} is not a run's settings ({e}); use a new --out") from None
         changed = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k))
         if changed:
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in changed)
             raise ConfigError(f"{out} holds a run with other settings ({diffs}); use a new --out")
+    elif out.is_dir() and any(out.iterdir()):
+        raise ConfigError(
+            f"--out {out} holds files but no config.json, so no run of these examples wrote "
+            "it, and its files would be replaced; use a new or empty --out"
+        )
     elif is_main_process():
         try:
             out.mkdir(parents=True, exist_ok=True)
