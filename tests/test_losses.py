@@ -688,3 +688,16 @@ def test_the_summed_value_pass_loses_flushed_tails_as_the_readme_says():
     assert f"{each:.2g}" == "3.7e-33"
     flushes = jax.default_backend() == "cpu"
     assert (float(BCE(z, y, weights=1e6, reduction="sum")) == 0.0) == flushes
+
+
+def test_the_readmes_weighted_element_beyond_the_flush_band():
+    """README, "Faithfully rounded": weight 1e6 at z = 88.5 with the right label is 3.7e-33
+    elementwise, and on XLA:CPU, which flushes the subnormal exp(-|z|) of the sum's value
+    pass before the weight scales it, 0 in a "sum" (a device that keeps subnormals sums
+    the element)."""
+    z, y = jnp.float32(88.5), jnp.float32(1.0)
+    none = float(BCE(z, y, weights=1e6))
+    summed = float(BCE(z, y, weights=1e6, reduction="sum"))
+    assert none == pytest.approx(1e6 * float(mpmath.log1p(mpmath.exp(-88.5))), rel=1e-6)
+    assert f"{none:.1e}" == "3.7e-33"
+    assert summed == (0.0 if jax.default_backend() == "cpu" else pytest.approx(none, rel=1e-5))
