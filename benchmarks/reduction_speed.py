@@ -38,11 +38,12 @@ def losses_at(ref: str):
         capture_output=True,
         text=True,
     ).stdout
-    path = Path(tempfile.mkdtemp()) / "_losses_ref.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("_losses_ref", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as folder:  # removed once the module is loaded
+        path = Path(folder) / "_losses_ref.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("_losses_ref", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
 
 
@@ -52,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log2n", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
+    # The inputs are (N / 16384, 16384): a smaller N made them empty, and the table timed
+    # nothing; no rounds made it NaN.
+    if not 14 <= args.log2n <= 30:
+        parser.error(
+            f"--log2n must be in [14, 30] (N = 2^14 is one row of 16384), got {args.log2n}"
+        )
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     n = 2**args.log2n
     rng = np.random.default_rng(0)
     z = jax.numpy.asarray((3 * rng.standard_normal((n // 16384, 16384))).astype(np.float32))
