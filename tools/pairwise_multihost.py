@@ -80,7 +80,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3:
+    if len(sys.argv) == 3 and all(a.isdigit() for a in sys.argv[1:]):  # a worker it started
         worker(int(sys.argv[1]), int(sys.argv[2]))
+    elif len(sys.argv) > 1:  # it takes no arguments: --help printed this and ran nothing
+        print(__doc__.strip())
+        sys.exit(0 if sys.argv[1:] in (["-h"], ["--help"]) else 2)
     else:
         main()
