@@ -137,23 +137,38 @@ def check_reduction(
 
 def value_check(
     checked_values: tuple[Any, ...],
-    ok: Callable[[], Any],
+    ok: Callable[..., Any],
     message: str,
-    *details: Callable[[], Any],
+    *details: Callable[..., Any],
 ) -> None:
-    """Asserts ``ok()``: a ``ValueError`` now if ``checked_values`` are concrete, else a
-    run-time check, emitted only while :func:`with_value_checks` traces (nothing otherwise).
+    """Asserts ``ok(xp, *checked_values)``: a ``ValueError`` now if ``checked_values`` are
+    concrete, else a run-time check, emitted only while :func:`with_value_checks` traces
+    (nothing otherwise).
 
+    ``ok`` and ``details`` take the array module ``xp`` and the values: NumPy and the values
+    on the host when they are concrete, ``jax.numpy`` and the traced values otherwise.
+    Concrete values may still meet a trace (inside ``jit``, ``hessian`` or ``shard_map``),
+    where every ``jax.numpy`` operation is traced: inside ``shard_map(check_vma=False)`` even
+    ``ensure_compile_time_eval`` gave a tracer, and ``bool`` of it failed for every call.
     ``message`` has one ``{}`` per entry of ``details``: functions computing the offending
     values, called only when they are needed.
     """
     if all(is_concrete(v) for v in checked_values):
-        # Concrete values may still meet a trace (inside jit or hessian): evaluate them now.
+        xp: Any = np
+        values: list[Any] = list(checked_values)
+        if all(getattr(v, "is_fully_addressable", True) for v in checked_values):
+            values = [None if v is None else np.asarray(v) for v in checked_values]
+        else:
+            # A global array of several processes has no host copy: evaluated as before, on
+            # the devices (fine wherever the values are not traced, as in an eager call).
+            xp = jnp
         with jax.ensure_compile_time_eval():
-            if not bool(ok()):
-                raise ValueError(message.format(*(np.asarray(d()).item() for d in details)))
+            if not bool(ok(xp, *values)):
+                found = (np.asarray(d(xp, *values)).item() for d in details)
+                raise ValueError(message.format(*found))
     elif _RUNTIME_CHECKS.get():
-        checkify.debug_check(ok(), message, *(d() for d in details))
+        traced = checked_values
+        checkify.debug_check(ok(jnp, *traced), message, *(d(jnp, *traced) for d in details))
 
 
 def check_scalar_range(
@@ -178,72 +193,60 @@ def check_scalar_range(
         expected = f"a finite number >= {low}" if high == float("inf") else f"in [{low}, {high}]"
     value_check(
         (value,),
-        lambda: (value >= low) & (value <= high) & jnp.isfinite(value),
+        lambda xp, v: (v >= low) & (v <= high) & xp.isfinite(v),
         f"{name} must be {expected}, got {{}}",
-        lambda: value,
+        lambda xp, v: v,
     )
 
 
 def check_unit_interval_values(name: str, arr: jax.Array, mask: jax.Array | None) -> None:
     """Checks that no included value is outside [0, 1]: now if concrete, else when checks are on.
 
-    A NaN is not reported: it propagates to the loss, as a NaN logit does.
+    ``mask`` broadcasts to ``arr``'s shape. A NaN is not reported: it propagates to the
+    loss, as a NaN logit does.
     """
     if arr.dtype == jnp.bool_ or arr.size == 0:
         return
 
-    def flat_ok() -> jax.Array:
-        ok = ~((arr < 0) | (arr > 1))
-        return (ok if mask is None else ok | ~mask).ravel()
+    def flat_ok(xp: Any, a: Any, m: Any) -> Any:
+        ok = ~((a < 0) | (a > 1))
+        return (ok if m is None else ok | ~xp.broadcast_to(m, a.shape)).ravel()
 
     value_check(
         (arr, mask),
-        lambda: jnp.all(flat_ok()),
+        lambda xp, a, m: xp.all(flat_ok(xp, a, m)),
         f"{name} must lie in [0, 1]; the first value outside, at flat index {{}}, is {{}}",
-        lambda: jnp.argmin(flat_ok()),
-        lambda: arr.ravel()[jnp.argmin(flat_ok())],
+        lambda xp, a, m: xp.argmin(flat_ok(xp, a, m)),
+        lambda xp, a, m: a.ravel()[xp.argmin(flat_ok(xp, a, m))],
     )
 
 
-def check_finite_weights(name: str, arr: jax.Array | None, mask: jax.Array | None) -> None:
+def check_finite_weights(
+    name: str, arr: jax.Array | None, mask: jax.Array | None, shape: tuple[int, ...]
+) -> None:
     """Checks that no weight of an included element is infinite (now if concrete, else when
     checks are on): an infinite weight has no finite loss, and where a label makes its term
-    0 the product is 0 * inf (the cross-entropies returned NaN, PyTorch inf). ``mask`` is
-    the full-shape mask; a weight counts if any element it broadcasts to is included. A NaN
-    is not reported: it propagates, as a NaN logit does."""
+    0 the product is 0 * inf (the cross-entropies returned NaN, PyTorch inf). ``arr`` and
+    ``mask`` broadcast to ``shape``; a weight counts if any element it broadcasts to is
+    included. A NaN is not reported: it propagates, as a NaN logit does."""
     if arr is None or arr.size == 0:
         return
-    spread: tuple[int, ...] = ()
-    if mask is not None:
-        lead = mask.ndim - arr.ndim
-        spread = tuple(
-            k for k in range(mask.ndim) if k < lead or arr.shape[k - lead] != mask.shape[k]
-        )
-    message = f"{name} must be finite; the first infinite value, at flat index {{}}, is {{}}"
-    if is_concrete(arr) and is_concrete(mask):
-        # On the host: a weight is often a scalar, and each jnp operation of an eager check
-        # compiles a program of its own.
-        host = np.asarray(arr)
-        bad = np.isinf(host)
-        if mask is not None:
-            bad &= np.any(np.asarray(mask), axis=spread).reshape(arr.shape)
-        if bad.any():
-            k = int(np.argmax(bad.ravel()))
-            raise ValueError(message.format(k, host.ravel()[k].item()))
-        return
+    lead = len(shape) - arr.ndim
+    spread = tuple(k for k in range(len(shape)) if k < lead or arr.shape[k - lead] != shape[k])
 
-    def flat_ok() -> jax.Array:
-        ok = ~jnp.isinf(arr)
-        if mask is not None:
-            ok = ok | ~jnp.any(mask, axis=spread).reshape(arr.shape)
+    def flat_ok(xp: Any, a: Any, m: Any) -> Any:
+        ok = ~xp.isinf(a)
+        if m is not None:
+            ok = ok | ~xp.any(xp.broadcast_to(m, shape), axis=spread).reshape(a.shape)
         return ok.ravel()
 
     value_check(
         (arr, mask),
-        lambda: jnp.all(flat_ok()),
-        message,
-        lambda: jnp.argmin(flat_ok()),
-        lambda: arr.ravel()[jnp.argmin(flat_ok())],
+        lambda xp, a, m: xp.all(flat_ok(xp, a, m)),
+        f"{name} must be finite in {arr.dtype}; the first infinite value, at flat index {{}}, "
+        "is {}",
+        lambda xp, a, m: xp.argmin(flat_ok(xp, a, m)),
+        lambda xp, a, m: a.ravel()[xp.argmin(flat_ok(xp, a, m))],
     )
 
 
@@ -387,16 +390,16 @@ def check_sparse_labels(
         )
     if y.size:
 
-        def in_range() -> jax.Array:  # widened: n_total may not fit an int8
-            return (y.astype(jnp.promote_types(y.dtype, jnp.int32)) < n_total).ravel()
+        def in_range(xp: Any, v: Any) -> Any:  # widened: n_total may not fit an int8
+            return (v.astype(jnp.promote_types(v.dtype, jnp.int32)) < n_total).ravel()
 
         value_check(
             (y,),
-            lambda: jnp.all(in_range()),
+            lambda xp, v: xp.all(in_range(xp, v)),
             f"sparse label indices must be below the number of labels ({n_total}); "
             "the first that is not, at flat index {}, is {}",
-            lambda: jnp.argmin(in_range()),
-            lambda: y.ravel()[jnp.argmin(in_range())],
+            lambda xp, v: xp.argmin(in_range(xp, v)),
+            lambda xp, v: v.ravel()[xp.argmin(in_range(xp, v))],
         )
 
 

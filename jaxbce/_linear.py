@@ -523,11 +523,10 @@ def linear_sigmoid_binary_cross_entropy(
     # Checked here, whole (concrete ones at once, traced ones only inside
     # ``with_value_checks``), so that a bad value is reported by its flat index into the
     # user's array, as in eager mode.
-    full_mask = None if mask is None else jnp.broadcast_to(mask, shape)
-    checks.check_finite_weights("weights", wt, full_mask)
-    checks.check_finite_weights("pos_weight", pw, full_mask)
+    checks.check_finite_weights("weights", wt, mask, shape)
+    checks.check_finite_weights("pos_weight", pw, mask, shape)
     if not sparse:
-        checks.check_unit_interval_values("labels", y, full_mask)
+        checks.check_unit_interval_values("labels", y, mask)
     requested: str = reduction  # any string: callers need not be type-checked
     if requested == "none":
         raise ValueError(

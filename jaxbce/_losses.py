@@ -67,12 +67,11 @@ def _check(
     pw = checks.check_broadcast("pos_weight", pos_weight, shape)
     mask = checks.check_broadcast("where", where, shape, boolean=True)
     checks.check_reduction(reduction, axis_name)
-    full_mask = None if mask is None else jnp.broadcast_to(mask, shape)
-    checks.check_unit_interval_values("labels", y, full_mask)
-    checks.check_finite_weights("weights", w, full_mask)
-    checks.check_finite_weights("pos_weight", pw, full_mask)
+    checks.check_unit_interval_values("labels", y, mask)
+    checks.check_finite_weights("weights", w, mask, shape)
+    checks.check_finite_weights("pos_weight", pw, mask, shape)
     if kind == "probs":
-        checks.check_unit_interval_values(pred_name, x, full_mask)
+        checks.check_unit_interval_values(pred_name, x, mask)
     return _Inputs(x, y, w, pw, mask)
 
 

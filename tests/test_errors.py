@@ -77,7 +77,7 @@ def test_an_infinite_weight_of_an_included_element_is_refused(fn, name):
     x, y = _inputs(fn, (3, 4))
     w = np.ones(4, np.float32)
     w[2] = np.inf
-    with pytest.raises(ValueError, match=rf"{name} must be finite; .* flat index 2, is inf"):
+    with pytest.raises(ValueError, match=rf"{name} must be finite in float32; .* index 2, is inf"):
         fn(x, y, **{name: w})
     mask = np.ones((3, 4), bool)
     mask[:, 2] = False

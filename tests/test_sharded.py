@@ -223,6 +223,23 @@ _REPLICATED_SCRIPT = textwrap.dedent(
                     continue
                 ok = all(np.allclose(g, o, rtol=1e-6, atol=1e-7) for g, o in zip(got, one))
                 results[key] = "ok" if ok else f"{got} against {one} on one device"
+    # shard_map(check_vma=False), the batch split: every loss raised TracerBoolConversionError
+    # from the checks of its concrete options (label_smoothing=0.0), whatever the reduction.
+    for name, (x, make) in losses.items():
+        for red in ("sum", "mean"):
+            key = f"{name}-untracked-{red}"
+            one = jax.value_and_grad(make(red, None))(x, y)
+            sm = jax.shard_map(make(red, "data"), mesh=mesh1, in_specs=(P("data"), P("data")),
+                               out_specs=P(), check_vma=False)
+            try:  # not under jit: there the checks had met no shard_map tracer
+                got = jax.value_and_grad(sm)(x, y)
+            except Exception as err:
+                results[key] = f"{type(err).__name__}: {err}"[:300]
+                continue
+            # Without the types, the gradient of a replicated-out loss is not summed by
+            # shard_map: the value is compared, and the gradient's finiteness.
+            ok = np.allclose(got[0], one[0], rtol=1e-6) and np.all(np.isfinite(got[1]))
+            results[key] = "ok" if ok else f"{got[0]} against {one[0]} on one device"
     print("RESULTS " + json.dumps(results))
     """
 )
@@ -231,6 +248,19 @@ _REPLICATED_SCRIPT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def replicated_results():
     return script_results(_REPLICATED_SCRIPT, timeout=600)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("name", ["bce", "probs", "focal", "linear"])
+def test_losses_run_inside_shard_map_without_varying_axis_types(
+    replicated_results, name, reduction
+):
+    """``shard_map(..., check_vma=False)`` called outside ``jit``: every loss raised
+    TracerBoolConversionError from checking its concrete options (``value_check``'s
+    ``bool`` of a ``ShardMapTracer``, which ``ensure_compile_time_eval`` did not avoid
+    there; found reviewing 2026-11-27's changes); the checks of concrete values run in
+    NumPy on the host now. The value is the one-device loss."""
+    assert replicated_results[f"{name}-untracked-{reduction}"] == "ok"
 
 
 @pytest.mark.parametrize("layout", ["1d", "2d"])
