@@ -135,6 +135,11 @@ def check_reduction(
         )
 
 
+#: Concrete values up to this size are checked on the host (a scalar option's check was a
+#: compiled program per operation); larger ones on their devices (no copy to the host).
+_HOST_CHECK_SIZE = 2**16
+
+
 def value_check(
     checked_values: tuple[Any, ...],
     ok: Callable[..., Any],
@@ -145,25 +150,27 @@ def value_check(
     concrete, else a run-time check, emitted only while :func:`with_value_checks` traces
     (nothing otherwise).
 
-    ``ok`` and ``details`` take the array module ``xp`` and the values: NumPy and the values
-    on the host when they are concrete, ``jax.numpy`` and the traced values otherwise.
-    Concrete values may still meet a trace (inside ``jit``, ``hessian`` or ``shard_map``),
-    where every ``jax.numpy`` operation is traced: inside ``shard_map(check_vma=False)`` even
-    ``ensure_compile_time_eval`` gave a tracer, and ``bool`` of it failed for every call.
+    ``ok`` and ``details`` take the array module ``xp`` and the values: ``jax.numpy``, or
+    NumPy and the values on the host (concrete values up to :data:`_HOST_CHECK_SIZE`, and
+    any whose ``jax.numpy`` check a trace keeps traced: inside ``shard_map(check_vma=False)``
+    even ``ensure_compile_time_eval`` gave a tracer, and ``bool`` of it failed for every
+    call). A global array of several processes has no host copy and stays on its devices.
     ``message`` has one ``{}`` per entry of ``details``: functions computing the offending
     values, called only when they are needed.
     """
     if all(is_concrete(v) for v in checked_values):
-        xp: Any = np
+        on_host = all(getattr(v, "is_fully_addressable", True) for v in checked_values)
+        small = all(v is None or np.size(v) <= _HOST_CHECK_SIZE for v in checked_values)
+        xp: Any = jnp
         values: list[Any] = list(checked_values)
-        if all(getattr(v, "is_fully_addressable", True) for v in checked_values):
-            values = [None if v is None else np.asarray(v) for v in checked_values]
-        else:
-            # A global array of several processes has no host copy: evaluated as before, on
-            # the devices (fine wherever the values are not traced, as in an eager call).
-            xp = jnp
         with jax.ensure_compile_time_eval():
-            if not bool(ok(xp, *values)):
+            passed = None if on_host and small else ok(jnp, *values)
+            if passed is None or (on_host and isinstance(passed, jax.core.Tracer)):
+                # Small values, and values that a trace would not let go (shard_map with
+                # check_vma=False), on the host; large ones stay on their devices.
+                xp, values = np, [None if v is None else np.asarray(v) for v in values]
+                passed = ok(np, *values)
+            if not bool(passed):
                 found = (np.asarray(d(xp, *values)).item() for d in details)
                 raise ValueError(message.format(*found))
     elif _RUNTIME_CHECKS.get():
