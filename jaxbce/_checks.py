@@ -346,8 +346,10 @@ def check_sparse_labels_offset(axes: tuple[Any, ...], axis_name: Any) -> None:
             f"sparse labels (integer indices) with axis_name={axis_name!r}: whether the "
             f"kernel's columns are split over {', '.join(map(repr, blind))} (and the indices "
             f"offset along it) is read from shard_map's varying-axis types, which this "
-            f"context does not track (shard_map with check_vma=False, pmap or vmap). Keep "
-            f"shard_map's default check_vma=True, or pass dense (bool or float) labels"
+            f"context does not track (shard_map with check_vma=False, pmap or vmap). Call "
+            f"the loss inside jax.shard_map with its default check_vma=True (a data-parallel "
+            f"pmap with a replicated kernel becomes shard_map with in_specs P(axis) for the "
+            f"batch and P() for the kernel), or pass dense (bool or float) labels"
         )
 
 

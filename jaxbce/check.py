@@ -469,7 +469,17 @@ def main(argv: list[str] | None = None) -> int:
         if out:
             out.close()
     if partial:
-        os.replace(partial, args.out)
+        try:  # a link fails where FILE appeared during the run: never replaced
+            os.link(partial, args.out)
+            os.remove(partial)
+        except FileExistsError:
+            print(f"--out {args.out!r} appeared during the run; the report is {partial!r}")
+            return 1
+        except OSError:  # a file system without hard links
+            if os.path.lexists(args.out):
+                print(f"--out {args.out!r} appeared during the run; the report is {partial!r}")
+                return 1
+            os.replace(partial, args.out)
     return status
 
 
