@@ -69,11 +69,6 @@ def tangent(grads: Sequence[jax.Array | None], tangents: Iterable[Any], dtype: A
     return total
 
 
-def axis_tuple(axis_name: Any) -> tuple[Any, ...]:
-    """``axis_name`` (one mesh axis or a tuple of them) as a tuple."""
-    return axis_name if isinstance(axis_name, tuple) else (axis_name,)
-
-
 def vary(x: Any, axes: tuple[Any, ...]) -> Any:
     """``x`` (or None) marked as varying over every axis of ``axes`` (``shard_map``'s
     ``pcast``), so that it may be combined with values that vary over them."""

@@ -51,7 +51,6 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from jaxbce import _checks as checks
 from jaxbce._fused import (
-    axis_tuple,
     tangent,
     vary,
     whole_call,
@@ -59,6 +58,7 @@ from jaxbce._fused import (
 )
 from jaxbce._losses import sigmoid_binary_cross_entropy
 from jaxbce._sharding import (
+    axis_tuple,
     check_sum_is_split,
     explicit_spec,
     explicit_split_axis,

@@ -59,13 +59,13 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from jaxbce import _checks as checks
 from jaxbce._fused import (
-    axis_tuple,
     tangent,
     vary,
     whole_call,
     zeros_varying_as,
 )
 from jaxbce._kernels import nll, nll_bwd
+from jaxbce._sharding import axis_tuple
 
 #: Without ``axis_name`` and ``block_size``, the (B, B) logits are formed whole (plain
 #: autodiff, every transformation) up to this many elements (16 MiB in float32).

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbce._sharding import check_sum_is_split, explicitly_split, varying_over
+from jaxbce._sharding import axis_tuple, check_sum_is_split, explicitly_split, varying_over
 
 Reduction = Literal["none", "sum", "mean"]
 REDUCTIONS: tuple[str, ...] = ("none", "sum", "mean")
@@ -72,7 +72,7 @@ def finish_reduction(
     if axis_name is not None:
         if reduction == "sum":
             check_sum_is_split((total,), axis_name)
-        axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+        axes = axis_tuple(axis_name)
         total, count = varying_over(total, axes), varying_over(count, axes)
         total, count = lax.psum((total, count), axis_name)
     # "+ 0 * count" keeps the count alive, and with it XLA:CPU's fused reduction (below).

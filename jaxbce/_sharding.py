@@ -17,6 +17,11 @@ import jax
 from jax.sharding import AxisType, PartitionSpec
 
 
+def axis_tuple(axis_name: Any) -> tuple[Any, ...]:
+    """``axis_name`` (one mesh axis or a tuple of them) as a tuple."""
+    return axis_name if isinstance(axis_name, tuple) else (axis_name,)
+
+
 def varying_axes(x: jax.Array) -> frozenset[Any]:
     """The manual (shard_map) mesh axes along which ``x`` differs between devices."""
     aval = jax.typeof(x)
@@ -80,9 +85,12 @@ def check_sum_is_split(values: tuple[jax.Array | None, ...], axis_name: Any) -> 
     sum itself, or the inputs it is made from) where every one is the same on every device
     along one of its axes (the inputs replicated there): ``psum`` would add each copy once
     per device. A ``"mean"`` divides by a count summed the same way and is right."""
-    axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
     present = [v for v in values if v is not None]
-    missing = [ax for ax in axes if all(ax in replicated_along(v, (ax,)) for v in present)]
+    missing = [
+        ax
+        for ax in axis_tuple(axis_name)
+        if present and all(ax in replicated_along(v, (ax,)) for v in present)
+    ]
     if missing:
         raise ValueError(
             f"the loss is the same on every device along mesh axis "
