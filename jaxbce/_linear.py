@@ -315,10 +315,7 @@ def _fused_grads(
             dz_low = dz.astype(low)
             if want.features:
                 w_f = w_c
-                if mask is not None:
-                    # A column excluded in every row takes no part: its kernel entries are
-                    # zeroed here, so that a NaN there does not reach the features' gradient
-                    # as 0 * NaN (as excluded rows' features are zeroed for the kernel's).
+                if mask is not None:  # a column excluded in every row: no 0 * NaN here
                     w_f = jnp.where(jnp.any(mask, axis=0)[None, :], w_c, 0)
                 g["features"] = g["features"] + jnp.matmul(
                     dz_low, w_f.astype(low).T, preferred_element_type=dt
@@ -571,11 +568,9 @@ def linear_sigmoid_binary_cross_entropy(
     )
     if axis_name is not None and reduction == "sum":
         check_sum_is_split(tuple(args), axis_name)  # before the casts below
-    # Every input varies over axis_name's axes and every other axis any input varies over
-    # (a batch split over an axis the caller sums over itself), as JAX's own ops would cast
-    # them, before the custom_jvp, so that the loop's carries keep one type (a kernel
-    # gradient varying over "model" only came out varying over "data" too); the transposes
-    # of the casts psum the gradients of replicated inputs.
+    # Every input varies over axis_name's and every other axis any input varies over (as
+    # JAX's own ops would cast them) before the custom_jvp, so the loop's carries keep one
+    # type; the transposes of the casts psum the gradients of replicated inputs.
     found = {a for v in args if v is not None for a in varying_axes(v)}
     vary_over = tuple(dict.fromkeys((*axes, *sorted(found, key=str))))
     if vary_over:
@@ -592,8 +587,7 @@ def linear_sigmoid_binary_cross_entropy(
     total = _fused_sum(static, args)
     count = _count(mask, shape, dt)
     if axis_name is not None:
-        # A count from a mask that varies along some of the axes only (a (1, L) mask split
-        # with the kernel) is cast to vary along all: psum refuses mixed states.
+        # psum refuses a count varying along some axes only (a (1, L) mask split like W).
         total, count = varying_over(total, axes), varying_over(count, axes)
         total, count = lax.psum((total, count), axis_name)
     if reduction == "sum":
