@@ -63,8 +63,8 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"size {text!r}: expected an integer such as 4096, 2^12 or 2**12"
         ) from err
-    if value < 8:
-        raise argparse.ArgumentTypeError(f"size {text!r}: expected at least 8 elements")
+    if not 8 <= value <= 2**32:  # above, the inputs alone outgrow any machine here
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected 8 to 2^32 elements")
     return value
 
 

@@ -206,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         help="check the float64 reference against mpmath at N logits (0: skip)",
     )
     args = parser.parse_args(argv)
+    # A grid of fewer than 2 points, or no bins, ended in an IndexError traceback.
+    for name, value, least in (("--points", args.points, 2), ("--bins", args.bins, 1)):
+        if value < least:
+            parser.error(f"{name} must be at least {least}, got {value}")
+    if not args.limit > 0:
+        parser.error(f"--limit must be positive, got {args.limit}")
     if args.out.exists() and not args.overwrite:
         print(f"{args.out} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
