@@ -178,6 +178,25 @@ def value_check(
         checkify.debug_check(ok(jnp, *traced), message, *(d(jnp, *traced) for d in details))
 
 
+def check_every_element(
+    checked_values: tuple[Any, ...], flat_ok: Callable[..., Any], message: str
+) -> None:
+    """:func:`value_check` that every element of ``flat_ok(xp, *checked_values)``, a flat
+    boolean array, holds; ``message``'s two ``{}`` get the first failing flat index and the
+    first checked value's element there."""
+
+    def first_bad(xp: Any, *values: Any) -> Any:
+        return xp.argmin(flat_ok(xp, *values))
+
+    value_check(
+        checked_values,
+        lambda xp, *values: xp.all(flat_ok(xp, *values)),
+        message,
+        first_bad,
+        lambda xp, *values: values[0].ravel()[first_bad(xp, *values)],
+    )
+
+
 def check_scalar_range(
     name: str, value: Any, low: float, high: float, expected: str | None = None
 ) -> None:
@@ -219,12 +238,10 @@ def check_unit_interval_values(name: str, arr: jax.Array, mask: jax.Array | None
         ok = ~((a < 0) | (a > 1))
         return (ok if m is None else ok | ~xp.broadcast_to(m, a.shape)).ravel()
 
-    value_check(
+    check_every_element(
         (arr, mask),
-        lambda xp, a, m: xp.all(flat_ok(xp, a, m)),
+        flat_ok,
         f"{name} must lie in [0, 1]; the first value outside, at flat index {{}}, is {{}}",
-        lambda xp, a, m: xp.argmin(flat_ok(xp, a, m)),
-        lambda xp, a, m: a.ravel()[xp.argmin(flat_ok(xp, a, m))],
     )
 
 
@@ -247,13 +264,11 @@ def check_finite_weights(
             ok = ok | ~xp.any(xp.broadcast_to(m, shape), axis=spread).reshape(a.shape)
         return ok.ravel()
 
-    value_check(
+    check_every_element(
         (arr, mask),
-        lambda xp, a, m: xp.all(flat_ok(xp, a, m)),
+        flat_ok,
         f"{name} must be finite in {arr.dtype}; the first infinite value, at flat index {{}}, "
         "is {}",
-        lambda xp, a, m: xp.argmin(flat_ok(xp, a, m)),
-        lambda xp, a, m: a.ravel()[xp.argmin(flat_ok(xp, a, m))],
     )
 
 
@@ -402,13 +417,11 @@ def check_sparse_labels(
         def in_range(xp: Any, v: Any) -> Any:  # widened: n_total may not fit an int8
             return (v.astype(jnp.promote_types(v.dtype, jnp.int32)) < n_total).ravel()
 
-        value_check(
+        check_every_element(
             (y,),
-            lambda xp, v: xp.all(in_range(xp, v)),
+            in_range,
             f"sparse label indices must be below the number of labels ({n_total}); "
             "the first that is not, at flat index {}, is {}",
-            lambda xp, v: xp.argmin(in_range(xp, v)),
-            lambda xp, v: v.ravel()[xp.argmin(in_range(xp, v))],
         )
 
 
