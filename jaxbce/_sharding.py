@@ -86,11 +86,10 @@ def check_sum_is_split(values: tuple[jax.Array | None, ...], axis_name: Any) -> 
     along one of its axes (the inputs replicated there): ``psum`` would add each copy once
     per device. A ``"mean"`` divides by a count summed the same way and is right."""
     present = [v for v in values if v is not None]
-    missing = [
-        ax
-        for ax in axis_tuple(axis_name)
-        if present and all(ax in replicated_along(v, (ax,)) for v in present)
-    ]
+    axes = axis_tuple(axis_name)
+    varying = {ax for v in present for ax in varying_axes(v)}
+    blind = untracked(axes)  # once: each call traces an axis_index per axis
+    missing = [ax for ax in axes if present and ax not in blind and ax not in varying]
     if missing:
         raise ValueError(
             f"the loss is the same on every device along mesh axis "
