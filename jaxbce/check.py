@@ -472,11 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         try:  # a link fails where FILE appeared during the run: never replaced
             os.link(partial, args.out)
             os.remove(partial)
-        except FileExistsError:
-            print(f"--out {args.out!r} appeared during the run; the report is {partial!r}")
-            return 1
-        except OSError:  # a file system without hard links
-            if os.path.lexists(args.out):
+        except OSError as err:  # that, or a file system without hard links
+            if isinstance(err, FileExistsError) or os.path.lexists(args.out):
                 print(f"--out {args.out!r} appeared during the run; the report is {partial!r}")
                 return 1
             os.replace(partial, args.out)
