@@ -7,7 +7,11 @@
 #   4. the benchmark at its default sizes (2^12..2^26 on a GPU) with the fused linear loss,
 #   5. the unit tests of the kernel and the losses, on the GPU (appended to gpu-tests.log).
 # Run from the repository root with OUT set to a folder for the results (the device tool sets
-# it); the logs and result files land there, nothing in the repository is written.
+# it); the logs and result files land there, nothing in the repository is written. At the end
+# everything under OUT is also packed into OUT/device-results.tar.gz (the device tool brings
+# back at most 8 files). COMMIT, if set, is printed first: the copy of the tree there has no git.
+# Each step's limit is an environment variable (T_TESTS, T_CHECK, ...); BENCH_SIZES picks the
+# benchmark's sizes (default: its own, 2^12..2^26 on a GPU).
 set -u
 : "${OUT:?set OUT to a results folder}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -20,15 +24,20 @@ step() {  # step NAME SECONDS COMMAND...: run, append to $OUT/NAME.log, report t
   timeout "$limit" "$@" >>"$OUT/$name.log" 2>&1
   echo "== $name: exit $? in $((SECONDS - t0)) s (limit $limit s)"
 }
+echo "commit ${COMMIT:-unknown}"
 nvidia-smi -L
 $PY -c "import jax, optax, flax, torch; print('jax', jax.__version__, jax.devices(), \
 'optax', optax.__version__, 'flax', flax.__version__, 'torch', torch.__version__)"
 step gpu-tests "${T_TESTS:-90}" $PY -m pytest -m gpu tests/test_gpu.py -v -s -p no:cacheprovider
-step check-exhaustive "${T_CHECK:-60}" $PY -m jaxbce.check --exhaustive \
+step check-exhaustive "${T_CHECK:-60}" $PY -m jaxbce.check --exhaustive --no-progress \
   --out "$OUT/check-exhaustive-gpu.txt"
 step memory-probe "${T_PROBE:-45}" $PY tools/memory_probe.py --hlo "$OUT/hlo.txt"
 mkdir -p "$OUT/bench"
-step benchmark "${T_BENCH:-200}" $PY benchmarks/run.py --budget 5 --linear --out "$OUT/bench"
+# shellcheck disable=SC2086  # BENCH_SIZES is a list of sizes
+step benchmark "${T_BENCH:-200}" $PY benchmarks/run.py --budget 5 --linear \
+  ${BENCH_SIZES:+--sizes $BENCH_SIZES} --out "$OUT/bench"
 step gpu-tests "${T_UNIT:-60}" $PY -m pytest -q -x -p no:cacheprovider -m "not gpu" \
   tests/test_kernels.py tests/test_losses.py tests/test_errors.py tests/test_memory.py
 for f in "$OUT"/*.log; do echo "---- $f"; tail -n 25 "$f"; done
+tar czf /tmp/device-results.tar.gz -C "$OUT" . && mv /tmp/device-results.tar.gz "$OUT/"
+ls -la "$OUT" "$OUT/bench"
