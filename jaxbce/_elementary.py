@@ -49,9 +49,12 @@ Error analysis, float32 (:math:`u = 2^{-24}`):
    :math:`-2\\operatorname{artanh}(-p/(2 - p))` below.
 
 The exact products, error-free additions and division-free quotients these are built from
-are :mod:`jaxbce._arithmetic`'s. Subnormal intermediates flush to zero on XLA:CPU (not on
-the GPU measured, an H200); there, results below the smallest normal number are within one
-unit of that number.
+are :mod:`jaxbce._arithmetic`'s. Subnormal intermediates flush to zero on XLA:CPU, and
+results below the smallest normal number with them (the check scores a 0 there as exact);
+a GPU keeps subnormals (an H200 did), and there the final scaling by :math:`2^{-k}` rounds
+a subnormal result once, so it is faithful too (at the first measurement on a GPU the
+scaling stopped at the smallest normal number and such results were 0: 5.9 million
+subnormal ulps off).
 
 Derivatives. Each function is a :func:`jax.custom_jvp` whose rule is the exact formula
 (:math:`L' = -\\sigma(-t)`, :math:`\\sigma(-t)' = -\\sigma(-t)\\sigma(t)`,
@@ -115,6 +118,8 @@ _T = (
 )
 #: Above this t, e^-t is below the smallest normal float32 and flushes to 0.
 _T_MAX = 88.0
+#: From this t, e^-t (below 2^-150) rounds to 0 also where subnormals are kept.
+_T_SUB = 104.0
 
 
 def _poly(x: jax.Array, coefficients: tuple[float, ...]) -> jax.Array:
@@ -137,7 +142,11 @@ def _exp_neg(
     ``0 <= t <= _T_MAX + shift ln 2``.
 
     ``t_lo``, if given, is at most half an ulp of ``t``; ``shift`` is an integer in [0, 180]
-    (0 if not given). ``scale`` is 0 for ``k - shift = 127``.
+    (0 if not given). With a ``shift``, ``scale`` is 0 for ``k - shift = 127``. Without one,
+    ``t <= _T_SUB`` and ``scale`` is ``2^(64 - k)`` times ``2^-64``: for ``k > 126`` the
+    subnormal ``2^-k`` where the device keeps subnormals (a product with it rounds once), 0
+    where it flushes them, as it would flush the result; 0 at ``k = 150``, where the result
+    is at most 0.71 of the smallest subnormal number.
     """
     k = jnp.round(t * _LOG2E)
     # t - k C1 is exact, k C2 < 2e-4; where |t - k C1| < |k C2| the sum is tiny and the
@@ -153,18 +162,18 @@ def _exp_neg(
     e_hi, e2 = fast_two_sum(s1, 0.5 * sq_hi)
     tail = (r_hi * (sq_hi + sq_lo)) * _poly(r_hi, _Q) + 0.5 * sq_lo - r_lo * (1.0 - r_hi)
     e_hi, e_lo = fast_two_sum(e_hi, (e1 + e2) + tail)  # |e_lo| <= ulp(e_hi) / 2
-    exponent = 127 - k.astype(jnp.int32)
-    if shift is not None:
-        exponent = exponent + shift
-    exponent = exponent.astype(jnp.uint32) << 23
-    scale = lax.bitcast_convert_type(exponent, jnp.float32)
-    return e_hi, e_lo, scale
+    if shift is None:
+        exponent = (191 - k.astype(jnp.int32)).astype(jnp.uint32) << 23
+        return e_hi, e_lo, lax.bitcast_convert_type(exponent, jnp.float32) * 2.0**-64
+    exponent = (127 - k.astype(jnp.int32) + shift).astype(jnp.uint32) << 23
+    return e_hi, e_lo, lax.bitcast_convert_type(exponent, jnp.float32)
 
 
 @jax.custom_jvp
 def exp_neg(t: jax.Array) -> jax.Array:
-    """:math:`e^{-t}` for :math:`t \\ge 0`, within an ulp in float32 (0 from
-    :math:`t = 88`, below the smallest normal number from 87.3). Derivative: :math:`-e^{-t}`.
+    """:math:`e^{-t}` for :math:`t \\ge 0`, within an ulp in float32 (below the smallest
+    normal number from :math:`t = 87.3`: subnormal where the device keeps subnormals, up to
+    :math:`t = 104`, 0 where it flushes them). Derivative: :math:`-e^{-t}`.
 
     In float32 it is this module's range reduction and polynomial rather than XLA's
     ``exp``, which XLA:CPU emits as a call: a loop that holds one is not vectorized where
@@ -172,8 +181,8 @@ def exp_neg(t: jax.Array) -> jax.Array:
     speed at every odd size; ``benchmarks/vectorized_loops.py``).
     """
     if is_float32(t):
-        e_hi, e_lo, scale = _exp_neg(jnp.minimum(t, _T_MAX))
-        return jnp.where(t >= _T_MAX, 0.0, scale * (e_hi + e_lo))  # NaN stays NaN
+        e_hi, e_lo, scale = _exp_neg(jnp.minimum(t, _T_SUB))
+        return jnp.where(t >= _T_SUB, 0.0, scale * (e_hi + e_lo))  # NaN stays NaN
     return jnp.exp(-t)
 
 
@@ -199,8 +208,9 @@ def _exp_over(
     """``(2^-k, 2^(shift - k), W)`` with ``e^-t / (c + e^-t) = 2^-k W``: the
     quotient taken unscaled, so that no intermediate is subnormal before the caller's final
     scaling. ``shift`` (an integer in [0, 64], or None for 0) lets a result below the
-    smallest normal number stay exact, scaled up, for ``t`` up to ``_T_MAX + shift ln 2``."""
-    limit = _T_MAX if shift is None else _T_MAX + shift * _LN2_HI
+    smallest normal number stay exact, scaled up, for ``t`` up to ``_T_MAX + shift ln 2``.
+    Without a shift, the scales are subnormal or 0 above ``t = 87.3`` (:func:`_exp_neg`)."""
+    limit = _T_SUB if shift is None else _T_MAX + shift * _LN2_HI
     e_hi, e_lo, scale = _exp_neg(jnp.minimum(t, limit))
     if shift is not None:  # 2^-k for k above 126 is 0 here (only c + e^-t reads it)
         k = jnp.round(jnp.minimum(t, limit) * _LOG2E).astype(jnp.int32)
@@ -421,7 +431,7 @@ def neg_log(p: jax.Array) -> Pair:
 @neg_log.defjvp
 def _neg_log_jvp(primals: Unary, tangents: Unary) -> tuple[Pair, Pair]:
     (p,), (dp,) = primals, tangents
-    return neg_log(p), (-quotient(dp, p), jnp.zeros_like(dp))
+    return neg_log(p), (-linear_quotient(dp, p), jnp.zeros_like(dp))
 
 
 @jax.custom_jvp
@@ -568,24 +578,73 @@ def quotient(num: jax.Array, p: jax.Array) -> jax.Array:
     several Hessian-vector products got the stand-in branch's quotient at a subnormal ``p``
     on XLA:CPU (the compiler step at fault not pinned down). Correctly rounded at every
     subnormal ``p`` (``tests/test_kernels.py``).
+
+    XLA:GPU's float32 division is not correctly rounded (``div.full.f32``, up to an ulp
+    off; openxla/xla#37181): the quotient ``q`` is corrected by its residual
+    ``num - q p``, formed from exact partial products, where the correction is more than
+    ``(1 + 2^-14)/2`` of an ulp of ``q``, which a correctly rounded division never needs
+    (its residual is below half an ulp; ours is within ``2^-17`` of it). So the CPU's
+    quotients are unchanged and a GPU's are within ``0.50004`` ulp. The derivative's
+    quotients, which must stay linear in the tangent, are not corrected.
     """
+    return _divide(num, p, correct=True)
+
+
+@jax.custom_jvp
+def linear_quotient(num: jax.Array, p: jax.Array) -> jax.Array:
+    """:func:`quotient` uncorrected: linear in ``num``, for tangents."""
+    return _divide(num, p, correct=False)
+
+
+def _divide(num: jax.Array, p: jax.Array, *, correct: bool) -> jax.Array:
     if not is_float32(p):
         return num / p
     bits = lax.bitcast_convert_type(p, jnp.int32)
     subnormal = (bits & 0x7F800000) == 0
     # One division, by p or by its integer significand m: no branch divides by a subnormal.
     den = jnp.where(subnormal, (bits & 0x007FFFFF).astype(jnp.float32), p)
-    up = jnp.where(subnormal, 2.0**23, 1.0)
-    return ((num * up) / den) * jnp.where(subnormal, 2.0**126, 1.0)
+    a = num * jnp.where(subnormal, 2.0**23, 1.0)
+    q = a / den
+    if correct:
+        q = correct_quotient(a, den, q)
+    return q * jnp.where(subnormal, 2.0**126, 1.0)
 
 
-@quotient.defjvp
+def correct_quotient(a: jax.Array, den: jax.Array, q: jax.Array) -> jax.Array:
+    """``a / den`` (``den`` normal, positive) from a quotient ``q`` within an ulp or so of it:
+    ``q`` where its residual is below ``(1 + 2^-14)/2`` of an ulp of ``q``, else ``q``
+    corrected by it (:func:`quotient`). ``q`` and ``a`` not normal are left as they are."""
+    # On the significands A, Q, D in [1, 2) (A times 2^-1, 1 or 2 for a good q), so that no
+    # partial product is subnormal however small den is: A - Q D = (a - q den) 2^-(Eq + Ed).
+    ia = lax.bitcast_convert_type(a, jnp.int32) & 0x7FFFFFFF
+    iq = lax.bitcast_convert_type(q, jnp.int32) & 0x7FFFFFFF
+    i_den = lax.bitcast_convert_type(den, jnp.int32)
+    ea, eq, e_den = ia >> 23, iq >> 23, (i_den >> 23) & 0xFF
+    field = ea - eq - e_den + 254  # A's biased exponent
+    ok = (ea > 0) & (ea < 255) & (eq > 0) & (eq < 255) & (field > 100) & (field < 150)
+    one = 0x3F800000
+    big_a = lax.bitcast_convert_type(
+        jnp.where(ok, (field << 23) | (ia & 0x7FFFFF), one), jnp.float32
+    )
+    big_q, big_den = (
+        lax.bitcast_convert_type((i & 0x7FFFFF) | one, jnp.float32) for i in (iq, i_den)
+    )
+    # The residual, exact (Dekker's order for a quotient within an ulp): the partial
+    # products of 12-bit halves are exact, A - Qh Dh too (Sterbenz).
+    qh, ql = split(big_q)
+    dh, dl = split(big_den)
+    residual = (((big_a - qh * dh) - qh * dl) - ql * dh) - ql * dl
+    step = residual * reciprocal(big_den)  # within 2^-17 of the exact correction
+    wrong = ok & (jnp.abs(step) > (1.0 + 2.0**-14) * 2.0**-24)  # an ulp of Q is 2^-23
+    scale = lax.bitcast_convert_type(jnp.where(ok, eq, 127) << 23, jnp.float32)
+    return jnp.where(wrong, q + jnp.where(q < 0, -step, step) * scale, q)
+
+
 def _quotient_jvp(
-    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
-) -> tuple[jax.Array, jax.Array]:
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array], *, q: jax.Array
+) -> jax.Array:
     num, p = primals
     d_num, d_p = tangents
-    q = quotient(num, p)
     # Not quotient(d_num - q d_p, p), transposed into q * (ct / p) = 0 * inf at a subnormal p,
     # nor (q / p) d_p, which overflows at p ~ 1e-20 (0 * inf in forward mode). Where q itself
     # overflows (the exact quotient too), q d_p would be inf * 0 in a zero direction (the
@@ -594,7 +653,23 @@ def _quotient_jvp(
     finite = jnp.isfinite(q)
     slope = jnp.where(
         finite,
-        quotient(jnp.where(finite, q, 0.0) * d_p, p),
-        quotient(quotient(num * d_p, p), p),
+        linear_quotient(jnp.where(finite, q, 0.0) * d_p, p),
+        linear_quotient(linear_quotient(num * d_p, p), p),
     )
-    return q, quotient(d_num, p) - jnp.where(q == 0, 0.0, slope)
+    return linear_quotient(d_num, p) - jnp.where(q == 0, 0.0, slope)
+
+
+@quotient.defjvp
+def _corrected_quotient_jvp(
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    q = quotient(*primals)
+    return q, _quotient_jvp(primals, tangents, q=q)
+
+
+@linear_quotient.defjvp
+def _linear_quotient_jvp(
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    q = linear_quotient(*primals)
+    return q, _quotient_jvp(primals, tangents, q=q)

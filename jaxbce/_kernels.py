@@ -69,6 +69,7 @@ from jaxbce._coefficients import (
     with_x_coefficients,
 )
 from jaxbce._elementary import (
+    linear_quotient,
     neg_log,
     neg_log1m,
     quotient,
@@ -306,7 +307,9 @@ def _probs_label_slopes(p: jax.Array, labels: tuple[Any, ...]) -> tuple[Coeffici
     def over_p(a: jax.Array, b: jax.Array, value: jax.Array | None = None) -> Overflowing:
         if value is None:  # a [A] / p + b [B] / (1 - p)
             value = jnp.where(in_a, quotient(a, p_a), 0.0) + b * r
-        return Overflowing(value, lambda t: jnp.where(in_a, quotient(a * t, p_a), 0.0) + b * r * t)
+        return Overflowing(
+            value, lambda t: jnp.where(in_a, linear_quotient(a * t, p_a), 0.0) + b * r * t
+        )
 
     slopes = label_weight_slopes(labels)
     coefficients: list[Coefficient] = [None if d is None else over_p(-d[0], d[1]) for d in slopes]
