@@ -51,6 +51,25 @@ def test_value_and_grad_of_mean_needs_no_n_sized_temporary_on_gpu(label_dtype):
     assert ours < z.size * 4 // 16
 
 
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="XLA:GPU splits the focal loss' gradient into several fusions: 10.25 x 4N temp "
+    "bytes at (4096, 16384) (optax's focal loss: 8; benchmarks/results/gpu-2026-11-27-s19, "
+    "commit 2942cd3, the same program; this test itself has not run on a GPU yet); on the "
+    "CPU it needs none (tests/test_memory.py)",
+)
+def test_focal_value_and_grad_needs_no_n_sized_temporary_on_gpu():
+    z = jnp.zeros((4096, 16384), jnp.float32)
+    f = jax.jit(
+        jax.value_and_grad(
+            lambda z, y: jaxbce.sigmoid_focal_loss(z, y, alpha=0.25, gamma=2.0, reduction="mean")
+        )
+    )
+    temp = f.lower(z, z).compile().memory_analysis().temp_size_in_bytes
+    print(f"temp bytes: {temp} = {temp / (z.size * 4):.2f} x 4N")
+    assert temp < z.size * 4 // 16
+
 def test_results_below_the_smallest_normal_number_are_faithful_on_the_gpu():
     # The GPU keeps subnormal numbers: at the first run on one (an H200), sigmoid_bce's loss
     # and gradient at |z| in (87.3, 104) were 0, up to 5.9 million subnormal ulps off. The
