@@ -452,3 +452,15 @@ def test_table_benchmarks_refuse_before_measuring(
     argv = [f.format(file=tmp_path / "file", missing=tmp_path / "missing") for f in flags]
     assert message in _refused_in_process(script.main, argv, capsys)
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_commit_named_by_the_environment_is_recorded(monkeypatch):
+    # On the device machine the copy of the tree carries the session's first commit in its
+    # git data: both GPU runs of 2026-11-27 recorded e6b9ac0 (their source digests are
+    # 8b1cf69's and 2942cd3's). tools/device_checks.sh names the commit instead.
+    from bench.machine import git_state
+
+    monkeypatch.delenv("JAXBCE_COMMIT", raising=False)
+    assert git_state() != "abc1234"
+    monkeypatch.setenv("JAXBCE_COMMIT", "abc1234")
+    assert git_state() == "abc1234"

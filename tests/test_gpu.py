@@ -51,7 +51,6 @@ def test_value_and_grad_of_mean_needs_no_n_sized_temporary_on_gpu(label_dtype):
     assert ours < z.size * 4 // 16
 
 
-
 @pytest.mark.xfail(
     strict=True,
     reason="XLA:GPU splits the focal loss' gradient into several fusions: 10.25 x 4N temp "
@@ -69,6 +68,7 @@ def test_focal_value_and_grad_needs_no_n_sized_temporary_on_gpu():
     temp = f.lower(z, z).compile().memory_analysis().temp_size_in_bytes
     print(f"temp bytes: {temp} = {temp / (z.size * 4):.2f} x 4N")
     assert temp < z.size * 4 // 16
+
 
 def test_results_below_the_smallest_normal_number_are_faithful_on_the_gpu():
     # The GPU keeps subnormal numbers: at the first run on one (an H200), sigmoid_bce's loss

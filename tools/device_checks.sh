@@ -25,6 +25,8 @@ step() {  # step NAME SECONDS COMMAND...: run, append to $OUT/NAME.log, report t
   echo "== $name: exit $? in $((SECONDS - t0)) s (limit $limit s)"
 }
 echo "commit ${COMMIT:-unknown}"
+# The results' "git" field (benchmarks/bench/machine.py): the copy here may carry stale git data.
+[ -n "${COMMIT:-}" ] && export JAXBCE_COMMIT=$COMMIT
 nvidia-smi -L
 $PY -c "import jax, optax, flax, torch; print('jax', jax.__version__, jax.devices(), \
 'optax', optax.__version__, 'flax', flax.__version__, 'torch', torch.__version__)"

@@ -82,7 +82,11 @@ def git_state(paths: Sequence[str] = ("jaxbce",), where: Path = ROOT) -> str | N
     """``<commit>`` of the checkout at ``where`` (this one by default), with ``+dirty`` when
     ``git status`` lists anything under ``paths`` (git pathspecs, relative to ``where``;
     ``()`` for the whole tree): a changed or an untracked file, which the run may have
-    read."""
+    read. ``JAXBCE_COMMIT``, if set, is returned instead: a copy of the tree whose git
+    metadata is not its own (the device machine's, where a run at 2942cd3 recorded the
+    session's first commit) says which commit it is (``tools/device_checks.sh``)."""
+    if os.environ.get("JAXBCE_COMMIT"):
+        return os.environ["JAXBCE_COMMIT"]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True
