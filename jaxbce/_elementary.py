@@ -579,8 +579,9 @@ def quotient(num: jax.Array, p: jax.Array) -> jax.Array:
     on XLA:CPU (the compiler step at fault not pinned down). Correctly rounded at every
     subnormal ``p`` (``tests/test_kernels.py``).
 
-    XLA:GPU's float32 division is not correctly rounded (``div.full.f32``, up to an ulp
-    off; openxla/xla#37181): the quotient ``q`` is corrected by its residual
+    XLA:GPU's float32 division is not correctly rounded (``div.full.f32``, up to 2 ulps
+    from the exact quotient: 2.0015 measured on an H200; openxla/xla#37181): the quotient
+    ``q`` is corrected by its residual
     ``num - q p``, formed from exact partial products, where the correction is more than
     ``(1 + 2^-14)/2`` of an ulp of ``q``, which a correctly rounded division never needs
     (its residual is below half an ulp; ours is within ``2^-17`` of it). So the CPU's
@@ -611,7 +612,7 @@ def _divide(num: jax.Array, p: jax.Array, *, correct: bool) -> jax.Array:
 
 
 def correct_quotient(a: jax.Array, den: jax.Array, q: jax.Array) -> jax.Array:
-    """``a / den`` (``den`` normal, positive) from a quotient ``q`` within an ulp or so of it:
+    """``a / den`` (``den`` normal, positive) from a quotient ``q`` within a few ulps of it:
     ``q`` where its residual is below ``(1 + 2^-14)/2`` of an ulp of ``q``, else ``q``
     corrected by it (:func:`quotient`). ``q`` and ``a`` not normal are left as they are."""
     # On the significands A, Q, D in [1, 2) (A times 2^-1, 1 or 2 for a good q), so that no
