@@ -23,7 +23,6 @@ _UNARY: dict[str, Callable[..., Any]] = {
     "log": np.log,
     "log1p": np.log1p,
     "is_finite": np.isfinite,
-    "round": lambda x, **_: np.round(x),  # both rounding methods agree but at exact halves
     "not": np.invert,
     "sign": np.sign,
     "floor": np.floor,
@@ -80,6 +79,12 @@ def evaluate(jaxpr: Any, consts: Any, *args: Any) -> list[Any]:
                 outs = [_UNARY[name](ins[0])]
             elif name in _BINARY:
                 outs = [_BINARY[name](*ins)]
+            elif name == "round":
+                if params["rounding_method"] == jax.lax.RoundingMethod.TO_NEAREST_EVEN:
+                    outs = [np.round(ins[0])]
+                else:  # away from zero; |x| + 1/2 in float64, where it is exact
+                    halfway = np.floor(np.abs(ins[0]).astype(np.float64) + 0.5)
+                    outs = [np.copysign(halfway, ins[0]).astype(ins[0].dtype)]
             elif name == "select_n":
                 outs = [np.choose(ins[0].astype(np.int32), ins[1:])]
             elif name == "convert_element_type":
