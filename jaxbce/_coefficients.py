@@ -96,7 +96,7 @@ def contract_scaled(
     :math:`p` and :math:`\\partial_p^2 \\ell = \\pi q/p^2 + \\dots` below :math:`p \\approx
     10^{-19}` (float32): ``-inf * 0`` made the finite entries of the Hessian NaN. Scaling
     the direction first, the coefficient's derivative meets :math:`0\\cdot dx = 0`, and its
-    rules (:func:`~jaxbce._elementary.quotient`) give 0 for a zero direction. Each
+    rules (:func:`~jaxbce._quotient.quotient`) give 0 for a zero direction. Each
     coefficient is differentiated in its :class:`Overflowing` form (``several=True``), whose
     map stays finite where the coefficient itself overflows.
 

@@ -69,10 +69,8 @@ from jaxbce._coefficients import (
     with_x_coefficients,
 )
 from jaxbce._elementary import (
-    linear_quotient,
     neg_log,
     neg_log1m,
-    quotient,
     recip_one_minus,
     sigmoid_neg_abs,
     sigmoid_neg_abs_scaled,
@@ -89,6 +87,7 @@ from jaxbce._label_weights import (
     times,
     total,
 )
+from jaxbce._quotient import linear_quotient, quotient
 
 Kind = Literal["logits", "probs"]
 
@@ -268,7 +267,7 @@ def _probs_value(p: jax.Array, lw: LabelWeights) -> jax.Array:
 def _probs_slope(p: jax.Array, lw: LabelWeights) -> jax.Array:
     """:math:`-\\pi q/p + \\bar q/(1-p)`, 0 through a clamped log.
 
-    :math:`\\pi q/p` is :func:`~jaxbce._elementary.quotient`, whose derivative is
+    :math:`\\pi q/p` is :func:`~jaxbce._quotient.quotient`, whose derivative is
     :math:`(d(\\pi q) - (\\pi q/p)\\,dp)/p`: it never forms :math:`1/p^2`, which
     overflows for tiny p and would turn a zero label weight into ``0 * inf``.
     """

@@ -90,14 +90,14 @@ def test_results_below_the_smallest_normal_number_are_faithful_on_the_gpu():
 def test_the_quotient_is_within_half_an_ulp_on_the_gpu():
     # XLA:GPU's float32 division is up to an ulp off (div.full.f32); the probability loss'
     # quotient is corrected to within 0.50004 ulp (tests/test_kernels.py has the logic).
-    from jaxbce import _elementary
+    from jaxbce import _quotient
 
     rng = np.random.default_rng(5)
     num = rng.uniform(-2.0, 2.0, size=2**22).astype(np.float32)
     p = rng.integers(0x00800000, 0x3F800001, size=num.size, dtype=np.uint32).view(np.float32)
     exact = num.astype(np.float64) / p.astype(np.float64)
     keep = (np.abs(exact) >= np.finfo(np.float32).tiny) & (np.abs(exact) < 2.0**127)
-    got = np.asarray(jax.jit(_elementary.quotient)(num, p), np.float64)
+    got = np.asarray(jax.jit(_quotient.quotient)(num, p), np.float64)
     rounded = exact.astype(np.float32)
     ulps = np.abs(got - exact)[keep] / np.spacing(np.abs(rounded[keep]))
     plain = np.asarray(jax.jit(lambda a, b: a / b)(num, p), np.float64)

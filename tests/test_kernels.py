@@ -274,7 +274,7 @@ def test_float32_quotient_is_correctly_rounded_at_every_subnormal_divisor():
     # subnormal p: correctly rounded (float64 division, rounded once) at every one of the
     # 2^23 - 1 positive subnormal p and at 2^22 random normal p in (0, 1], with numerators
     # of every size; an exact quotient beyond finfo.max is inf.
-    from jaxbce import _elementary
+    from jaxbce import _quotient
 
     rng = np.random.default_rng(3)
     subnormal = np.arange(1, 2**23, dtype=np.uint32)
@@ -282,7 +282,7 @@ def test_float32_quotient_is_correctly_rounded_at_every_subnormal_divisor():
     p = np.concatenate([subnormal, normal]).view(np.float32)
     num = rng.uniform(-2.0, 2.0, size=p.size).astype(np.float32)
     num[::5] *= np.float32(1e-30)
-    got = np.asarray(jax.jit(_elementary.quotient)(jnp.asarray(num), jnp.asarray(p)))
+    got = np.asarray(jax.jit(_quotient.quotient)(jnp.asarray(num), jnp.asarray(p)))
     want = (num.astype(np.float64) / p.astype(np.float64)).astype(np.float32)  # overflow: inf
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), np.flatnonzero(got != want)[
         :5
@@ -297,7 +297,7 @@ def test_float32_quotient_a_few_ulps_off_is_corrected():
     # (1 + 2^-14)/2 of an ulp, and to the correctly rounded one but where the exact quotient
     # is that close to a midpoint; a correctly rounded quotient is left as it is (the CPU's,
     # bit for bit: the test above).
-    from jaxbce import _elementary
+    from jaxbce import _quotient
 
     rng = np.random.default_rng(4)
     num = rng.uniform(-2.0, 2.0, size=2**21).astype(np.float32)
@@ -313,7 +313,7 @@ def test_float32_quotient_a_few_ulps_off_is_corrected():
     normal = (np.abs(exact) >= np.finfo(np.float32).tiny) & (np.abs(exact) < 2.0**127)
     num, den, exact = num[normal], den[normal], exact[normal]
     rounded = exact.astype(np.float32)
-    fix = jax.jit(_elementary.correct_quotient)
+    fix = jax.jit(_quotient.correct_quotient)
     for off, steps in itertools.product((np.float32(np.inf), np.float32(-np.inf)), (1, 2)):
         approx = rounded
         for _ in range(steps):  # XLA:GPU's division was up to 2.0015 ulp from the exact one
