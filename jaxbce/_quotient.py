@@ -29,10 +29,10 @@ def quotient(num: jax.Array, p: jax.Array) -> jax.Array:
 
     XLA:GPU's float32 division is not correctly rounded (``div.full.f32``, up to 2 ulps
     from the exact quotient: 2.0015 measured on an H200; openxla/xla#37181): the quotient
-    ``q`` is corrected by its residual
-    ``num - q p``, formed from exact partial products, where the correction is more than
-    ``(1 + 2^-14)/2`` of an ulp of ``q``, which a correctly rounded division never needs
-    (its residual is below half an ulp; ours is within ``2^-17`` of it). So the CPU's
+    ``q`` is corrected by its residual ``num - q p``, formed from exact partial products,
+    where the correction is more than ``(1 + 2^-14)/2`` of the spacing of the numbers
+    toward the exact quotient, which a correctly rounded division never needs (its
+    correction is below half that spacing; ours is within ``2^-17`` of it). So the CPU's
     quotients are unchanged and a GPU's are within ``0.50004`` ulp. The derivative's
     quotients, which must stay linear in the tangent, are not corrected.
     """
@@ -61,8 +61,10 @@ def _divide(num: jax.Array, p: jax.Array, *, correct: bool) -> jax.Array:
 
 def correct_quotient(a: jax.Array, den: jax.Array, q: jax.Array) -> jax.Array:
     """``a / den`` (``den`` normal, positive) from a quotient ``q`` within a few ulps of it:
-    ``q`` where its residual is below ``(1 + 2^-14)/2`` of an ulp of ``q``, else ``q``
-    corrected by it (:func:`quotient`). ``q`` and ``a`` not normal are left as they are."""
+    ``q`` where its residual is below ``(1 + 2^-14)/2`` of the spacing of the numbers
+    between ``q`` and the exact quotient (half of ``q``'s ulp below a power of two), else
+    ``q`` corrected by it (:func:`quotient`). ``q`` and ``a`` not normal are left as they
+    are."""
     # On the significands A, Q, D in [1, 2) (A times 2^-1, 1 or 2 for a good q), so that no
     # partial product is subnormal however small den is: A - Q D = (a - q den) 2^-(Eq + Ed).
     ia = lax.bitcast_convert_type(a, jnp.int32) & 0x7FFFFFFF
@@ -84,7 +86,9 @@ def correct_quotient(a: jax.Array, den: jax.Array, q: jax.Array) -> jax.Array:
     dh, dl = split(big_den)
     residual = (((big_a - qh * dh) - qh * dl) - ql * dh) - ql * dl
     step = residual * reciprocal(big_den)  # within 2^-17 of the exact correction
-    wrong = ok & (jnp.abs(step) > (1.0 + 2.0**-14) * 2.0**-24)  # an ulp of Q is 2^-23
+    # Half an ulp of Q is 2^-24; below a power of two (Q = 1, step down) it is 2^-25.
+    half_ulp = jnp.where(((iq & 0x7FFFFF) == 0) & (step < 0), 2.0**-25, 2.0**-24)
+    wrong = ok & (jnp.abs(step) > (1.0 + 2.0**-14) * half_ulp)
     scale = lax.bitcast_convert_type(jnp.where(ok, eq, 127) << 23, jnp.float32)
     return jnp.where(wrong, q + jnp.where(q < 0, -step, step) * scale, q)
 

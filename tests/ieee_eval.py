@@ -55,12 +55,20 @@ _BINARY: dict[str, Callable[..., Any]] = {
 }
 
 
-def _call(params: dict[str, Any], args: list[Any]) -> list[Any]:
+def _call(
+    params: dict[str, Any], args: list[Any], rules: dict[str, Callable[..., Any]]
+) -> list[Any]:
     inner = params.get("jaxpr", params.get("call_jaxpr"))
-    return evaluate(inner.jaxpr, inner.consts, *args)
+    return evaluate(inner.jaxpr, inner.consts, *args, rules=rules)
 
 
-def evaluate(jaxpr: Any, consts: Any, *args: Any) -> list[Any]:
+def evaluate(
+    jaxpr: Any, consts: Any, *args: Any, rules: dict[str, Callable[..., Any]] | None = None
+) -> list[Any]:
+    """The jaxpr's outputs; ``rules`` replaces the rules of some binary primitives (a
+    device's own division, say)."""
+    rules = rules or {}
+    binary = {**_BINARY, **rules}
     env: dict[Any, Any] = {}
 
     def read(v: Any) -> Any:
@@ -77,8 +85,8 @@ def evaluate(jaxpr: Any, consts: Any, *args: Any) -> list[Any]:
             dtype = eqn.outvars[0].aval.dtype if eqn.outvars else None
             if name in _UNARY:
                 outs = [_UNARY[name](ins[0])]
-            elif name in _BINARY:
-                outs = [_BINARY[name](*ins)]
+            elif name in binary:
+                outs = [binary[name](*ins)]
             elif name == "round":
                 if params["rounding_method"] == jax.lax.RoundingMethod.TO_NEAREST_EVEN:
                     outs = [np.round(ins[0])]
@@ -102,7 +110,7 @@ def evaluate(jaxpr: Any, consts: Any, *args: Any) -> list[Any]:
             elif name == "optimization_barrier":
                 outs = ins
             elif name in ("jit", "pjit", "custom_jvp_call", "custom_vjp_call", "closed_call"):
-                outs = _call(params, ins)
+                outs = _call(params, ins, rules)
             else:
                 raise NotImplementedError(f"ieee_eval: no rule for {name}")
             for var, out in zip(eqn.outvars, outs, strict=True):
@@ -113,12 +121,13 @@ def evaluate(jaxpr: Any, consts: Any, *args: Any) -> list[Any]:
     return [read(v) for v in jaxpr.outvars]
 
 
-def ieee(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``f`` evaluated in NumPy, op by op, for array arguments."""
+def ieee(f: Callable[..., Any], **rules: Callable[..., Any]) -> Callable[..., Any]:
+    """``f`` evaluated in NumPy, op by op, for array arguments; ``rules`` as in
+    :func:`evaluate` (``div=...``)."""
 
     def run(*args: Any) -> Any:
         closed = jax.make_jaxpr(f)(*args)
-        outs = evaluate(closed.jaxpr, closed.consts, *args)
+        outs = evaluate(closed.jaxpr, closed.consts, *args, rules=rules)
         tree = jax.tree.structure(jax.eval_shape(f, *args))
         return jax.tree.unflatten(tree, outs)
 
