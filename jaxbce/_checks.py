@@ -28,7 +28,13 @@ from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from jaxbce._reductions import REDUCTIONS
-from jaxbce._sharding import explicit_split_axis, replicated_along, untracked, varying_axes
+from jaxbce._sharding import (
+    axis_tuple,
+    explicit_split_axis,
+    replicated_along,
+    untracked,
+    varying_axes,
+)
 
 #: The errors that :func:`with_value_checks` turns on: the library's own value checks.
 CHECKED_ERRORS = checkify.user_checks
@@ -423,6 +429,58 @@ def check_sparse_labels(
             f"sparse label indices must be below the number of labels ({n_total}); "
             "the first that is not, at flat index {}, is {}",
         )
+
+
+def check_linear_arguments(
+    labels: ArrayLike,
+    pos_weight: ArrayLike | None,
+    weights: ArrayLike | None,
+    where: ArrayLike | None,
+    label_smoothing: Any,
+    reduction: Any,
+    *,
+    features_shape: tuple[Any, ...],
+    n_labels: int,
+    n_total: Any,
+    axis_name: Any,
+    label_axes: tuple[Any, ...],
+) -> tuple[jax.Array, bool, jax.Array | None, jax.Array | None, jax.Array | None]:
+    """The fused linear loss' labels and options, checked: ``(labels, sparse, pos_weight,
+    weights, where)``, integer labels (sparse indices) at least int32. ``n_total`` is the
+    global label count (``n_labels`` times the devices of ``label_axes``)."""
+    shape = (features_shape[0], n_labels)
+    axes = () if axis_name is None else axis_tuple(axis_name)
+    y = as_array("labels", labels)
+    sparse = bool(jnp.issubdtype(y.dtype, jnp.integer))
+    if sparse:
+        check_sparse_labels_offset(axes, axis_name)
+        check_sparse_labels(y, features_shape, n_labels, n_total, label_axes)
+        if jnp.iinfo(y.dtype).bits < 32:
+            # Row numbers, chunk starts and L itself must fit the indices' dtype: in int8,
+            # row 200 and column 300 do not (and would wrap round to other elements).
+            y = y.astype(jnp.int32)
+    else:
+        y = check_labels(y, shape, "features @ kernel")
+    pw = check_broadcast("pos_weight", pos_weight, shape)
+    wt = check_broadcast("weights", weights, shape)
+    mask = check_broadcast("where", where, shape, boolean=True)
+    # Checked here, whole (concrete ones at once, traced ones only inside
+    # ``with_value_checks``), so that a bad value is reported by its flat index into the
+    # user's array, as in eager mode.
+    check_finite_weights("weights", wt, mask, shape)
+    check_finite_weights("pos_weight", pw, mask, shape)
+    if not sparse:
+        check_unit_interval_values("labels", y, mask)
+    requested: str = reduction  # any string: callers need not be type-checked
+    if requested == "none":
+        raise ValueError(
+            'reduction="none" is not supported by the fused linear loss: it would build the '
+            f'(batch, labels) = {shape} loss matrix this function exists to avoid; use "sum" '
+            'or "mean", or sigmoid_binary_cross_entropy on the logits'
+        )
+    check_reduction(reduction, allowed=("sum", "mean"))
+    check_scalar_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    return y, sparse, pw, wt, mask
 
 
 def check_chunk_size(chunk_size: Any, n_labels: int) -> int:

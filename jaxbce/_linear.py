@@ -503,36 +503,19 @@ def linear_sigmoid_binary_cross_entropy(
     label_axes = tuple(a for a in axes if a in varying_axes(w_mat))
     n_total = n_labels * (lax.axis_size(label_axes) if label_axes else 1)
 
-    y = checks.as_array("labels", labels)
-    sparse = jnp.issubdtype(y.dtype, jnp.integer)
-    if sparse:
-        checks.check_sparse_labels_offset(axes, axis_name)
-        checks.check_sparse_labels(y, h.shape, n_labels, n_total, label_axes)
-        if jnp.iinfo(y.dtype).bits < 32:
-            # Row numbers, chunk starts and L itself must fit the indices' dtype: in int8,
-            # row 200 and column 300 do not (and would wrap round to other elements).
-            y = y.astype(jnp.int32)
-    else:
-        y = checks.check_labels(y, shape, "features @ kernel")
-    pw = checks.check_broadcast("pos_weight", pos_weight, shape)
-    wt = checks.check_broadcast("weights", weights, shape)
-    mask = checks.check_broadcast("where", where, shape, boolean=True)
-    # Checked here, whole (concrete ones at once, traced ones only inside
-    # ``with_value_checks``), so that a bad value is reported by its flat index into the
-    # user's array, as in eager mode.
-    checks.check_finite_weights("weights", wt, mask, shape)
-    checks.check_finite_weights("pos_weight", pw, mask, shape)
-    if not sparse:
-        checks.check_unit_interval_values("labels", y, mask)
-    requested: str = reduction  # any string: callers need not be type-checked
-    if requested == "none":
-        raise ValueError(
-            'reduction="none" is not supported by the fused linear loss: it would build the '
-            f'(batch, labels) = {shape} loss matrix this function exists to avoid; use "sum" '
-            'or "mean", or sigmoid_binary_cross_entropy on the logits'
-        )
-    checks.check_reduction(reduction, allowed=("sum", "mean"))
-    checks.check_scalar_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    y, sparse, pw, wt, mask = checks.check_linear_arguments(
+        labels,
+        pos_weight,
+        weights,
+        where,
+        label_smoothing,
+        reduction,
+        features_shape=h.shape,
+        n_labels=n_labels,
+        n_total=n_total,
+        axis_name=axis_name,
+        label_axes=label_axes,
+    )
     if chunk_size is None:
         # A symbolic batch (jax.export) has no size to plan for: plan for one of 1024 rows.
         symbolic = jax.export.is_symbolic_dim(n_batch)
