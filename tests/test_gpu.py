@@ -88,8 +88,8 @@ def test_results_below_the_smallest_normal_number_are_faithful_on_the_gpu():
 
 
 def test_the_quotient_is_within_half_an_ulp_on_the_gpu():
-    # XLA:GPU's float32 division is up to an ulp off (div.full.f32); the probability loss'
-    # quotient is corrected to within 0.50004 ulp (tests/test_kernels.py has the logic).
+    # XLA:GPU's float32 division is up to 2 ulps from the exact quotient (div.full.f32); the
+    # probability loss' quotient is corrected to within 0.50004 ulp (tests/test_kernels.py).
     from jaxbce import _quotient
 
     rng = np.random.default_rng(5)
