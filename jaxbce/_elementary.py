@@ -268,6 +268,28 @@ def _softplus_neg_abs_jvp(primals: Unary, tangents: Unary) -> tuple[Pair, Pair]:
     return out, (-(s_hi + s_lo) * dt, jnp.zeros_like(dt))
 
 
+def softplus_neg_abs_summed(t: jax.Array) -> jax.Array:
+    """:math:`\\operatorname{log1p}(e^{-t})` for :math:`t \\ge 0` as one float, rounded a few
+    times: for a value that is only summed, whose sum's own rounding is larger. Not
+    differentiated (the losses' derivatives are their own rules).
+
+    In float32, XLA's ``exp`` and the series of :func:`softplus_neg_abs`:
+    :math:`L = u + u\\,v\\,T(v)` with :math:`u = 2w = e \\cdot 2/(2 + e)` and :math:`v = w^2`
+    (:math:`u`, not :math:`w`, so that nothing falls below the smallest normal number before
+    :math:`e` does). The quotient is read once, so XLA:CPU computes it inside the sum's loop
+    rather than writing it to memory; it took 7.3 ms of a mean at :math:`2^{24}` where XLA's
+    ``log1p(exp(-t))`` took 12.7 ms. Within 3.3 ulp of :math:`L` at every float32 ``t`` below
+    87.33 (XLA's pair: 3.0; ``tests/test_kernels.py``). Other dtypes: XLA's
+    ``log1p(exp(-t))``.
+    """
+    if not is_float32(t):
+        return jnp.log1p(jnp.exp(-t))
+    e = jnp.exp(-t)
+    u = e * (2.0 / (2.0 + e))
+    v = 0.25 * (u * u)
+    return u + u * (v * _poly(v, _T))
+
+
 @jax.custom_jvp
 def sigmoid_neg_abs(t: jax.Array) -> Pair:
     """:math:`\\sigma(-t) = 1/(1 + e^{t})` for :math:`t \\ge 0` as ``(hi, lo)``.

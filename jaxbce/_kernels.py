@@ -76,6 +76,7 @@ from jaxbce._elementary import (
     sigmoid_neg_abs_scaled,
     softplus_neg_abs,
     softplus_neg_abs_scaled,
+    softplus_neg_abs_summed,
 )
 from jaxbce._label_weights import (
     LabelWeights,
@@ -136,9 +137,9 @@ def _logit_value(x: jax.Array, lw: LabelWeights, exact: bool = True) -> jax.Arra
     """:math:`\\pi q\\operatorname{softplus}(-x) + \\bar q\\operatorname{softplus}(x)
     = a|x| + c L(|x|)`, two non-negative terms, the second added to the first exactly.
 
-    ``exact=False`` takes :math:`L` from XLA's ``log1p(exp(-t))`` (a rounding or two) and the
-    weights rounded: for a value that is only summed, whose sum's own rounding is larger,
-    at half the cost."""
+    ``exact=False`` takes :math:`L` rounded a few times
+    (:func:`~jaxbce._elementary.softplus_neg_abs_summed`) and the weights rounded: for a
+    value that is only summed, whose sum's own rounding is larger, at less than half the cost."""
     if exact and lw.lo is not None:
         return total(logit_value_pair(x, lw))
     nonneg = x >= 0
@@ -146,7 +147,7 @@ def _logit_value(x: jax.Array, lw: LabelWeights, exact: bool = True) -> jax.Arra
     a = jnp.where(nonneg, lw.qc, lw.pq)
     c = lw.c if lw.lo is None else lw.c + lw.lo[2]
     if not exact:
-        return safe_mul(a, t) + c * jnp.log1p(jnp.exp(-t))
+        return safe_mul(a, t) + c * softplus_neg_abs_summed(t)
     return add_scaled(safe_mul(a, t), c, softplus_neg_abs(t))
 
 
