@@ -63,18 +63,7 @@ pytestmark = pytest.mark.xdist_group("curvature")
 #: Cases still failing on the kernel, each with what fails (issue 10's curvature target is
 #: not met for them yet). Strict: a fix makes the case pass, the xfail then fails, and the
 #: entry must go.
-KNOWN_FAILURES = {
-    "test_every_mode_computes_the_same_second_derivatives[focal-alpha_0.25-float64]": (
-        "float64 focal, alpha 0.25: d2/dxdy at the soft label 1 - 1e-6 (|x| < 2e-5), where the "
-        "exact value is 1e-7 of its O(1) terms and ill-conditioned (an ulp of y or alpha moves "
-        "it by 1e-10 to 1e-8 relative): the orders differ by an ulp of the terms"
-    ),
-    "test_float64_second_derivatives_match_mpmath[focal-alpha_0.25]": (
-        "float64 focal, alpha 0.25: d2/dxdy at the soft label 1 - 1e-6 (x = 1.3e-5, gamma 1: "
-        "3e-9 off; x = -37: 1.3e-10), ill-conditioned there: an ulp of y or alpha moves the "
-        "exact value by 1e-8 and 1.5e-10 relative"
-    ),
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 @pytest.fixture(autouse=True)
