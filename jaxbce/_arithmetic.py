@@ -166,6 +166,20 @@ def divide(num: Pair, den: Pair) -> Pair:
     return refine_quotient(num, den, num[0] * inv, inv)
 
 
+def times_pow2(x: jax.Array, n: jax.Array) -> jax.Array:
+    """``x * 2^n`` for an integer-valued ``n`` in [-180, 180], exact unless the result is
+    subnormal: two factors built from their exponent bits, applied in turn (``2^n`` itself
+    may not be a normal number; ``exp2`` would not be fused where it is read more than once).
+    """
+    half = jnp.trunc(n / 2)
+
+    def factor(e: jax.Array) -> jax.Array:
+        bits = (e.astype(jnp.int32) + 127).astype(jnp.uint32) << 23
+        return lax.bitcast_convert_type(bits, jnp.float32).astype(n.dtype)
+
+    return (x * factor(half)) * factor(n - half)
+
+
 def opaque(value: float, like: jax.Array) -> jax.Array:
     """The constant ``value`` hidden from XLA's algebraic simplifier.
 

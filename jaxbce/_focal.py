@@ -37,6 +37,7 @@ from jaxbce._arithmetic import (
     fast_two_sum,
     opaque,
     reciprocal,
+    times_pow2,
     two_sum,
 )
 from jaxbce._coefficients import Coefficient, Overflowing, contract
@@ -50,7 +51,7 @@ from jaxbce._elementary import (
     tanh_half,
 )
 from jaxbce._focal_far import far_band, far_slopes, sure_ratio
-from jaxbce._focal_huge import HugeParts, beyond_2_to_64
+from jaxbce._focal_huge import HugeParts, beyond_2_to_64, gamma_label_curvature, label_curvature
 from jaxbce._focal_near import weighting_on, with_exact_mixed
 from jaxbce._kernels import (
     logit_slope_pair,
@@ -117,20 +118,6 @@ def _log1p_at_zero(v: jax.Array) -> jax.Array:
     ``log1p`` is a call in XLA:CPU's loops, which keeps a loop that holds one from being
     vectorized at odd sizes (``benchmarks/vectorized_loops.py``)."""
     return v * (1.0 - v * (0.5 - v / 3.0))
-
-
-def _times_pow2(x: jax.Array, n: jax.Array) -> jax.Array:
-    """``x * 2^n`` for an integer-valued ``n`` in [-180, 180], exact unless the result is
-    subnormal: two factors built from their exponent bits, applied in turn (``2^n`` itself
-    may not be a normal number; ``exp2`` would not be fused where it is read more than once).
-    """
-    half = jnp.trunc(n / 2)
-
-    def factor(e: jax.Array) -> jax.Array:
-        bits = (e.astype(jnp.int32) + 127).astype(jnp.uint32) << 23
-        return lax.bitcast_convert_type(bits, jnp.float32).astype(n.dtype)
-
-    return (x * factor(half)) * factor(n - half)
 
 
 @jax.custom_jvp
@@ -409,12 +396,12 @@ def _value_near(
         small = (u_val < jnp.finfo(x.dtype).tiny) | (log2_m > 1000.0)
         power = jnp.power(jnp.where(small, 1.0, u_val), gamma)  # no 0^(gamma - 1) behind
         power = power * jnp.where(sure, 1.0, 1.0 + gamma * u_err * inv_u)
-        m_y_hi = jnp.where(small, m_y_hi, _times_pow2(power, shift))
+        m_y_hi = jnp.where(small, m_y_hi, times_pow2(power, shift))
         # s^gamma D^gamma for a right hard label (D^gamma: :func:`_times_sure_d`), but where
         # the power is not read (small): its stand-in 1 times e^|x| made the second
         # derivatives of reverse mode NaN.
         power = _times_sure_d(power, gamma, sure & ~small, n_s, n_b, t, lin)
-        m_hi = jnp.where(small, m_hi, _times_pow2(power, shift))
+        m_hi = jnp.where(small, m_hi, times_pow2(power, shift))
         m_lo = jnp.where(small, m_lo, 0.0)
     no_n = (lax.stop_gradient(n_s), lax.stop_gradient(n_b))
     m_y_hi = _times_sure_d(m_y_hi, gamma, sure, *no_n, t, lin)  # D's slope in lin alone
@@ -429,7 +416,7 @@ def _value_near(
     inf_ce = jnp.isinf(ce_pair[0])
     ce_fin = (jnp.where(inf_ce, 0.0, ce_pair[0]), jnp.where(inf_ce, 0.0, ce_pair[1]))
     scaled = jnp.where(inf_ce, safe_mul(total(scale), ce), total(_mul(scale, ce_fin)) * stretch)
-    value = _times_pow2(scaled, -shift)
+    value = times_pow2(scaled, -shift)
     u_pair = (u_safe, jnp.where(sure, 0.0, u_err))
     parts = _Value(
         nonneg=nonneg,
@@ -485,10 +472,23 @@ def _label_slope(
 
 
 def _kernel_label_slope(
-    x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array
+    x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array, stretch: jax.Array
 ) -> jax.Array:
-    """:func:`_label_slope`'s ``d_y`` from the inputs, for :math:`|x| \\le 2^{64}`."""
+    """:func:`_label_slope`'s ``d_y`` from the inputs, for :math:`|x| \\le 2^{64}` (before
+    ``stretch``)."""
+    del stretch
     return _label_slope(x, gamma, _value_near(x, y, gamma, alpha, jnp.ones_like(x))[1])[0]
+
+
+def _gamma_slope(v: _Value) -> jax.Array:
+    # From the value times 2^shift: where the value itself underflows, value * d(-log u)/dy
+    # is still normal, and d/dy of d/dgamma lost it (1e-3 off at x = 30, y = 1, gamma 2).
+    return times_pow2(-vanishing_mul(v.scaled, v.nl[0] + v.nl[1]), -v.shift)
+
+
+def _kernel_gamma_slope(*args: jax.Array) -> jax.Array:
+    """d/dgamma from ``(x, y, gamma, alpha, stretch)``, for :math:`|x| \\le 2^{64}`."""
+    return _gamma_slope(_value_near(*args)[1])
 
 
 def _focal_parts_near(
@@ -540,30 +540,36 @@ def _focal_parts_near(
     modulation = times(jnp.broadcast_to(gamma, x.shape), *_mul(d_log_u, ce_d))
     core = plus(d_ce, modulation)
     weighted = total(_mul(v.scale, core))
-    d_x = _times_pow2(weighted, -shift)
+    d_x = times_pow2(weighted, -shift)
     d_y, ce_over_u, du_dy = _label_slope(x, gamma, v)
     # Beyond 2^64 the label slope of d_y in closed form (_focal_huge): a cotangent times
     # stretch overflowed in the kernel, and float32 kept an ulp of cancelling terms.
     huge = HugeParts(sure, m, v.m_y, ce_over_u, du_dy, v.d_at)
-    d_y = beyond_2_to_64(_kernel_label_slope, d_y, stretch > 1.0, huge, x, y, gamma, alpha)
+    args = (huge, x, y, gamma, alpha)
+    d_y = beyond_2_to_64(
+        _kernel_label_slope, label_curvature, d_y, stretch > 1.0, *args, jnp.ones_like(x)
+    )
     m_ce = safe_mul(m, ce)  # times 2^shift, as m
     # Times stretch, d/dy may overflow (with the exact one) where jacfwd gives it a zero tangent.
-    d_y_back = _times_pow2(d_y * stretch, -shift)
+    d_y_back = times_pow2(d_y * stretch, -shift)
     d_y_back = _sure_label_slopes(d_y_back, v, gamma, (x, du_dy, stretch))
-    # From the value times 2^shift: where the value itself underflows, value * d(-log u)/dy
-    # is still normal, and d/dy of d/dgamma lost it (1e-3 off at x = 30, y = 1, gamma 2).
-    d_gamma = _times_pow2(-vanishing_mul(v.scaled, v.nl[0] + v.nl[1]), -shift)
+    # Beyond 2^64 (but at a right hard label, n = 0) its label slope in closed form too.
+    far_soft = (stretch > 1.0) & ~sure
+    d_gamma = _gamma_slope(v)
+    d_gamma = beyond_2_to_64(
+        _kernel_gamma_slope, gamma_label_curvature, d_gamma, far_soft, *args, stretch
+    )
     d_alpha = jnp.where(
-        weighting_on(alpha), (2.0 * y - 1.0) * _times_pow2(m_ce * stretch, -shift), 0.0
+        weighting_on(alpha), (2.0 * y - 1.0) * times_pow2(m_ce * stretch, -shift), 0.0
     )
     if band is not None:
         ratios = (ce_over_u, m * total(core), weighted)  # ce/u, 2^shift (F_x/alpha_t, F_x)
         coefficients = (value, d_x, d_y_back, d_gamma, d_alpha)
-        back = partial(_times_pow2, n=-shift)
+        back = partial(times_pow2, n=-shift)
         value, d_x, d_y_back, d_gamma, d_alpha = far_slopes(
             band, (x_in, y, gamma, alpha), v, ratios, back, coefficients
         )
-    d_y_far = Overflowing(d_y_back, lambda t: _times_pow2((d_y * t) * stretch, -shift))
+    d_y_far = Overflowing(d_y_back, lambda t: times_pow2((d_y * t) * stretch, -shift))
     return value, d_x, d_y_far, d_gamma, d_alpha
 
 

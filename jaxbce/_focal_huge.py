@@ -1,4 +1,5 @@
-"""The focal loss' second derivative in the label beyond :math:`|x| = 2^{64}`, in closed form.
+"""The focal loss' label slopes of d/dy and d/dgamma beyond :math:`|x| = 2^{64}`, in closed
+form.
 
 There the kernel runs at :math:`x' = \\pm 2^{64}` and scales its results by
 ``stretch`` :math:`= |x|/2^{64}` (``jaxbce._focal._near``): the label coefficient is
@@ -37,6 +38,11 @@ unscaled, from logs, ``_sure_label_slopes``) and :math:`ce` of slope :math:`-x'`
 cotangent's trip through the kernel. The derivatives of :math:`d` in :math:`\\gamma` and
 :math:`\\alpha` (second derivatives in them, where they are differentiated) come from a JVP
 of the kernel's d/dy, as values times the tangents.
+
+The coefficient d/dgamma, :math:`\\alpha_t n^{\\gamma+1}\\log(n)\\,|x|` there, has its
+label slope in closed form the same way (:func:`gamma_label_curvature`): autodiff multiplied
+its terms, of size :math:`|x|` times logs, by ``stretch`` before adding them, and they
+overflowed to :math:`\\pm\\infty` near ``finfo.max`` where their sum is finite.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from jaxbce._focal_near import cancelling_b
@@ -64,7 +71,12 @@ class HugeParts(NamedTuple):
 
 
 def label_curvature(
-    x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Array, p: HugeParts
+    x: jax.Array,
+    y: jax.Array,
+    gamma: jax.Array,
+    alpha: jax.Array,
+    stretch: jax.Array,
+    p: HugeParts,
 ) -> jax.Array:
     """:math:`k`, the slope in ``y`` of the kernel's d/dy (times :math:`2^{shift}`) at
     :math:`x = \\pm 2^{64}` (see the module docstring), kept finite so that a zero tangent
@@ -74,6 +86,7 @@ def label_curvature(
     :math:`|k| < 2 (\\gamma + 1) |B| / n` is capped only for :math:`n < 2 (\\gamma + 1)
     |B| / \\mathrm{finfo.max}` (below :math:`10^{-37}` in float32), where the result is then
     too small."""
+    del stretch  # d/dy at x' is scaled by it afterwards
     b, n, _, _ = cancelling_b(x < 0, y, gamma, alpha)
     n_safe = jnp.where(p.sure, 1.0, n)
     soft = ((gamma + 1.0) * b) * (p.m / n_safe) * jnp.abs(x)
@@ -82,53 +95,94 @@ def label_curvature(
     return jnp.clip(jnp.where(p.sure, sure, soft), -fi.max, fi.max)
 
 
+def gamma_label_curvature(
+    x: jax.Array,
+    y: jax.Array,
+    gamma: jax.Array,
+    alpha: jax.Array,
+    stretch: jax.Array,
+    p: HugeParts,
+) -> jax.Array:
+    """The slope in ``y`` of d/dgamma, :math:`\\alpha_t n^{\\gamma + 1}\\log(n)\\,|x|`,
+    beyond :math:`2^{64}` (:math:`n > 0`; ``x`` :math:`= x'`, :math:`|x| = 2^{64}`
+    ``stretch``):
+
+    .. math::
+
+        \\partial_y\\partial_\\gamma\\ell = \\pm |x|\\, n^\\gamma\\,\\bigl(a'_n\\, n \\log n
+        + \\alpha_t ((\\gamma + 1)\\log n + 1)\\bigr),
+
+    :math:`+` for :math:`x < 0` (:math:`n = y`), :math:`a'_n = d\\alpha_t/dn`. Its terms,
+    of size :math:`|x|` times logs, overflowed near ``finfo.max`` where their sum does not
+    (autodiff multiplied by ``stretch`` first): the bracket is formed first, then
+    :math:`n^\\gamma 2^{64}` (from logs where :math:`n^\\gamma` would underflow),
+    then ``stretch``, so the result overflows only where the exact one does."""
+    del p
+    _, n, at, a_n = cancelling_b(x < 0, y, gamma, alpha)
+    log_n = jnp.log(jnp.where(n > 0.0, n, 1.0))
+    bracket = a_n * n * log_n + at * ((gamma + 1.0) * log_n + 1.0)
+    # n^gamma 2^64: exp(0) = 1 exactly at n = 1, where the result is |x| (finfo.max at
+    # most); from logs where n^gamma alone would be below the smallest normal number.
+    g_log = gamma * log_n
+    power = jnp.where(g_log > -80.0, jnp.exp(g_log) * 2.0**64, jnp.exp(g_log + 64.0 * np.log(2.0)))
+    return jnp.where(x < 0.0, 1.0, -1.0) * (bracket * power) * stretch
+
+
 def _given(t: Any) -> bool:
     return not isinstance(t, SymbolicZero)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(0,))
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def beyond_2_to_64(
     slope_fn: Callable[..., jax.Array],
-    d_y: jax.Array,
+    curvature_fn: Callable[..., jax.Array],
+    d: jax.Array,
     far: jax.Array,
     parts: HugeParts,
     x: jax.Array,
     y: jax.Array,
     gamma: jax.Array,
     alpha: jax.Array,
+    stretch: jax.Array,
 ) -> jax.Array:
-    """``d_y`` itself, the kernel's d/dy times :math:`2^{shift}` at ``x`` :math:`= x'`,
-    which ``slope_fn(x, y, gamma, alpha)`` computes; where ``far`` (:math:`|x| > 2^{64}`
-    beyond the kernel) its derivative is :math:`k\\,dy` (:func:`label_curvature`) plus its
-    slopes in :math:`\\gamma` and :math:`\\alpha` times their tangents (:math:`x'` is a
-    constant there), elsewhere its own. Those slopes are values too, JVPs of ``slope_fn``
-    with unit tangents, computed only where :math:`\\gamma` or :math:`\\alpha` is
-    differentiated: a JVP with the tangents themselves would send a reverse pass' cotangent
-    through the kernel again. A rule, so that the value and first-derivative programs
-    compute no slope.
+    """``d`` itself, a derivative of the kernel at ``x`` :math:`= x'` (d/dy times
+    :math:`2^{shift}`, or d/dgamma), which ``slope_fn(x, y, gamma, alpha, stretch)``
+    computes; where ``far`` (:math:`|x| > 2^{64}` beyond the kernel) its derivative is
+    ``curvature_fn(x, y, gamma, alpha, stretch, parts)`` times ``dy`` (:func:`label_curvature`,
+    :func:`gamma_label_curvature`) plus its slopes in :math:`\\gamma`, :math:`\\alpha` and
+    ``stretch`` times their tangents (:math:`x'` is a constant there), elsewhere its own.
+    Those slopes are values too, JVPs of ``slope_fn`` with unit tangents, computed only where
+    their input is differentiated: a JVP with the tangents themselves would send a reverse
+    pass' cotangent through the kernel again. A rule, so that the value and first-derivative
+    programs compute no slope.
     """
-    del slope_fn, far, parts, x, y, gamma, alpha
-    return d_y
+    del slope_fn, curvature_fn, far, parts, x, y, gamma, alpha, stretch
+    return d
 
 
 @partial(beyond_2_to_64.defjvp, symbolic_zeros=True)
 def _beyond_2_to_64_jvp(
-    slope_fn: Callable[..., jax.Array], primals: tuple[Any, ...], tangents: tuple[Any, ...]
+    slope_fn: Callable[..., jax.Array],
+    curvature_fn: Callable[..., jax.Array],
+    primals: tuple[Any, ...],
+    tangents: tuple[Any, ...],
 ) -> tuple[jax.Array, jax.Array]:
-    d_y, far, parts, x, y, gamma, alpha = primals
-    t_d, _, _, _, t_y, t_gamma, t_alpha = tangents
-    far_t = jnp.zeros_like(d_y)
+    d, far, parts, x, y, gamma, alpha, stretch = primals
+    t_d, _, _, _, t_y, t_gamma, t_alpha, t_stretch = tangents
+    far_t = jnp.zeros_like(d)
     if _given(t_y):
-        far_t = far_t + jnp.where(far, label_curvature(x, y, gamma, alpha, parts), 0.0) * t_y
-    # The slopes in gamma and alpha as values too (unit tangents), each times its tangent.
+        k = curvature_fn(x, y, gamma, alpha, stretch, parts)
+        far_t = far_t + jnp.where(far, k, 0.0) * t_y
+    # The other slopes as values too (unit tangents), each times its tangent.
     x_safe = jnp.where(far, x, 2.0**64)  # finite where not read
-    for i, t in ((2, t_gamma), (3, t_alpha)):
+    for i, t in ((2, t_gamma), (3, t_alpha), (4, t_stretch)):
         if _given(t):
-            args = (x_safe, y, gamma, alpha)
+            args = (x_safe, y, gamma, alpha, stretch)
             unit = tuple(
                 jnp.ones_like(a) if j == i else jnp.zeros_like(a) for j, a in enumerate(args)
             )
             slope = jax.jvp(slope_fn, args, unit)[1]
             far_t = far_t + jnp.where(far, slope, 0.0) * t
     out = jnp.where(far, far_t, t_d if _given(t_d) else 0.0)
-    return beyond_2_to_64(slope_fn, d_y, far, parts, x, y, gamma, alpha), out
+    primal = beyond_2_to_64(slope_fn, curvature_fn, d, far, parts, x, y, gamma, alpha, stretch)
+    return primal, out

@@ -282,29 +282,19 @@ def _linear_focal_dy_dgamma(x: float, y: float, gamma: float, alpha: float | Non
         return mpmath.diff(loss, (y0, mpmath.mpf(gamma)), (1, 1))
 
 
-@pytest.mark.parametrize(
-    "order",
-    [
-        "dgamma(dy)",
-        pytest.param(
-            "dy(dgamma)",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="d/dy of the focal d/dgamma at |x| = finfo.max overflows to +-inf "
-                "(hessian; jacrev(grad) too at y = 1e-6) where the exact value is finite, "
-                "within a factor of 31 of finfo.max, at the soft labels 0.3, 1e-6 and "
-                "1 - 1e-6 (both dtypes), sometimes with the wrong sign",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("order", ["dgamma(dy)", "dy(dgamma)"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_focal_d2y_dgamma_beyond_2_to_64(dtype, order):
     """The label slope of d/dy beyond 2^64 comes from jaxbce._focal_huge, and its gamma
     slope with it: d/dgamma of d/dy by reverse over reverse was NaN at x = -finfo.max (y = 1,
     gamma 2; y = 0.3, gamma 0.5, alpha 0.25 in float64), where the cotangent times
-    |x| / 2^64 went through the kernel. Within 1e-3 of mpmath, by hessian and reverse over
-    reverse, at labels whose big-logistic weight n is not 0."""
+    |x| / 2^64 went through the kernel. The label slope of d/dgamma there too: d/dy of
+    d/dgamma at |x| = finfo.max overflowed to +-inf (hessian; jacrev(grad) too at y = 1e-6),
+    sometimes with the wrong sign, where the exact value is finite, within a factor of 31 of
+    finfo.max, at the soft labels 0.3, 1e-6 and 1 - 1e-6 (both dtypes): its terms, of size
+    |x| times logs, were multiplied by |x| / 2^64 before they were added. Within 1e-3 of
+    mpmath, by hessian and reverse over reverse, in both orders, at labels whose
+    big-logistic weight n is not 0."""
     big = float(np.finfo(dtype).max)
     table = _dy_dgamma_table(np.dtype(dtype).name)
     failures = []
