@@ -109,6 +109,26 @@ def exact_product(a: jax.Array, b: jax.Array) -> Pair:
     return ah * bh, (ah * bl + al * bh) + al * bl
 
 
+def product_terms(a: jax.Array, b: jax.Array) -> tuple[jax.Array, ...]:
+    """The four partial products of ``a * b`` from halves of the factors (12 bits in
+    float32, 26 in float64: :func:`split`, :func:`exact_product`'s mask), each exact but the
+    product of the low halves (rounded at about ``2^-48``, ``2^-106`` of ``a * b``), for a
+    :func:`compensated_sum` in which ``a * b`` must cancel with other terms to the last bit:
+    :func:`exact_product` adds the three lower ones, which rounds at about ``2^-77`` of the
+    product in float64. Partial products below the smallest normal number flush to 0 on
+    devices that flush subnormals: the caller keeps the factors away from them."""
+    if is_float32(a):
+        (ah, al), (bh, bl) = split(a), split(b)
+    else:
+        mask = jnp.uint64(0xFFFFFFFFF8000000)
+        ah, bh = (
+            lax.bitcast_convert_type(lax.bitcast_convert_type(v, jnp.uint64) & mask, v.dtype)
+            for v in (a, b)
+        )
+        al, bl = a - ah, b - bh
+    return ah * bh, ah * bl, al * bh, al * bl
+
+
 def compensated_sum(*terms: jax.Array) -> jax.Array:
     """The sum of ``terms``, each addition's rounding error (:func:`two_sum`) added back at
     the end: exact where the terms are exact pairs that cancel."""

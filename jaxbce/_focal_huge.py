@@ -121,11 +121,20 @@ def gamma_label_curvature(
     _, n, at, a_n = cancelling_b(x < 0, y, gamma, alpha)
     log_n = jnp.log(jnp.where(n > 0.0, n, 1.0))
     bracket = a_n * n * log_n + at * ((gamma + 1.0) * log_n + 1.0)
-    # n^gamma 2^64: exp(0) = 1 exactly at n = 1, where the result is |x| (finfo.max at
-    # most); from logs where n^gamma alone would be below the smallest normal number.
+    # n^gamma |x|: exp(0) = 1 exactly at n = 1, where the result is |x| (finfo.max at
+    # most); from logs, with stretch, where n^gamma 2^64 alone would fall below the smallest
+    # normal number (it gave 0 for -2.1e-28 at x = -1e30, y = 1e-30, gamma 2 in float32).
     g_log = gamma * log_n
-    power = jnp.where(g_log > -80.0, jnp.exp(g_log) * 2.0**64, jnp.exp(g_log + 64.0 * np.log(2.0)))
-    return jnp.where(x < 0.0, 1.0, -1.0) * (bracket * power) * stretch
+    log_x = jnp.log(stretch) + 64.0 * np.log(2.0)
+    product = jnp.where(
+        g_log > -80.0,
+        (bracket * (jnp.exp(jnp.maximum(g_log, -80.0)) * 2.0**64)) * stretch,
+        bracket * jnp.exp(g_log + log_x),
+    )
+    # Capped, as in label_curvature: where the exact value overflows, an inf met a zero
+    # tangent in the hessian (NaN for a finite d2/dgamma2 at x = finfo.max, gamma 0).
+    fi = jnp.finfo(x.dtype)
+    return jnp.clip(jnp.where(x < 0.0, 1.0, -1.0) * product, -fi.max, fi.max)
 
 
 def _given(t: Any) -> bool:

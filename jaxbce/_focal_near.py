@@ -65,7 +65,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from jaxbce._arithmetic import compensated_sum, exact_product, two_sum
+from jaxbce._arithmetic import compensated_sum, exact_product, product_terms, two_sum
 from jaxbce._coefficients import Coefficient, Overflowing
 
 #: The focal kernel's value and partial derivatives (``jaxbce._focal._focal_parts``).
@@ -179,8 +179,15 @@ def soft_label_dxy(x: jax.Array, y: jax.Array, gamma: jax.Array, alpha: jax.Arra
     x = jnp.where(jnp.abs(x) < _NEAR_BELOW, x, 0.0)
     four_a = two_sum(4.0 * a, -3.0 * ones)  # 4a - 3
     slope = two_sum(2.0 * a, -ones)  # a' = 2a - 1
-    prod = exact_product(slope[0], 4.0 * y)
-    c = compensated_sum(four_a[0], four_a[1], -prod[0], -(prod[1] + slope[1] * (4.0 * y)))
+    y4 = 4.0 * y
+    # The product's four partial products as terms: their sum rounded (exact_product) left
+    # 2^-77 of it, 1e-8 relative of C at x = 0 on the line (alpha 1/5, y = 11/12). They can
+    # cancel with 4a - 3 (a multiple of 2^-51, or 0) only where the product is above 2^-60;
+    # below 2^-100, where tiny factors' partial products might flush, it is rounded once.
+    terms = [-p for p in product_terms(slope[0], y4)]
+    exact = compensated_sum(four_a[0], four_a[1], *terms, -slope[1] * y4)
+    rounded = (four_a[0] + four_a[1]) - y4 * (slope[0] + slope[1])
+    c = jnp.where(jnp.abs(y4 * slope[0]) < 2.0**-100, rounded, exact)
     c = jnp.where(on, c, -2.0)
     a_slope = jnp.where(on, slope[0] + slope[1], 0.0)
     a_t = jnp.where(on, (1.0 - a) + y * (2.0 * a - 1.0), 1.0)

@@ -145,7 +145,8 @@ def _dxy_points():
 
 
 def _soft_dxy_points():
-    xs = [1.3394077325316186e-05, -8.02983913457627e-06, 1e-12, -1e-8, 3e-5, -0.6, 0.9]
+    xs = [1.3394077325316186e-05, -8.02983913457627e-06, 0.0, 1e-15, 1e-12, -1e-8, 3e-5]
+    xs += [-0.6, 0.9]
     ys = [1 - 1e-6, 1e-6, 0.3, 11 / 12, 1 - 2**-40]
     return [(x, y, g) for x in xs for y in ys for g in GAMMAS]
 
@@ -210,7 +211,10 @@ def test_float64_focal_dxy_at_soft_labels_near_zero_by_every_mode(alpha):
     1e-8 relative at x = 1.3e-5), and autodiff, which adds O(1) terms, was 3e-9 off at that
     point (gamma 1, alpha 1/4) and a different number in every mode and order. Within 1e-10
     of mpmath relative, by every mode of :data:`DXY_MODES`, soft labels near 0, 1, 11/12
-    and at 0.3 (jaxbce._focal_near.soft_label_dxy)."""
+    and at 0.3 (jaxbce._focal_near.soft_label_dxy). At x = 0 and 1e-15 on the line (alpha
+    1/5, y = 11/12) the closed form's C, with the product 4y(2 alpha - 1) rounded at 2^-77
+    of itself, was still 7e-9 and 1.6e-8 off (adversarial pass): its partial products are
+    separate terms of the compensated sum now."""
     points = _soft_dxy_points()
     table = _dxy_table()
     got = list(np.array([table[(*p, alpha)] for p in points]).T)
@@ -343,6 +347,44 @@ def _dy_dgamma_table(dtype: str) -> dict[tuple, dict[str, tuple[float, float]]]:
         }
         for i, k in enumerate(keys)
     }
+
+
+@pytest.mark.parametrize(
+    "dtype, x, y, gamma",
+    [
+        (np.float32, -1e30, 1e-30, 2.0),
+        (np.float32, -float(np.finfo(np.float32).max), 1e-30, 2.0),
+        (np.float64, -1e300, 1e-100, 4.0),
+    ],
+)
+def test_focal_dy_dgamma_beyond_2_to_64_where_n_to_the_gamma_underflows(dtype, x, y, gamma):
+    """d/dy of d/dgamma, |x| n^gamma (n log n (alpha_t)' + ...), where n^gamma 2^64 is below
+    the smallest normal number but the product with |x| is not: the closed form took
+    n^gamma 2^64 from logs and underflowed before it met |x| (0 for -2.06e-28 at x = -1e30,
+    y = 1e-30, gamma 2, float32; the adversarial pass of 2026-11-27, in a plain Python
+    process, where XLA:CPU flushed that subnormal; in this suite's processes the old code
+    kept it and passed). Within 1e-3 of mpmath, by hessian."""
+    with jax.enable_x64(dtype == np.float64):
+        f = lambda y, g: FOCAL(dtype(x), y, alpha=None, gamma=g)
+        got = float(jax.hessian(f, (0, 1))(dtype(y), dtype(gamma))[1][0])
+    exact = float(_linear_focal_dy_dgamma(x, float(dtype(y)), gamma, None))
+    assert got == pytest.approx(exact, rel=1e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_focal_gamma_curvature_at_the_largest_logit_is_not_nan(dtype):
+    """At x = finfo.max, y = 0.999999, gamma 0, d/dy of d/dgamma overflows (exactly too,
+    12.8 |x|) while d2/dgamma2 = n log(n)^2 |x| is finite: the uncapped label slope of
+    d/dgamma (inf) met a zero tangent in the hessian and made d2/dgamma2 NaN (adversarial
+    pass). Capped at finfo.max, as the label slope of d/dy is."""
+    x = float(np.finfo(dtype).max)
+    with jax.enable_x64(dtype == np.float64):
+        f = lambda y, g: FOCAL(dtype(x), y, alpha=None, gamma=g)
+        h = jax.hessian(f, (0, 1))(dtype(0.999999), dtype(0.0))
+    n = mpmath.mpf(1) - mpmath.mpf(float(dtype(0.999999)))
+    exact = float(n * mpmath.log(n) ** 2 * x)
+    assert float(h[1][1]) == pytest.approx(exact, rel=1e-3)
+    assert not np.isnan(np.asarray(h, np.float64)).any(), h
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
