@@ -114,9 +114,10 @@ def gamma_label_curvature(
 
     :math:`+` for :math:`x < 0` (:math:`n = y`), :math:`a'_n = d\\alpha_t/dn`. Its terms,
     of size :math:`|x|` times logs, overflowed near ``finfo.max`` where their sum does not
-    (autodiff multiplied by ``stretch`` first): the bracket is formed first, then
-    :math:`n^\\gamma 2^{64}` (from logs where :math:`n^\\gamma` would underflow),
-    then ``stretch``, so the result overflows only where the exact one does."""
+    (autodiff multiplied by ``stretch`` first): the bracket is formed first, then times
+    :math:`n^\\gamma 2^{64}` and ``stretch`` (from logs, :math:`n^\\gamma |x|` at once, where
+    :math:`n^\\gamma 2^{64}` would underflow), so the result overflows only where the exact
+    one does; there it is capped at ``finfo.max``, as :func:`label_curvature` is."""
     del p
     _, n, at, a_n = cancelling_b(x < 0, y, gamma, alpha)
     log_n = jnp.log(jnp.where(n > 0.0, n, 1.0))

@@ -507,9 +507,11 @@ def nll(
       x, y, pw, w: arrays of one shape in one floating dtype (``pw``, ``w`` may be None).
       eps: scalar label smoothing in that dtype, or ``None``.
       summed: the caller only sums the value (a "sum" or "mean" reduction): it may be
-        evaluated with XLA's ``log1p(exp(-|x|))``, at half the cost, since the sum's own
-        rounding is larger (XLA:CPU flushes a subnormal ``exp(-|x|)`` to 0 there, before
-        a weight above 1 could scale it back). Derivatives are always the exact ones.
+        evaluated from XLA's ``exp(-|x|)``, rounded a few times
+        (:func:`~jaxbce._elementary.softplus_neg_abs_summed`), at less than half the cost,
+        since the sum's own rounding is larger (XLA:CPU flushes a subnormal ``exp(-|x|)``
+        to 0 there, before a weight above 1 could scale it back). Derivatives are always
+        the exact ones.
 
     Returns:
       The elementwise loss, shaped like ``x``.
